@@ -1,0 +1,56 @@
+# Prumo. `make run` and `make test` work on a fresh machine: with DATABASE_URL / REDIS_URL
+# unset they start an embedded PostgreSQL and Redis under .data/.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EMBED := $(PY) -m config.embedded --
+
+.PHONY: install run serve test migrate pending drift bench-tenants messages lint clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Development: migrate, seed the demo, run web + Celery worker + beat. Ctrl-C stops all.
+run: install
+	$(EMBED) $(PY) -m config.devserver
+
+## The production server in the foreground, exactly as the Docker image runs it.
+serve: install
+	$(PY) manage.py collectstatic --noinput --verbosity 0
+	$(EMBED) $(VENV)/bin/gunicorn config.asgi:application -c config/gunicorn.py
+
+## The whole test suite (embedded services unless DATABASE_URL / REDIS_URL are set).
+test: install
+	$(EMBED) $(PY) -m pytest $(PYTEST_ARGS)
+
+## Deploy path: migrate only the schemas that are behind.
+migrate: install
+	$(EMBED) $(PY) manage.py deploy_migrate
+
+pending: install
+	$(EMBED) $(PY) manage.py pending_migrations
+
+drift: install
+	$(EMBED) $(PY) manage.py schema_drift
+
+bench-tenants: install
+	$(EMBED) $(PY) bench/tenants.py --orgs 1000
+
+messages: install
+	$(PY) manage.py makemessages -l pt_BR --no-location --ignore=.venv --ignore=staticfiles --ignore=.data
+	$(PY) manage.py compilemessages -l pt_BR --ignore=.venv
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf staticfiles .pytest_cache

@@ -1,0 +1,1 @@
+"""Threads, messages and attachments (tenant schema). Built by the chat issue."""

@@ -1,0 +1,1 @@
+"""CNPJ targets, checks and reports (tenant schema). Built by the checks issue."""

@@ -1,0 +1,18 @@
+import os
+
+from .base import *  # noqa: F403
+
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Server processes started by tests write mail to files the tests read (EMAIL_FILE_PATH).
+EMAIL_BACKEND = os.environ.get("TEST_EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBackend")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+CACHES["default"]["KEY_PREFIX"] = CACHES["tenant"]["KEY_PREFIX"] = "prumo-test"  # noqa: F405
+ACCOUNT_RATE_LIMITS = False
+# In-process tests run tasks eagerly; server and worker processes started by tests set
+# CELERY_TASK_ALWAYS_EAGER=0 so that a real worker takes them from Redis.
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "1") == "1"
+CELERY_TASK_EAGER_PROPAGATES = True

@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from accounts import views as account_views
+from tenants import views as tenant_views
+
+from . import views
+
+urlpatterns = [
+    path("", views.landing, name="landing"),
+    path("readyz", views.readyz, name="readyz"),
+    path("i18n/setlang/", account_views.language_switch, name="set_language"),
+    path("accounts/", include("accounts.urls")),
+    path("accounts/", include("allauth.urls")),
+    path("orgs/", tenant_views.org_list, name="org_list"),
+    path("orgs/new/", tenant_views.org_create, name="org_create"),
+    path("invitations/<str:token>/", tenant_views.invitation_accept_view, name="invitation_accept"),
+    path("o/<slug:org_slug>/", include("tenants.urls")),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "tenants.middleware.not_found_handler"

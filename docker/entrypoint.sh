@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Container entrypoint: one image, three roles.
+#   web     migrate the schemas that are behind (unless MIGRATE_ON_START=0), then serve HTTP
+#   worker  Celery worker on every queue
+#   beat    Celery beat (run exactly one)
+#   *       anything else runs as given, e.g. `docker run IMAGE python manage.py shell`
+set -euo pipefail
+
+role="${1:-web}"
+
+case "$role" in
+  web)
+    shift || true
+    if [[ "${MIGRATE_ON_START:-1}" == "1" ]]; then
+      # Idempotent: only schemas with pending migrations are touched. With several web
+      # replicas, prefer MIGRATE_ON_START=0 and a one-off release/pre-deploy job.
+      python manage.py deploy_migrate
+    fi
+    # exec: gunicorn becomes PID 1 and receives SIGTERM directly (graceful shutdown).
+    exec gunicorn config.asgi:application -c config/gunicorn.py "$@"
+    ;;
+  worker)
+    shift
+    exec celery -A config worker -Q default,checks,webhooks,billing,generation --loglevel INFO "$@"
+    ;;
+  beat)
+    shift
+    # The schedule state file goes to /tmp: the app directory is read-only for the app user.
+    exec celery -A config beat --loglevel INFO --schedule /tmp/celerybeat-schedule "$@"
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac

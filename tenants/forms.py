@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from .models import Role
+
+
+class OrganizationCreateForm(forms.Form):
+    name = forms.CharField(label=_("Organization name"), max_length=100)
+    slug = forms.SlugField(
+        label=_("Address"), max_length=50, required=False,
+        help_text=_("Lowercase letters, numbers and hyphens. Leave empty to derive it from the name."),
+    )
+
+
+class OrganizationSettingsForm(forms.Form):
+    name = forms.CharField(label=_("Organization name"), max_length=100)
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField(label=_("Email address"))
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices, initial=Role.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(label=_("Role"), choices=Role.choices)

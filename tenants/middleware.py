@@ -1,0 +1,71 @@
+"""Tenant resolution: the one place that decides which schema a request runs in."""
+
+from __future__ import annotations
+
+import re
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from config.observability import organization_var
+
+from .models import Domain, Organization
+from .selectors import membership_for
+
+ORG_PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/")
+API_PATH = re.compile(r"^/(v1|api)/")
+
+
+def api_key_organization(request: HttpRequest) -> Organization | None:
+    """`Authorization: Bearer <key>` on /v1/ and /api/. API keys arrive with the integrator API issue."""
+    return None
+
+
+def not_found(request: HttpRequest) -> HttpResponse:
+    # Same answer whether the organization is unknown or the user is not a member.
+    return render(request, "404.html", status=404)
+
+
+def not_found_handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return not_found(request)
+
+
+class TenantMiddleware:
+    """Sets `request.tenant` (and `request.membership` on /o/ pages) and the schema; always restores `public`.
+
+    1. `/o/<slug>/...`: that organization, for its members only; 404 for anyone else.
+    2. `Authorization: Bearer` on `/v1/` and `/api/`: the key's organization.
+    3. A custom `Domain` matching the host.
+    4. Otherwise `public`.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # `request.tenant` is set only when an organization is resolved: django-tenants'
+        # admin templates read a missing attribute as "public".
+        tenant = None
+        match = ORG_PATH.match(request.path_info)
+        if match:
+            tenant = Organization.objects.filter(slug=match["slug"]).first()
+            membership = membership_for(user=request.user, organization=tenant) if tenant else None
+            if membership is None:
+                return not_found(request)
+            request.membership = membership
+        elif API_PATH.match(request.path_info):
+            tenant = api_key_organization(request)
+        else:
+            host = request.get_host().split(":", 1)[0].lower()
+            domain = Domain.objects.select_related("tenant").filter(domain=host).first()
+            if domain is not None and domain.tenant.schema_name != "public":
+                tenant = domain.tenant
+        try:
+            if tenant is not None:
+                request.tenant = tenant
+                connection.set_tenant(tenant)
+                organization_var.set(tenant.slug)
+            return self.get_response(request)
+        finally:
+            connection.set_schema_to_public()

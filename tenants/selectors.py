@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+
+from .models import Invitation, Membership, Organization
+
+
+def organization_list_for_user(*, user: User) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("organization").order_by("organization__name")
+
+
+def membership_for(*, user: User, organization: Organization) -> Membership | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, organization=organization).first()
+
+
+def member_list(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("created_at")
+
+
+def invitation_pending_list(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(organization=organization, status=Invitation.Status.PENDING)
+
+
+def organization_for_request(request) -> Organization | None:
+    """dj-stripe's subscriber callback: the organization the request is scoped to."""
+    return getattr(request, "tenant", None) if getattr(request, "membership", None) else None

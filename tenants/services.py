@@ -1,0 +1,182 @@
+"""Writes for organizations, memberships and invitations. Each change is audited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+from django.utils.translation import gettext as _
+
+from accounts.models import User
+
+from .audit.services import Actor, audit_record
+from .models import Invitation, Membership, Organization, Role, invitation_token_hash
+from .provisioning import schema_provision
+
+RESERVED_SLUGS = {"new", "admin", "api", "v1", "public", "static", "media", "www", "o", "orgs"}
+INVITATION_TTL = timedelta(days=7)
+
+
+def slug_suggest(name: str) -> str:
+    """A free slug derived from the name: `acme`, then `acme-2`, `acme-3`..."""
+    base = (slugify(name)[:40].strip("-") or "org")
+    if base in RESERVED_SLUGS:
+        base = f"{base}-org"
+    candidate, n = base, 1
+    while Organization.objects.filter(slug=candidate).exists():
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+def schema_name_for(slug: str) -> str:
+    # Schema names use underscores; hostnames and URLs keep the hyphenated slug.
+    return "org_" + slug.replace("-", "_")
+
+
+@transaction.atomic
+def organization_create(*, user: User, name: str, slug: str = "", actor: Actor | None = None) -> Organization:
+    """Create the organization, its schema and the owner's membership, all or nothing."""
+    name = name.strip()
+    if not name:
+        raise ValidationError({"name": _("Give your organization a name.")})
+    slug = slug or slug_suggest(name)
+    if slug in RESERVED_SLUGS:
+        raise ValidationError({"slug": _("This address is reserved. Choose another.")})
+    if Organization.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": _("This address is taken. Choose another.")})
+    try:
+        with transaction.atomic():
+            org = Organization.objects.create(
+                name=name, slug=slug, schema_name=schema_name_for(slug), created_by=user
+            )
+    except IntegrityError as exc:
+        raise ValidationError({"slug": _("This address is taken. Choose another.")}) from exc
+    schema_provision(org.schema_name)
+    membership = Membership.objects.create(user=user, organization=org, role=Role.OWNER)
+    actor = actor or Actor(type="user", id=str(user.pk), label=user.email)
+    audit_record(organization=org, actor=actor, action="organization.created", target=org,
+                 after={"name": org.name, "slug": org.slug})
+    audit_record(organization=org, actor=actor, action="membership.created", target=membership,
+                 after={"user": user.email, "role": membership.role})
+    return org
+
+
+@transaction.atomic
+def organization_update(*, organization: Organization, actor: Actor, name: str) -> Organization:
+    before = {"name": organization.name}
+    organization.name = name.strip()
+    organization.save(update_fields=["name"])
+    audit_record(organization=organization, actor=actor, action="organization.updated", target=organization,
+                 before=before, after={"name": organization.name})
+    return organization
+
+
+def _owners_locked(organization: Organization) -> list[Membership]:
+    return list(
+        Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).order_by("pk")
+    )
+
+
+@transaction.atomic
+def membership_role_change(*, membership: Membership, role: str, actor: Actor) -> Membership:
+    if role not in Role.values:
+        raise ValidationError({"role": _("Unknown role.")})
+    owners = _owners_locked(membership.organization)
+    membership.refresh_from_db()
+    if membership.role == Role.OWNER and role != Role.OWNER and len(owners) <= 1:
+        raise ValidationError(_("An organization needs at least one owner. Make someone else owner first."))
+    before = {"role": membership.role}
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit_record(organization=membership.organization, actor=actor, action="membership.role_changed",
+                 target=membership, before=before, after={"role": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Actor, action: str = "membership.removed") -> None:
+    owners = _owners_locked(membership.organization)
+    membership.refresh_from_db()
+    if membership.role == Role.OWNER and len(owners) <= 1:
+        raise ValidationError(_("The last owner cannot leave or be removed. Make someone else owner first."))
+    audit_record(organization=membership.organization, actor=actor, action=action, target=membership,
+                 before={"user": membership.user.email, "role": membership.role})
+    membership.delete()
+
+
+@dataclass(frozen=True)
+class InvitationSent:
+    invitation: Invitation
+    token: str
+
+
+@transaction.atomic
+def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User,
+                      actor: Actor) -> InvitationSent:
+    email = email.strip().lower()
+    if role not in Role.values:
+        raise ValidationError({"role": _("Unknown role.")})
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise ValidationError({"email": _("%(email)s is already a member.") % {"email": email}})
+    # A new invitation to the same address replaces the pending one (and its link).
+    Invitation.objects.filter(organization=organization, email=email, status=Invitation.Status.PENDING).update(
+        status=Invitation.Status.REVOKED
+    )
+    token = Invitation.new_token()
+    invitation = Invitation.objects.create(
+        organization=organization, email=email, role=role, invited_by=invited_by,
+        token_hash=invitation_token_hash(token), expires_at=timezone.now() + INVITATION_TTL,
+    )
+    audit_record(organization=organization, actor=actor, action="invitation.created", target=invitation,
+                 after={"email": email, "role": role})
+    from .tasks import invitation_send
+
+    schema = organization.schema_name
+    transaction.on_commit(
+        lambda: invitation_send.apply_async(args=[invitation.pk, token], headers={"_schema_name": schema})
+    )
+    return InvitationSent(invitation=invitation, token=token)
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: Actor) -> None:
+    invitation.status = Invitation.Status.REVOKED
+    invitation.save(update_fields=["status"])
+    audit_record(organization=invitation.organization, actor=actor, action="invitation.revoked",
+                 target=invitation, before={"email": invitation.email})
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
+    invitation = (
+        Invitation.objects.select_for_update().select_related("organization")
+        .filter(token_hash=invitation_token_hash(token)).first()
+    )
+    if invitation is None or invitation.status != Invitation.Status.PENDING or invitation.is_expired:
+        raise ValidationError(_("This invitation is no longer valid. Ask for a new one."))
+    if invitation.email.lower() != user.email.lower():
+        raise ValidationError(
+            _("This invitation was sent to %(email)s. Sign in with that address to accept it.")
+            % {"email": invitation.email}
+        )
+    membership, created = Membership.objects.get_or_create(
+        user=user, organization=invitation.organization, defaults={"role": invitation.role}
+    )
+    invitation.status = Invitation.Status.ACCEPTED
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["status", "accepted_at"])
+    audit_record(organization=invitation.organization, actor=actor, action="invitation.accepted",
+                 target=invitation, after={"user": user.email, "role": membership.role})
+    return membership
+
+
+def invitation_url(token: str) -> str:
+    from django.urls import reverse
+
+    return settings.SITE_URL.rstrip("/") + reverse("invitation_accept", args=[token])

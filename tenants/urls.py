@@ -1,0 +1,18 @@
+"""URLs under /o/<org_slug>/. Every view here carries `org_member_required`."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("chat/", views.coming_soon, {"section": "chat"}, name="chat_home"),
+    path("checks/", views.coming_soon, {"section": "checks"}, name="checks_home"),
+    path("billing/", views.coming_soon, {"section": "billing"}, name="billing_home"),
+    path("settings/", views.org_settings, name="org_settings"),
+    path("settings/members/", views.members, name="members"),
+    path("settings/members/<int:membership_id>/role/", views.member_role, name="member_role"),
+    path("settings/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
+    path("settings/members/leave/", views.member_leave, name="member_leave"),
+    path("settings/invitations/<int:invitation_id>/revoke/", views.invitation_cancel, name="invitation_revoke"),
+]

@@ -1,0 +1,396 @@
+"""Container packaging: Dockerfile, entrypoint, gunicorn config and docker-compose.
+
+No Docker engine is needed: files are parsed, the gunicorn config is executed, and the
+entrypoint and healthcheck commands are run against stand-ins.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import shlex
+import stat
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+GUNICORN_CONF = ROOT / "config" / "gunicorn.py"
+COMPOSE = ROOT / "docker-compose.yml"
+QUEUES = {"default", "checks", "webhooks", "billing", "generation"}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def dockerfile_stages() -> list[list[dict]]:
+    """Instructions (comments dropped) grouped by build stage, in order."""
+    parser = DockerfileParser(path=str(DOCKERFILE))
+    stages: list[list[dict]] = []
+    for item in parser.structure:
+        if item["instruction"] == "FROM":
+            stages.append([])
+        if item["instruction"] != "COMMENT":
+            assert stages, "instruction before the first FROM"
+            stages[-1].append(item)
+    return stages
+
+
+def instructions(stage: list[dict], name: str) -> list[str]:
+    return [item["value"] for item in stage if item["instruction"] == name]
+
+
+def healthcheck_command() -> str:
+    (value,) = instructions(dockerfile_stages()[-1], "HEALTHCHECK")
+    _, _, command = value.partition("CMD ")
+    assert command, f"HEALTHCHECK without CMD: {value}"
+    return command.strip()
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def healthcheck_text(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test)
+
+
+def load_gunicorn_conf(monkeypatch, **env: str) -> dict:
+    for name in (
+        "PORT",
+        "BIND",
+        "WEB_CONCURRENCY",
+        "FORWARDED_ALLOW_IPS",
+        "GUNICORN_CONTROL_SOCKET",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(GUNICORN_CONF))
+
+
+# ---------------------------------------------------------------- gunicorn config
+
+
+def test_gunicorn_reads_port_and_web_concurrency(monkeypatch):
+    conf = load_gunicorn_conf(monkeypatch, PORT="9123", WEB_CONCURRENCY="3")
+    assert conf["bind"] == "0.0.0.0:9123"
+    assert conf["workers"] == 3
+
+
+def test_gunicorn_defaults(monkeypatch):
+    conf = load_gunicorn_conf(monkeypatch)
+    assert conf["bind"] == "0.0.0.0:8000"
+    assert conf["workers"] == 2
+    assert conf["forwarded_allow_ips"] == "127.0.0.1"
+    assert conf["accesslog"] == "-" and conf["errorlog"] == "-"
+    # Workers must be given time to finish requests before they are killed.
+    assert conf["timeout"] >= conf["graceful_timeout"] > 0
+
+
+def test_gunicorn_bind_and_proxy_overrides(monkeypatch):
+    conf = load_gunicorn_conf(
+        monkeypatch,
+        PORT="9123",
+        BIND="unix:/tmp/prumo.sock",
+        FORWARDED_ALLOW_IPS="10.0.0.1",
+    )
+    assert conf["bind"] == "unix:/tmp/prumo.sock"
+    assert conf["forwarded_allow_ips"] == "10.0.0.1"
+
+
+def test_gunicorn_accepts_every_setting_and_loads_the_uvicorn_worker(monkeypatch):
+    """Gunicorn silently ignores unknown names in a config file: catch typos here."""
+    from gunicorn.config import Config
+    from uvicorn_worker import UvicornWorker
+
+    conf = load_gunicorn_conf(monkeypatch, PORT="9123", WEB_CONCURRENCY="3")
+    # Everything the file defines except helpers, imports and dunders.
+    settings = {
+        k: v
+        for k, v in conf.items()
+        if not k.startswith("_") and not callable(v) and not isinstance(v, type(os)) and k != "annotations"
+    }
+    cfg = Config()
+    unknown = sorted(set(settings) - set(cfg.settings))
+    assert not unknown, f"not gunicorn settings: {unknown}"
+    for name, value in settings.items():
+        cfg.set(name, value)  # runs gunicorn's own validators
+    assert cfg.address == [("0.0.0.0", 9123)]
+    assert cfg.workers == 3
+    assert cfg.worker_class is UvicornWorker
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_is_multi_stage_and_runtime_reuses_builder_venv():
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    builder, final = stages[0], stages[-1]
+    builder_runs = instructions(builder, "RUN")
+    assert any("venv /opt/venv" in run for run in builder_runs)
+    assert any("pip install" in run and "requirements.txt" in run for run in builder_runs)
+    assert any(copy.startswith("--from=") and "/opt/venv" in copy for copy in instructions(final, "COPY"))
+    # Compilers stay in the builder.
+    assert any("build-essential" in run for run in instructions(builder, "RUN"))
+    assert not any("build-essential" in run or "gcc" in run for run in instructions(final, "RUN"))
+
+
+def test_dockerfile_final_stage_runs_as_non_root_user():
+    final = dockerfile_stages()[-1]
+    users = instructions(final, "USER")
+    assert users, "final stage never switches user"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert any("useradd" in run and "10001" in run and user in run for run in instructions(final, "RUN"))
+
+
+def test_dockerfile_runtime_environment():
+    final = dockerfile_stages()[-1]
+    env = " ".join(instructions(final, "ENV"))
+    assert "DJANGO_SETTINGS_MODULE=config.settings.prod" in env
+    assert "PYTHONUNBUFFERED=1" in env
+    assert "/opt/venv/bin" in env
+    assert "8000" in instructions(final, "EXPOSE")
+
+
+def test_dockerfile_collects_static_in_final_stage_without_baking_secrets():
+    stages = dockerfile_stages()
+    final_runs = instructions(stages[-1], "RUN")
+    (collect,) = [run for run in final_runs if "collectstatic" in run]
+    assert "--noinput" in collect
+    # prod settings refuse to load without these, so the build passes throwaways inline...
+    assert "SECRET_KEY=" in collect and "DATABASE_URL=" in collect
+    # ...and never as ENV/ARG, which would persist them in the image.
+    for stage in stages:
+        for name in ("ENV", "ARG"):
+            for value in instructions(stage, name):
+                assert "SECRET_KEY" not in value and "DATABASE_URL" not in value
+
+
+def test_dockerfile_healthcheck_probes_healthz_with_python():
+    command = healthcheck_command()
+    assert "/healthz" in command
+    assert "urllib" in command
+    assert "curl" not in command  # not installed in python:*-slim
+
+
+class _ProdLikeHandler(BaseHTTPRequestHandler):
+    """Answers like prod: plain-HTTP requests are redirected to https unless the proxy says https."""
+
+    status = 200
+
+    def do_GET(self):
+        if self.headers.get("X-Forwarded-Proto") != "https":
+            self.send_response(301)
+            self.send_header("Location", f"https://127.0.0.1{self.path}")
+        elif self.path != "/healthz":
+            self.send_response(404)
+        else:
+            self.send_response(self.status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_dockerfile_healthcheck_command_reports_health(status, healthy):
+    handler = type("Handler", (_ProdLikeHandler,), {"status": status})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {
+            **os.environ,
+            "PORT": str(server.server_address[1]),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        result = subprocess.run(
+            ["sh", "-c", healthcheck_command()],
+            check=False,
+            env=env,
+            capture_output=True,
+            timeout=30,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy, result.stderr.decode()
+
+
+def test_dockerfile_entrypoint_defaults_to_web():
+    final = dockerfile_stages()[-1]
+    (entrypoint,) = instructions(final, "ENTRYPOINT")
+    (cmd,) = instructions(final, "CMD")
+    assert yaml.safe_load(entrypoint) == ["/app/docker/entrypoint.sh"]
+    assert yaml.safe_load(cmd) == ["web"]
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    for entry in (".venv", ".data", ".git", "staticfiles", "media", ".pytest_cache"):
+        assert entry in ignored
+    assert ignored & {"__pycache__", "**/__pycache__"}
+
+
+# ---------------------------------------------------------------- entrypoint
+
+
+@pytest.fixture
+def stub_bin(tmp_path):
+    """`python`, `gunicorn` and `celery` stand-ins that record their arguments."""
+    log = tmp_path / "calls.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "gunicorn", "celery"):
+        script = bin_dir / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'echo "{name} $*" >> "{log}"\n'
+            # Lets a test make `python manage.py deploy_migrate` fail.
+            f'if [ "{name}" = python ] && [ -n "${{FAIL_MIGRATE:-}}" ]; then exit 3; fi\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bin_dir, log
+
+
+def run_entrypoint(stub_bin, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    bin_dir, log = stub_bin
+    full_env = {k: v for k, v in os.environ.items() if k not in {"MIGRATE_ON_START", "FAIL_MIGRATE"}}
+    full_env.update(env, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), *args],
+        check=False,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, calls
+
+
+def test_entrypoint_is_strict_and_executable():
+    text = ENTRYPOINT.read_text()
+    assert text.startswith("#!")
+    assert "set -euo pipefail" in text
+    assert ENTRYPOINT.stat().st_mode & stat.S_IXUSR
+
+
+def test_entrypoint_web_migrates_then_serves_asgi_with_uvicorn_workers(stub_bin, monkeypatch):
+    result, calls = run_entrypoint(stub_bin, "web")
+    assert result.returncode == 0, result.stderr
+    assert calls == [
+        "python manage.py deploy_migrate",
+        "gunicorn config.asgi:application -c config/gunicorn.py",
+    ]
+    # The config file gunicorn is pointed at is the one that selects the uvicorn worker.
+    assert load_gunicorn_conf(monkeypatch)["worker_class"] == "uvicorn_worker.UvicornWorker"
+
+
+def test_entrypoint_web_can_skip_migrations(stub_bin):
+    result, calls = run_entrypoint(stub_bin, "web", MIGRATE_ON_START="0")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["gunicorn config.asgi:application -c config/gunicorn.py"]
+
+
+def test_entrypoint_web_does_not_serve_when_migrations_fail(stub_bin):
+    result, calls = run_entrypoint(stub_bin, "web", FAIL_MIGRATE="1")
+    assert result.returncode != 0
+    assert calls == ["python manage.py deploy_migrate"]
+
+
+def test_entrypoint_worker_consumes_every_queue(stub_bin):
+    result, calls = run_entrypoint(stub_bin, "worker")
+    assert result.returncode == 0, result.stderr
+    (call,) = calls
+    argv = shlex.split(call)
+    assert argv[:4] == ["celery", "-A", "config", "worker"]
+    assert set(argv[argv.index("-Q") + 1].split(",")) == QUEUES
+
+
+def test_entrypoint_beat(stub_bin):
+    result, calls = run_entrypoint(stub_bin, "beat")
+    assert result.returncode == 0, result.stderr
+    (call,) = calls
+    assert shlex.split(call)[:4] == ["celery", "-A", "config", "beat"]
+
+
+def test_entrypoint_runs_any_other_command_as_given(stub_bin):
+    result, calls = run_entrypoint(stub_bin, "python", "manage.py", "shell")
+    assert result.returncode == 0, result.stderr
+    assert calls == ["python manage.py shell"]
+
+
+# ---------------------------------------------------------------- docker-compose
+
+
+def test_compose_defines_the_stack():
+    services = compose()["services"]
+    assert {"web", "worker", "beat", "postgres", "redis"} <= set(services)
+    assert services["web"]["command"] == "web"
+    assert services["worker"]["command"] == "worker"
+    assert services["beat"]["command"] == "beat"
+    assert "8000:8000" in services["web"]["ports"]
+
+
+def test_compose_app_services_share_image_and_point_at_stack_services():
+    services = compose()["services"]
+    app = [services[name] for name in ("web", "worker", "beat")]
+    assert all(service["build"] == "." for service in app)
+    assert len({service.get("image") for service in app}) == 1
+    for service in app:
+        env = service["environment"]
+        assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"} <= set(env)
+        assert "@postgres:5432/" in env["DATABASE_URL"]
+        assert env["REDIS_URL"].startswith("redis://redis:6379")
+        # The healthcheck's Host must be accepted by Django.
+        assert "127.0.0.1" in env["ALLOWED_HOSTS"]
+
+
+def test_compose_every_service_has_a_healthcheck():
+    services = compose()["services"]
+    for name in ("web", "worker", "beat", "postgres", "redis"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert "/healthz" in healthcheck_text(services["web"])
+    assert "inspect ping" in healthcheck_text(services["worker"])
+    assert "pg_isready -U prumo" in healthcheck_text(services["postgres"])
+    assert "redis-cli ping" in healthcheck_text(services["redis"])
+    # Worker and beat serve no HTTP: they must not inherit the image's /healthz probe.
+    for name in ("worker", "beat"):
+        assert "/healthz" not in healthcheck_text(services[name])
+
+
+def test_compose_named_volumes_back_postgres_and_redis():
+    data = compose()
+    declared = set(data["volumes"])
+    assert {"pgdata", "redisdata"} <= declared
+
+    def mounts(service: str) -> dict[str, str]:
+        return dict(v.split(":")[:2] for v in data["services"][service].get("volumes", []))
+
+    assert mounts("postgres").get("pgdata") == "/var/lib/postgresql/data"
+    assert mounts("redis").get("redisdata") == "/data"
+    # Uploads are shared by web and worker through a named volume at MEDIA_ROOT.
+    for service in ("web", "worker"):
+        (media_volume,) = [name for name, target in mounts(service).items() if target == "/app/.data/media"]
+        assert media_volume in declared
+
+
+def test_compose_app_waits_for_healthy_dependencies():
+    services = compose()["services"]
+    for name in ("web", "worker", "beat"):
+        depends = services[name]["depends_on"]
+        for dependency in ("postgres", "redis"):
+            assert depends[dependency]["condition"] == "service_healthy", f"{name} -> {dependency}"

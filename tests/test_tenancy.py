@@ -1,0 +1,125 @@
+"""Tenant isolation: members only under /o/<slug>/, 404 for everyone else, schema always reset."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from tenants.audit.models import AuditEvent
+from tenants.middleware import ORG_PATH, TenantMiddleware
+
+pytestmark = pytest.mark.django_db
+
+
+def _org_patterns():
+    """(route, callback) for every URL pattern under /o/<org_slug>/."""
+    found = []
+
+    def walk(patterns, prefix):
+        for entry in patterns:
+            route = prefix + str(entry.pattern)
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, route)
+            elif isinstance(entry, URLPattern):
+                found.append((route, entry.callback, entry.default_args, entry.name))
+
+    walk(get_resolver().url_patterns, "")
+    return [item for item in found if item[0].startswith("o/<slug:org_slug>/")]
+
+
+def test_every_org_view_carries_the_membership_guard():
+    patterns = _org_patterns()
+    assert len(patterns) >= 8, "the /o/<slug>/ tree should not be empty"
+    unguarded = [route for route, callback, _args, _name in patterns
+                 if not getattr(callback, "org_member_required", False)]
+    assert unguarded == []
+
+
+def _org_urls(slug: str) -> list[str]:
+    urls = []
+    for route, _callback, _args, _name in _org_patterns():
+        path = "/" + route.replace("<slug:org_slug>", slug)
+        path = path.replace("<int:membership_id>", "1").replace("<int:invitation_id>", "1")
+        urls.append(path)
+    return urls
+
+
+def test_member_of_another_organization_gets_404_everywhere(client_for, org_b):
+    client = client_for("a", "owner")
+    for url in _org_urls(org_b.slug):
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            assert response.status_code == 404, (method, url, response.status_code)
+            assert org_b.name.encode() not in response.content
+
+
+def test_unknown_organization_and_foreign_one_answer_the_same(client_for, org_b):
+    client = client_for("a", "owner")
+    foreign = client.get(f"/o/{org_b.slug}/")
+    unknown = client.get("/o/no-such-org-anywhere/")
+    assert foreign.status_code == unknown.status_code == 404
+
+    def normalized(response, slug: str) -> str:
+        # Only the echoed path and the per-request CSRF tokens may differ.
+        html = response.content.decode().replace(f"/o/{slug}/", "/o/<slug>/")
+        return re.sub(r'(csrfmiddlewaretoken" value="|X-CSRFToken": ")[^"]+', r"\1", html)
+
+    assert normalized(foreign, org_b.slug) == normalized(unknown, "no-such-org-anywhere")
+
+
+def test_anonymous_gets_404_with_a_sign_in_link(org_a):
+    response = Client().get(f"/o/{org_a.slug}/settings/members/")
+    assert response.status_code == 404
+    assert b"/accounts/login/?next=/o/" in response.content
+    assert org_a.name.encode() not in response.content
+
+
+def test_member_sees_their_organization_in_its_schema(client_for, org_a):
+    response = client_for("a", "viewer").get(f"/o/{org_a.slug}/")
+    assert response.status_code == 200
+    assert response.context["request"].tenant == org_a
+    # Activity comes from org A's schema: its creation event is there.
+    assert "organization.created" in response.content.decode()
+
+
+def test_schema_is_public_again_after_each_request(client_for, org_a):
+    client = client_for("a", "owner")
+    for url in (f"/o/{org_a.slug}/", f"/o/{org_a.slug}/settings/members/", "/o/missing/"):
+        client.get(url)
+        assert connection.schema_name == "public"
+
+
+def test_schema_is_reset_even_when_the_view_raises(rf, tenant_world, org_a):
+    seen = []
+
+    def explode(request):
+        seen.append(connection.schema_name)
+        raise RuntimeError("view failed")
+
+    request = rf.get(f"/o/{org_a.slug}/")
+    request.user = tenant_world["a"]["owner"]
+    with pytest.raises(RuntimeError):
+        TenantMiddleware(explode)(request)
+    assert seen == [org_a.schema_name]
+    assert connection.schema_name == "public"
+
+
+def test_audit_events_stay_in_their_own_schema(org_a, org_b):
+    from django_tenants.utils import schema_context
+
+    with schema_context(org_a.schema_name):
+        a_ids = set(AuditEvent.objects.values_list("target_id", flat=True))
+    with schema_context(org_b.schema_name):
+        b_ids = set(AuditEvent.objects.values_list("target_id", flat=True))
+    assert str(org_a.pk) in a_ids and str(org_a.pk) not in b_ids
+    assert str(org_b.pk) in b_ids and str(org_b.pk) not in a_ids
+
+
+def test_org_path_pattern_matches_only_the_prefix():
+    assert ORG_PATH.match("/o/acme/").group("slug") == "acme"
+    assert ORG_PATH.match("/orgs/") is None
+    assert ORG_PATH.match("/o/") is None
