@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EMBED := $(PY) -m config.embedded --
+# Run as a file, not `-m config.embedded`: importing the config package sets a default
+# DJANGO_SETTINGS_MODULE (for Celery) that would leak into the command.
+EMBED := $(PY) config/embedded.py --
 
 .PHONY: install run serve test migrate pending drift bench-tenants messages lint clean
 
@@ -23,10 +25,19 @@ install: $(STAMP)
 run: install
 	$(EMBED) $(PY) -m config.devserver
 
-## The production server in the foreground, exactly as the Docker image runs it.
-serve: install
-	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(EMBED) $(VENV)/bin/gunicorn config.asgi:application -c config/gunicorn.py
+## The production server in the foreground, exactly as the Docker image runs it: production
+## settings, gunicorn + uvicorn worker, PORT (8000) and WEB_CONCURRENCY. Plain HTTP locally.
+SERVE_ENV := DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.prod} \
+	SECRET_KEY="$${SECRET_KEY:-$$(cat .data/secret_key)}" SECURE_SSL_REDIRECT=$${SECURE_SSL_REDIRECT:-0} \
+	SECURE_HSTS_SECONDS=$${SECURE_HSTS_SECONDS:-0} ALLOWED_HOSTS=$${ALLOWED_HOSTS:-localhost,127.0.0.1}
+
+.data/secret_key: | $(PY)
+	@mkdir -p .data && $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > $@
+
+serve: install .data/secret_key
+	$(EMBED) sh -c '$(SERVE_ENV) $(PY) manage.py deploy_migrate && \
+		$(SERVE_ENV) $(PY) manage.py collectstatic --noinput --verbosity 0 && \
+		$(SERVE_ENV) exec $(VENV)/bin/gunicorn config.asgi:application -c config/gunicorn.py'
 
 ## The whole test suite (embedded services unless DATABASE_URL / REDIS_URL are set).
 test: install

@@ -1,6 +1,6 @@
 """`make run`: migrate, seed the demo, then run the web server, a Celery worker and beat.
 
-Runs under `python -m config.embedded`, which provides DATABASE_URL / REDIS_URL (embedded
+Runs under `config/embedded.py`, which provides DATABASE_URL / REDIS_URL (embedded
 servers when they are unset). Ctrl-C stops every process started here.
 """
 

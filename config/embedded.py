@@ -1,6 +1,6 @@
 """Embedded PostgreSQL and Redis for development and tests.
 
-`python -m config.embedded -- CMD ...` starts what is missing (PostgreSQL when
+`python config/embedded.py -- CMD ...` starts what is missing (PostgreSQL when
 `DATABASE_URL` is unset, Redis when `REDIS_URL` is unset) under `.data/`, runs CMD with
 those variables set, and stops the servers it started when CMD ends. Servers that are
 already running for the same data folder are shared, so `make run` and `make test` can
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        print("usage: python -m config.embedded -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python config/embedded.py -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     env = os.environ.copy()
     pg_server = None

@@ -37,6 +37,9 @@ def _form_errors(form, error: ValidationError) -> None:
 @login_required
 def org_list(request: HttpRequest) -> HttpResponse:
     memberships = organization_list_for_user(user=request.user)
+    if not memberships:
+        # A new account's first step: create its organization.
+        return redirect("org_create")
     return render(request, "tenants/org_list.html", {"memberships": memberships})
 
 

@@ -37,7 +37,10 @@ def test_signup_requires_the_emailed_code_then_signs_in():
     assert wrong.status_code == 200 and "Incorrect code" in wrong.content.decode()
     done = client.post("/accounts/confirm-email/", {"code": _code(mail.outbox[0])})
     assert done.status_code == 302
-    assert client.get("/orgs/").status_code == 200
+    # Signed in, with no organization yet: the first step is creating one.
+    first_step = client.get("/orgs/")
+    assert first_step.status_code == 302 and first_step["Location"] == "/orgs/new/"
+    assert client.get("/orgs/new/").status_code == 200
     assert user.emailaddress_set.get().verified
 
 

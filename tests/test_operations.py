@@ -130,3 +130,13 @@ def test_staff_admin_lists_and_searches_tenancy_models(admin_client, org_a):
     filtered = admin_client.get("/admin/tenants/membership/", {"role__exact": "viewer"})
     assert "viewer-a@example.com" in filtered.content.decode()
     assert "owner-a@example.com" not in filtered.content.decode()
+
+
+@pytest.mark.django_db
+def test_pages_send_a_strict_content_security_policy():
+    response = Client().get("/")
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "<script>" not in response.content.decode()  # no inline scripts to allow

@@ -201,3 +201,22 @@ def test_cannot_act_on_a_membership_of_another_organization(client_for, org_a, o
     response = client_for("a", "owner").post(f"/o/{org_a.slug}/settings/members/{foreign.pk}/remove/")
     assert response.status_code == 404
     assert Membership.objects.filter(pk=foreign.pk).exists()
+
+
+def test_unknown_address_signs_up_from_the_invitation_and_comes_back_to_accept(client_for, org_a,
+                                                                                django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        client_for("a", "admin").post(f"/o/{org_a.slug}/settings/members/",
+                                      {"email": "brand.new@example.com", "role": "viewer"})
+    token = re.search(r"/invitations/(\S+)/", mail.outbox[-1].body).group(1)
+    visitor = Client()
+    page = visitor.get(f"/invitations/{token}/").content.decode()
+    signup_url = re.search(r'href="(/accounts/signup/\?next=[^"]+)"', page).group(1)
+    visitor.post(signup_url, {"email": "brand.new@example.com", "password1": "Invited-pass-2026",
+                              "password2": "Invited-pass-2026"})
+    code = re.search(r"^\s*([A-Z0-9]{4}-[A-Z0-9]{4})\s*$", mail.outbox[-1].body, re.MULTILINE).group(1)
+    verified = visitor.post("/accounts/confirm-email/", {"code": code})
+    assert verified.status_code == 302 and verified["Location"] == f"/invitations/{token}/"
+    accepted = visitor.post(verified["Location"])
+    assert accepted["Location"] == f"/o/{org_a.slug}/"
+    assert Membership.objects.get(organization=org_a, user__email="brand.new@example.com").role == Role.VIEWER
