@@ -29,6 +29,39 @@ def _organization(slug: str, owner: User) -> Organization:
                                       actor=Actor.system("tests"))
 
 
+def on_configured_database(connection) -> bool:
+    """Whether `connection` still points at the database DATABASE_URL names (not a test database)."""
+    import dj_database_url
+    from django.conf import settings
+
+    return connection.settings_dict["NAME"] == dj_database_url.parse(settings.DATABASE_URL)["NAME"]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, request, django_db_blocker, django_db_keepdb, django_db_createdb):
+    """pytest-django's setup, plus the test database when no collected test asked for one.
+
+    pytest-django only creates/switches to the test database if some collected test uses
+    `db`, `transactional_db`, `live_server` or the `django_db` marker. The tests here use none
+    of them (their wrappers would fight with subprocesses that commit), so on their own the
+    connection, `tenant_world` and the servers would all use the development database.
+    """
+    from django.db import connections
+    from django.test.utils import setup_databases, teardown_databases
+
+    db_cfg = None
+    if on_configured_database(connections["default"]):
+        with django_db_blocker.unblock():
+            db_cfg = setup_databases(
+                verbosity=request.config.option.verbose, interactive=False, aliases={"default"},
+                serialized_aliases=set(), keepdb=django_db_keepdb and not django_db_createdb,
+            )
+    yield
+    if db_cfg is not None and not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(db_cfg, verbosity=request.config.option.verbose)
+
+
 @pytest.fixture(scope="session")
 def tenant_world(django_db_setup, django_db_blocker):
     """Two committed organizations, each with an owner, an admin, a member and a viewer."""

@@ -58,13 +58,16 @@ def test_log_lines_carry_request_id_organization_and_user_as_json(client_for, or
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(RequestContextFilter())
-    handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s %(request_id)s %(organization)s %(user_id)s"))
+    handler.setFormatter(
+        JsonFormatter("%(levelname)s %(name)s %(message)s %(request_id)s %(organization)s %(user_id)s")
+    )
     logger = logging.getLogger("tenants")
     logger.addHandler(handler)
     try:
         target = Membership.objects.get(organization=org_a, user=tenant_world["a"]["viewer"])
-        client_for("a", "owner").post(f"/o/{org_a.slug}/settings/members/{target.pk}/role/", {"role": "member"},
-                                      HTTP_X_REQUEST_ID="req-42")
+        client_for("a", "owner").post(
+            f"/o/{org_a.slug}/settings/members/{target.pk}/role/", {"role": "member"}, HTTP_X_REQUEST_ID="req-42"
+        )
     finally:
         logger.removeHandler(handler)
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -77,14 +80,23 @@ def test_log_lines_carry_request_id_organization_and_user_as_json(client_for, or
 
 def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DATABASE_URL", "DJANGO_SETTINGS_MODULE"}}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL"])
 def test_production_settings_refuse_to_start_without_secret_and_database(missing):
-    env = {"DJANGO_SETTINGS_MODULE": "config.settings.prod", "SECRET_KEY": "x" * 60,
-           "DATABASE_URL": "postgresql://u@db.internal/prumo"}
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.prod",
+        "SECRET_KEY": "x" * 60,
+        "DATABASE_URL": "postgresql://u@db.internal/prumo",
+    }
     env.pop(missing)
     result = _manage(["check"], env)
     assert result.returncode != 0
@@ -92,9 +104,12 @@ def test_production_settings_refuse_to_start_without_secret_and_database(missing
 
 
 def test_check_deploy_passes_under_production_settings():
-    env = {"DJANGO_SETTINGS_MODULE": "config.settings.prod",
-           "SECRET_KEY": "k8#Jw2$Qz!vN7pL0xR4tY6uB9mC3dF5gH1jK2lZ8sA0qW3eE4rT5yU6iO7pP8aS9dD",
-           "DATABASE_URL": "postgresql://u@db.internal/prumo", "ALLOWED_HOSTS": "prumo.example.com"}
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings.prod",
+        "SECRET_KEY": "k8#Jw2$Qz!vN7pL0xR4tY6uB9mC3dF5gH1jK2lZ8sA0qW3eE4rT5yU6iO7pP8aS9dD",
+        "DATABASE_URL": "postgresql://u@db.internal/prumo",
+        "ALLOWED_HOSTS": "prumo.example.com",
+    }
     result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -122,8 +137,13 @@ def test_seed_demo_is_idempotent_and_refused_in_production(settings):
 
 @pytest.mark.django_db
 def test_staff_admin_lists_and_searches_tenancy_models(admin_client, org_a):
-    for url in ("/admin/tenants/organization/", "/admin/tenants/membership/", "/admin/tenants/domain/",
-                "/admin/accounts/user/", "/admin/tenants/invitation/"):
+    for url in (
+        "/admin/tenants/organization/",
+        "/admin/tenants/membership/",
+        "/admin/tenants/domain/",
+        "/admin/accounts/user/",
+        "/admin/tenants/invitation/",
+    ):
         assert admin_client.get(url).status_code == 200, url
     found = admin_client.get("/admin/tenants/organization/", {"q": "owner-a@example.com"})
     assert org_a.name in found.content.decode()

@@ -78,7 +78,7 @@ def test_empty_name_is_a_form_error_not_a_crash(client_for):
     response = client_for("a").post("/orgs/new/", {"name": "  "})
     assert response.status_code == 200
     assert Organization.objects.filter(slug="").count() == 0
-    assert "This field is required" in response.content.decode() or "Give your organization" in response.content.decode()
+    assert "This field is required" in response.content.decode()
 
 
 def test_org_list_shows_only_my_organizations(client_for, org_a, org_b):
@@ -87,8 +87,9 @@ def test_org_list_shows_only_my_organizations(client_for, org_a, org_b):
     assert org_b.name not in html
 
 
-def test_header_switcher_lists_my_organizations_with_a_fixed_number_of_queries(client_for, org_a,
-                                                                                django_assert_max_num_queries):
+def test_header_switcher_lists_my_organizations_with_a_fixed_number_of_queries(
+    client_for, org_a, django_assert_max_num_queries
+):
     client = client_for("a", "owner")
     with django_assert_max_num_queries(12):
         response = client.get(f"/o/{org_a.slug}/")
@@ -98,7 +99,9 @@ def test_header_switcher_lists_my_organizations_with_a_fixed_number_of_queries(c
 def test_admin_invites_by_email_and_the_invitee_accepts(client_for, org_a, django_capture_on_commit_callbacks):
     admin = client_for("a", "admin")
     with django_capture_on_commit_callbacks(execute=True):
-        response = admin.post(f"/o/{org_a.slug}/settings/members/", {"email": "New.Person@Example.com", "role": "member"})
+        response = admin.post(
+            f"/o/{org_a.slug}/settings/members/", {"email": "New.Person@Example.com", "role": "member"}
+        )
     assert response.status_code == 302
     invitation = Invitation.objects.get(organization=org_a, email="new.person@example.com")
     assert invitation.status == Invitation.Status.PENDING
@@ -127,7 +130,9 @@ def test_admin_invites_by_email_and_the_invitee_accepts(client_for, org_a, djang
 
 def test_invitation_for_someone_else_is_refused(client_for, org_a, tenant_world, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        client_for("a", "owner").post(f"/o/{org_a.slug}/settings/members/", {"email": "x@example.com", "role": "viewer"})
+        client_for("a", "owner").post(
+            f"/o/{org_a.slug}/settings/members/", {"email": "x@example.com", "role": "viewer"}
+        )
     token = re.search(r"/invitations/(\S+)/", mail.outbox[0].body).group(1)
     response = client_for("b", "member").post(f"/invitations/{token}/")
     assert response.status_code == 400
@@ -187,7 +192,6 @@ def test_admin_removes_a_member(client_for, org_a, tenant_world):
     target = Membership.objects.get(organization=org_a, user=tenant_world["a"]["viewer"])
     client_for("a", "admin").post(f"/o/{org_a.slug}/settings/members/{target.pk}/remove/")
     assert not Membership.objects.filter(pk=target.pk).exists()
-    event = AuditEvent.objects.using("default")
     with schema_context(org_a.schema_name):
         event = AuditEvent.objects.order_by("-id").first()
     assert event.action == "membership.removed"
@@ -203,17 +207,21 @@ def test_cannot_act_on_a_membership_of_another_organization(client_for, org_a, o
     assert Membership.objects.filter(pk=foreign.pk).exists()
 
 
-def test_unknown_address_signs_up_from_the_invitation_and_comes_back_to_accept(client_for, org_a,
-                                                                                django_capture_on_commit_callbacks):
+def test_unknown_address_signs_up_from_the_invitation_and_comes_back_to_accept(
+    client_for, org_a, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
-        client_for("a", "admin").post(f"/o/{org_a.slug}/settings/members/",
-                                      {"email": "brand.new@example.com", "role": "viewer"})
+        client_for("a", "admin").post(
+            f"/o/{org_a.slug}/settings/members/", {"email": "brand.new@example.com", "role": "viewer"}
+        )
     token = re.search(r"/invitations/(\S+)/", mail.outbox[-1].body).group(1)
     visitor = Client()
     page = visitor.get(f"/invitations/{token}/").content.decode()
     signup_url = re.search(r'href="(/accounts/signup/\?next=[^"]+)"', page).group(1)
-    visitor.post(signup_url, {"email": "brand.new@example.com", "password1": "Invited-pass-2026",
-                              "password2": "Invited-pass-2026"})
+    visitor.post(
+        signup_url,
+        {"email": "brand.new@example.com", "password1": "Invited-pass-2026", "password2": "Invited-pass-2026"},
+    )
     code = re.search(r"^\s*([A-Z0-9]{4}-[A-Z0-9]{4})\s*$", mail.outbox[-1].body, re.MULTILINE).group(1)
     verified = visitor.post("/accounts/confirm-email/", {"code": code})
     assert verified.status_code == 302 and verified["Location"] == f"/invitations/{token}/"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dj_database_url
 from csp.constants import NONE, SELF
@@ -80,11 +80,21 @@ DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def celery_redis_url(url: str) -> str:
-    """kombu names unix sockets `redis+socket://`; redis-py names them `unix://`."""
+def redis_url_with_db(url: str, db: int) -> str:
+    """The same Redis server, another logical database."""
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return f"redis+socket://{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "db"] + [("db", str(db))]
+        return f"unix://{parts.path}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def celery_redis_url(url: str) -> str:
+    """kombu names unix sockets `redis+socket://` and their database `virtual_host`."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = [("virtual_host" if k == "db" else k, v) for k, v in parse_qsl(parts.query)]
+        return f"redis+socket://{parts.path}" + (f"?{urlencode(query)}" if query else "")
     return url
 
 

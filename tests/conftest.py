@@ -1,0 +1,86 @@
+"""Fixtures for end-to-end tests under tests/: a live server process and a Celery worker.
+
+See tests/servers.py: both subprocesses see only committed data in the test database.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .servers import CeleryWorker, LiveServer, database_url, start_celery_worker, start_live_server
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+LOG_TAIL_LINES = 150
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the item (`item.rep_call`); attach server logs to failures."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    if report.failed:
+        for name in ("live_server_process", "celery_worker_process"):
+            running = getattr(item, "funcargs", {}).get(name)
+            if running is not None:
+                tail = "\n".join(running.process.log().splitlines()[-LOG_TAIL_LINES:])
+                report.sections.append((f"{running.process.name} log (last {LOG_TAIL_LINES} lines)", tail))
+    return report
+
+
+def _print_uncaptured(request, process) -> None:
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        process.print_log()
+        return
+    with capture.global_and_fixture_disabled():
+        process.print_log()
+
+
+@pytest.fixture(scope="session")
+def test_database_url(django_db_setup, django_db_blocker) -> str:
+    """DATABASE_URL of the test database pytest-django set up (never the development one)."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        assert connection.settings_dict["NAME"].startswith("test_"), "refusing to run servers on a non-test database"
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            (current,) = cursor.fetchone()
+        assert current == connection.settings_dict["NAME"], (current, connection.settings_dict["NAME"])
+        return database_url(connection.settings_dict)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+
+
+@pytest.fixture(scope="session")
+def live_server_process(request, test_database_url, redis_url, tmp_path_factory) -> LiveServer:
+    """The production-style web server (gunicorn + uvicorn worker) on a free 127.0.0.1 port.
+
+    `.url` is its base URL, `.outbox()` the emails it sent (filebased backend), oldest first.
+    """
+    workdir = tmp_path_factory.mktemp("live-server")
+    server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=workdir)
+    yield server
+    server.process.stop()
+    if request.session.testsfailed:
+        _print_uncaptured(request, server.process)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(request, live_server_process, test_database_url, redis_url,
+                          tmp_path_factory) -> CeleryWorker:
+    """A Celery worker (solo pool) on every queue, mailing into the live server's outbox."""
+    workdir = tmp_path_factory.mktemp("celery-worker")
+    worker = start_celery_worker(
+        database_url=test_database_url, redis_url=redis_url, workdir=workdir,
+        email_dir=live_server_process.email_dir, site_url=live_server_process.url,
+    )
+    yield worker
+    worker.process.stop()
+    if request.session.testsfailed:
+        _print_uncaptured(request, worker.process)
