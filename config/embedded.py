@@ -70,7 +70,7 @@ class EmbeddedRedis:
                 [
                     str(binary), "--port", "0", "--unixsocket", str(self.socket),
                     "--unixsocketperm", "700", "--dir", str(self.folder),
-                    "--save", "60 1", "--appendonly", "no", "--loglevel", "warning",
+                    "--save", "60", "1", "--appendonly", "no", "--loglevel", "warning",
                     "--logfile", str(self.folder / "redis.log"),
                 ],
                 start_new_session=True,
