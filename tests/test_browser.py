@@ -180,8 +180,10 @@ def test_visitor_signs_up_and_creates_organization_in_english(new_page, live_ser
 
 def test_visitor_signs_up_and_creates_organization_in_portuguese(new_page, live_server_process, visitors):
     with translation.override("pt-br"):
-        sign_up_heading = translation.gettext("Sign Up")  # allauth ships pt_BR
+        sign_up_heading = translation.gettext("Sign Up")  # allauth's pt_BR catalog
+        dashboard_link = translation.gettext("Dashboard")  # ours: locale/pt_BR
     assert sign_up_heading != "Sign Up", "allauth's pt_BR catalog is not available"
+    assert dashboard_link != "Dashboard", "our pt_BR catalog is not compiled"
 
     page = new_page(locale="en-US")  # the browser asks for English; the visitor picks Portuguese
     email = f"{unique('visitante')}@example.com"
@@ -201,6 +203,7 @@ def test_visitor_signs_up_and_creates_organization_in_portuguese(new_page, live_
     slug = create_organization(page, live_server_process, name)
     assert page.url == f"{live_server_process.url}/o/{slug}/"
     assert page.locator("html").get_attribute("lang") == "pt-br"
+    assert page.locator("nav.orgnav a[aria-current=page]").inner_text().strip() == dashboard_link
 
 
 def test_dashboard_fits_a_phone(new_page, live_server_process, visitors):
