@@ -57,7 +57,7 @@ bench-tenants: install
 	$(EMBED) $(PY) bench/tenants.py --orgs 1000
 
 messages: install
-	$(PY) manage.py makemessages -l pt_BR --no-location --ignore=.venv --ignore=staticfiles --ignore=.data
+	$(PY) manage.py makemessages -l pt_BR --no-location --no-obsolete --ignore=.venv --ignore=staticfiles --ignore=.data --ignore=bench --ignore=tests
 	$(PY) manage.py compilemessages -l pt_BR --ignore=.venv
 
 lint: install
