@@ -117,3 +117,21 @@ def test_email_is_unique_case_insensitively(tenant_world):
     # allauth does not reveal that the address exists: it behaves as a signup, sends no second account.
     assert User.objects.filter(email__iexact="owner-a@example.com").count() == 1
     assert response.status_code in (200, 302)
+
+
+def test_failed_logins_are_rate_limited_per_client(tenant_world, settings):
+    import uuid
+
+    settings.ACCOUNT_RATE_LIMITS = {"login_failed": "3/m/ip"}
+    ip = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"  # fresh counter
+    client = Client(REMOTE_ADDR=ip)
+    for _ in range(3):
+        page = client.post("/accounts/login/", {"login": "owner-a@example.com", "password": "wrong"})
+        assert "Too many failed login attempts" not in page.content.decode()
+    blocked = client.post("/accounts/login/", {"login": "owner-a@example.com", "password": "correct-horse-battery"})
+    # Even the right password is refused until the window passes; the form says why.
+    assert blocked.status_code == 200
+    assert "Too many failed login attempts" in blocked.content.decode()
+    other_client = Client(REMOTE_ADDR="192.0.2.1" if ip != "192.0.2.1" else "192.0.2.2")
+    assert other_client.post("/accounts/login/", {"login": "owner-a@example.com",
+                                                  "password": "correct-horse-battery"}).status_code == 302

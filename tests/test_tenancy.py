@@ -123,3 +123,39 @@ def test_org_path_pattern_matches_only_the_prefix():
     assert ORG_PATH.match("/o/acme/").group("slug") == "acme"
     assert ORG_PATH.match("/orgs/") is None
     assert ORG_PATH.match("/o/") is None
+
+
+def test_custom_domain_resolves_to_its_organization(rf, org_a, settings):
+    from tenants.models import Domain
+
+    settings.ALLOWED_HOSTS = ["acme.example.com", "plain.example.com"]
+    Domain.objects.create(domain="acme.example.com", tenant=org_a, is_primary=True)
+    seen = {}
+
+    def capture(request):
+        seen[request.get_host()] = (getattr(request, "tenant", None), connection.schema_name)
+        from django.http import HttpResponse
+
+        return HttpResponse()
+
+    TenantMiddleware(capture)(rf.get("/", HTTP_HOST="acme.example.com"))
+    TenantMiddleware(capture)(rf.get("/", HTTP_HOST="plain.example.com"))
+    assert seen["acme.example.com"] == (org_a, org_a.schema_name)
+    assert seen["plain.example.com"] == (None, "public")
+    assert connection.schema_name == "public"
+
+
+def test_org_pages_resolve_the_same_under_asgi(tenant_world, org_a, org_b):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    async def fetch():
+        client = AsyncClient()
+        await client.aforce_login(tenant_world["a"]["member"])
+        own = await client.get(f"/o/{org_a.slug}/")
+        foreign = await client.get(f"/o/{org_b.slug}/")
+        return own, foreign
+
+    own, foreign = async_to_sync(fetch)()
+    assert own.status_code == 200 and f"<h1>{org_a.name}</h1>" in own.content.decode()
+    assert foreign.status_code == 404
