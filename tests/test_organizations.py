@@ -9,6 +9,7 @@ from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
 from accounts.models import User
@@ -228,3 +229,18 @@ def test_unknown_address_signs_up_from_the_invitation_and_comes_back_to_accept(
     accepted = visitor.post(verified["Location"])
     assert accepted["Location"] == f"/o/{org_a.slug}/"
     assert Membership.objects.get(organization=org_a, user__email="brand.new@example.com").role == Role.VIEWER
+
+
+def test_members_page_queries_do_not_grow_with_members(client_for, org_a):
+    client = client_for("a", "owner")
+
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(f"/o/{org_a.slug}/settings/members/").status_code == 200
+        return len(queries)
+
+    before = count()
+    for n in range(5):
+        extra = User.objects.create_user(email=f"extra-{n}@example.com", password="x-long-password-1")
+        Membership.objects.create(user=extra, organization=org_a, role=Role.MEMBER)
+    assert count() == before

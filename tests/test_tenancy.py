@@ -71,11 +71,14 @@ def test_unknown_organization_and_foreign_one_answer_the_same(client_for, org_b)
     assert normalized(foreign, org_b.slug) == normalized(unknown, "no-such-org-anywhere")
 
 
-def test_anonymous_gets_404_with_a_sign_in_link(org_a):
-    response = Client().get(f"/o/{org_a.slug}/settings/members/")
-    assert response.status_code == 404
-    assert b"/accounts/login/?next=/o/" in response.content
-    assert org_a.name.encode() not in response.content
+def test_anonymous_gets_404_everywhere_with_a_sign_in_link(org_a):
+    client = Client()
+    for url in _org_urls(org_a.slug):
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            assert response.status_code == 404, (method, url, response.status_code)
+            assert org_a.name.encode() not in response.content
+    assert b"/accounts/login/?next=/o/" in client.get(f"/o/{org_a.slug}/").content
 
 
 def test_member_sees_their_organization_in_its_schema(client_for, org_a):
