@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -18,6 +19,9 @@ from .audit.services import Actor, audit_record
 from .models import Invitation, Membership, Organization, Role, invitation_token_hash
 from .provisioning import schema_provision
 
+# Lowercase letters and digits in hyphen-separated words: URL- and hostname-safe, and
+# maps one-to-one onto a schema name (no `a_b` beside `a-b`).
+SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 RESERVED_SLUGS = {"new", "admin", "api", "v1", "public", "static", "media", "www", "o", "orgs"}
 INVITATION_TTL = timedelta(days=7)
 
@@ -45,7 +49,9 @@ def organization_create(*, user: User, name: str, slug: str = "", actor: Actor |
     name = name.strip()
     if not name:
         raise ValidationError({"name": _("Give your organization a name.")})
-    slug = slug or slug_suggest(name)
+    slug = slug.strip().lower() or slug_suggest(name)
+    if not SLUG_PATTERN.fullmatch(slug) or len(slug) > 50:
+        raise ValidationError({"slug": _("Use lowercase letters, numbers and single hyphens (up to 50).")})
     if slug in RESERVED_SLUGS:
         raise ValidationError({"slug": _("This address is reserved. Choose another.")})
     if Organization.objects.filter(slug=slug).exists():

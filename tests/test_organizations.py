@@ -244,3 +244,16 @@ def test_members_page_queries_do_not_grow_with_members(client_for, org_a):
         extra = User.objects.create_user(email=f"extra-{n}@example.com", password="x-long-password-1")
         Membership.objects.create(user=extra, organization=org_a, role=Role.MEMBER)
     assert count() == before
+
+
+@pytest.mark.parametrize("slug", ["a_b", "-edge", "double--hyphen", "espaço", "new", "admin"])
+def test_invalid_or_reserved_addresses_are_form_errors(client_for, slug):
+    response = client_for("a").post("/orgs/new/", {"name": "Whatever", "slug": slug})
+    assert response.status_code == 200
+    assert 'class="error"' in response.content.decode()
+    assert not Organization.objects.filter(name="Whatever").exists()
+
+
+def test_address_is_normalized_to_lowercase(tenant_world):
+    org = organization_create(user=tenant_world["a"]["owner"], name="Upper", slug="MixedCase")
+    assert (org.slug, org.schema_name) == ("mixedcase", "org_mixedcase")
