@@ -4,6 +4,7 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 
+from .audit.models import AuditEvent
 from .models import Invitation, Membership, Organization
 
 
@@ -19,6 +20,11 @@ def membership_for(*, user: User, organization: Organization) -> Membership | No
 
 def member_list(*, organization: Organization) -> QuerySet[Membership]:
     return Membership.objects.filter(organization=organization).select_related("user").order_by("created_at")
+
+
+def audit_recent_list(*, limit: int = 8) -> QuerySet[AuditEvent]:
+    """The latest audit events of the current organization's schema."""
+    return AuditEvent.objects.all()[:limit]
 
 
 def invitation_pending_list(*, organization: Organization) -> QuerySet[Invitation]:

@@ -9,12 +9,11 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from .audit.models import AuditEvent
 from .audit.services import Actor
 from .forms import InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
 from .models import Invitation, Membership, Role, invitation_token_hash
-from .selectors import invitation_pending_list, member_list, organization_list_for_user
+from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user
 from .services import (
     invitation_accept,
     invitation_create,
@@ -63,8 +62,8 @@ def org_create(request: HttpRequest) -> HttpResponse:
 @org_member_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
-        "member_count": Membership.objects.filter(organization=request.tenant).count(),
-        "recent_events": AuditEvent.objects.all()[:8],
+        "member_count": member_list(organization=request.tenant).count(),
+        "recent_events": audit_recent_list(),
     }
     return render(request, "tenants/dashboard.html", context)
 
