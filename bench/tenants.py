@@ -202,8 +202,8 @@ def time_pending_check(url: str, repeats: int) -> dict:
     print(f"in-process migration_status(), repeated: median {statistics.median(warm) * 1000:.0f} ms "
           f"(of which migration graph from disk: median {statistics.median(loader) * 1000:.0f} ms)")
 
-    # The `UNION ALL` shapes measured against the dynamic-query statement that
-    # migration_status() uses (see the comment on _STATUS_SQL in tenants/migration_status.py).
+    # Query shapes for the same check (see the comment on _SCHEMAS_SQL in
+    # tenants/migration_status.py, which uses the fenced one with rows compared in Python).
     from tenants.migration_status import _quote_ident
 
     checked = [state.name for state in status.schemas if state.has_migrations_table]

@@ -22,7 +22,6 @@ also counts as recorded when everything it replaces is). That is what
 
 from __future__ import annotations
 
-import html
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,67 +126,69 @@ def _public_table(model) -> str:
     return f"{_quote_ident(get_public_schema_name())}.{_quote_ident(model._meta.db_table)}"
 
 
-# Query 2 of 2, over every schema at once. `{tenants}` is empty on a database without
-# the organization table. For each schema, `query_to_xml()` runs a tiny dynamic query
-# (`string_agg` of its recorded `app.name`) planned when it runs, and `xpath()` takes the
-# text back out; `CASE` skips schemas without a `django_migrations` table (`to_regclass()`
-# returns NULL for a missing schema or table, never an error), so one statement handles
-# missing schemas and tables too.
+# Queries 2 and 3, over every schema at once. Query 2 lists `public` and every
+# organization's schema, whether it exists and whether it has a `django_migrations` table
+# (`to_regclass()` answers NULL for a missing schema or table, never an error). Query 3
+# reads every listed table in one `UNION ALL` statement, one aggregated row per schema.
 #
-# Why this shape — medians of 20 runs with 1,001 schemas of 37 migrations each,
-# PostgreSQL 15, 2 cores, query plus the Python comparison (bench/tenants.py repeats the
-# `UNION ALL` variants):
-# - this (dynamic query per schema):                                    ~70 ms
-# - `UNION ALL` of one `OFFSET 0`-fenced branch per schema, 37k rows
-#   diffed in Python (plus a separate query for the schema list):       ~95 ms
-# - the same branches with an anti-join in SQL returning only the
-#   schemas behind:                                                     ~125 ms
-# - unfenced `UNION ALL` of rows (the planner pulls 1,001 branches up
-#   into one append relation: 120 ms of planning):                      ~160-600 ms
-# - unfenced per-branch `ARRAY(expected EXCEPT recorded)`:              ~6.8 s (planning)
-# A `UNION ALL` also grows the SQL text (~150 bytes per schema) and its planning time with
-# the number of schemas; this statement has a constant text and 0.2 ms of planning.
-_STATUS_SQL = """
+# Why this shape — medians with 1,001 schemas of 37 migrations each, PostgreSQL 15,
+# 2 cores (bench/tenants.py measures the variants):
+# - each branch fenced with `OFFSET 0`, rows compared in Python:           ~95 ms
+# - the same branches with an anti-join in SQL:                             ~125 ms
+# - unfenced branches (PostgreSQL pulls 1,001 branches up into one append
+#   relation: 120 ms of planning):                                          ~160-600 ms
+# - unfenced per-branch `ARRAY(expected EXCEPT recorded)` (planning):       ~6.8 s
+# A dynamic query per schema through `query_to_xml()` has a constant-size text and was a
+# little faster (~70 ms), but it needs a server built with libxml, which the embedded
+# PostgreSQL (pgserver) is not.
+_SCHEMAS_SQL = """
 SELECT s.name,
        EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = s.name),
-       t.regclass IS NOT NULL,
-       CASE WHEN t.regclass IS NOT NULL THEN
-           (xpath('/row/k/text()', query_to_xml(
-               format('SELECT string_agg(app || ''.'' || name, '','') AS k FROM %%I.django_migrations', s.name),
-               false, true, '')))[1]::text
-       END
+       to_regclass(format('%%I.django_migrations', s.name)) IS NOT NULL
   FROM (SELECT %s::text AS name, 0 AS first {tenants}) s
- CROSS JOIN LATERAL (SELECT to_regclass(format('%%I.django_migrations', s.name)) AS regclass) t
  ORDER BY s.first, s.name
 """
 
 
+def _recorded_sql(schemas: list[str]) -> str:
+    return "\nUNION ALL\n".join(
+        f"(SELECT %s::text, array_agg(app || '.' || name) FROM "
+        f"(SELECT app, name FROM {_quote_ident(schema)}.django_migrations OFFSET 0) m)"
+        for schema in schemas
+    )
+
+
 def migration_status() -> MigrationStatus:
-    """Compare the migration graph with every schema's `django_migrations` (2 queries).
+    """Compare the migration graph with every schema's `django_migrations` (3 queries).
 
     Query 1 tells whether the organization table exists (on a brand-new database it does
-    not, and `public` is then behind on everything); query 2 (`_STATUS_SQL`) lists
-    `public` and every organization's schema with what each has recorded.
+    not, and `public` is then behind on everything); query 2 lists `public` and every
+    organization's schema; query 3 reads what each of them has recorded.
     """
     expected = expected_migrations()
     public = get_public_schema_name()
     organizations = _public_table(get_tenant_model())
+    recorded: dict[str, set[str]] = {}
     with schema_context(public), connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [organizations.replace("%%", "%")])
         tenants, params = "", [public]
         if cursor.fetchone()[0]:
             tenants = f"UNION ALL SELECT schema_name, 1 FROM {organizations} WHERE schema_name <> %s"
             params.append(public)
-        cursor.execute(_STATUS_SQL.format(tenants=tenants), params)
-        rows = cursor.fetchall()
+        cursor.execute(_SCHEMAS_SQL.format(tenants=tenants), params)
+        states = [SchemaState(name, exists, has_table) for name, exists, has_table in cursor.fetchall()]
+        readable = [state.name for state in states if state.has_migrations_table]
+        if readable:
+            cursor.execute(_recorded_sql(readable), readable)
+            recorded = {name: set(keys or ()) for name, keys in cursor.fetchall()}
 
-    status = MigrationStatus(schemas=[SchemaState(name, exists, has_table) for name, exists, has_table, _ in rows])
+    status = MigrationStatus(schemas=states)
     keys = expected.all_keys
-    for name, _exists, _has_table, recorded_text in rows:
-        recorded = set(html.unescape(recorded_text).split(",")) if recorded_text else set()
-        unsatisfied = expected.unsatisfied(key for key in keys if key not in recorded)
+    for state in states:
+        have = recorded.get(state.name, set())
+        unsatisfied = expected.unsatisfied(key for key in keys if key not in have)
         if unsatisfied:
-            status.pending[name] = unsatisfied
+            status.pending[state.name] = unsatisfied
     return status
 
 
@@ -197,7 +198,7 @@ def pending_by_schema() -> dict[str, list[str]]:
     Covers `public` and every organization's schema. A schema without a
     `django_migrations` table (or without the schema itself) counts as behind on every
     migration. Up-to-date schemas are left out, so `{}` means nothing to migrate.
-    Two queries whatever the number of organizations: see `migration_status`.
+    Three queries whatever the number of organizations: see `migration_status`.
     """
     return migration_status().pending
 

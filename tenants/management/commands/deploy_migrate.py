@@ -2,8 +2,8 @@
 
 Used by `make migrate` and the container entrypoint. A plain `migrate_schemas` visits
 every schema and costs 0.1-0.2 s per schema even when nothing is pending (minutes with
-a few thousand organizations); this command asks `tenants.migration_status` first (two
-queries for all schemas) and then:
+a few thousand organizations); this command asks `tenants.migration_status` first (three
+small queries for all schemas) and then:
 
 1. runs `migrate_schemas --shared` when `public` is behind;
 2. provisions (`schema_provision`) organizations whose schema does not exist at all;

@@ -1,4 +1,4 @@
-"""`manage.py pending_migrations`: which schemas are behind the migration graph (2 queries)."""
+"""`manage.py pending_migrations`: which schemas are behind the migration graph (3 queries, whatever the number of schemas)."""
 
 from __future__ import annotations
 
