@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from accounts import views as account_views
+from billing import views as billing_views
 from tenants import views as tenant_views
 
 from . import views
@@ -12,6 +13,7 @@ urlpatterns = [
     path("i18n/setlang/", account_views.language_switch, name="set_language"),
     path("accounts/", include("accounts.urls")),
     path("accounts/", include("allauth.urls")),
+    path("pricing", billing_views.pricing, name="pricing"),
     path("orgs/", tenant_views.org_list, name="org_list"),
     path("orgs/new/", tenant_views.org_create, name="org_create"),
     path("invitations/<str:token>/", tenant_views.invitation_accept_view, name="invitation_accept"),

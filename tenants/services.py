@@ -14,6 +14,7 @@ from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
 from accounts.models import User
+from billing.services import credits_grant_monthly
 
 from .audit.services import Actor, audit_record
 from .models import Invitation, Membership, Organization, Role, invitation_token_hash
@@ -65,6 +66,7 @@ def organization_create(*, user: User, name: str, slug: str = "", actor: Actor |
         raise ValidationError({"slug": _("This address is taken. Choose another.")}) from exc
     schema_provision(org.schema_name)
     membership = Membership.objects.create(user=user, organization=org, role=Role.OWNER)
+    credits_grant_monthly(org)  # a new organization starts on Free with this month's credits
     actor = actor or Actor(type="user", id=str(user.pk), label=user.email)
     audit_record(organization=org, actor=actor, action="organization.created", target=org,
                  after={"name": org.name, "slug": org.slug})

@@ -2,13 +2,15 @@
 
 from django.urls import path
 
+from billing import views as billing_views
+
 from . import views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("chat/", views.coming_soon, {"section": "chat"}, name="chat_home"),
     path("checks/", views.coming_soon, {"section": "checks"}, name="checks_home"),
-    path("billing/", views.coming_soon, {"section": "billing"}, name="billing_home"),
+    path("billing/", billing_views.billing_overview, name="billing_home"),
     path("settings/", views.org_settings, name="org_settings"),
     path("settings/members/", views.members, name="members"),
     path("settings/members/<int:membership_id>/role/", views.member_role, name="member_role"),

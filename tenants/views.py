@@ -70,7 +70,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @org_member_required
 def coming_soon(request: HttpRequest, section: str) -> HttpResponse:
-    titles = {"chat": _("Chat"), "checks": _("Checks"), "billing": _("Billing")}
+    titles = {"chat": _("Chat"), "checks": _("Checks")}
     return render(request, "tenants/coming_soon.html", {"section": section, "title": titles[section]})
 
 

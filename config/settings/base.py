@@ -248,7 +248,10 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # Idempotent (one grant per organization and month), so hourly is only a retry cadence.
+    "credits-grant-monthly": {"task": "billing.tasks.credits_grant_monthly_all", "schedule": 3600.0},
+}
 
 # dj-stripe (wired for real in the billing issue)
 STRIPE_LIVE_MODE = False

@@ -1,4 +1,6 @@
-"""`manage.py pending_migrations`: which schemas are behind the migration graph (3 queries, whatever the number of schemas)."""
+"""`manage.py pending_migrations`: which schemas are behind the migration graph.
+
+Three queries, whatever the number of schemas."""
 
 from __future__ import annotations
 

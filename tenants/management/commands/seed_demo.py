@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import User
+from billing.services import credits_grant_monthly
 from tenants.audit.services import Actor
 from tenants.models import Organization
 from tenants.services import organization_create
@@ -36,6 +37,7 @@ class Command(BaseCommand):
                 organization = organization_create(
                     user=user, name="Demo Organization", slug=DEMO_SLUG, actor=Actor.system("seed_demo")
                 )
+            credits_grant_monthly(organization)  # once per month, whatever the number of runs
         self.stdout.write(self.style.SUCCESS(
             f"Demo ready: sign in at {settings.SITE_URL}/accounts/login/ as {DEMO_EMAIL} / {DEMO_PASSWORD}, "
             f"organization at {settings.SITE_URL}/o/{organization.slug}/"

@@ -1,0 +1,81 @@
+"""Plans and billing accounts."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+
+from tenants.models import Organization
+
+from .models import BillingAccount, Plan
+
+FREE_PLAN = "free"
+
+# Seeded plans. Staff edit them in the admin afterwards; seeding never overwrites edits.
+PLAN_SEEDS: list[dict] = [
+    {"code": "free", "name": "Free", "description": "Try Prumo with your team.", "monthly_price_cents": 0,
+     "model_tiers": ["basic"], "requests_per_minute": 10, "tokens_per_minute": 20_000,
+     "monthly_credits": Decimal("100"), "seats": 3, "checks_per_month": 20, "max_upload_mb": 5,
+     "api_access": False, "webhooks": False, "audit_retention_days": 7, "sort_order": 0},
+    {"code": "starter", "name": "Starter", "description": "For small teams getting real work done.",
+     "monthly_price_cents": 1900, "model_tiers": ["basic", "standard"], "requests_per_minute": 60,
+     "tokens_per_minute": 100_000, "monthly_credits": Decimal("2000"), "seats": 5, "checks_per_month": 200,
+     "max_upload_mb": 20, "api_access": True, "webhooks": False, "audit_retention_days": 30, "sort_order": 1},
+    {"code": "pro", "name": "Pro", "description": "Every model, the API and webhooks.", "monthly_price_cents": 4900,
+     "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 300, "tokens_per_minute": 500_000,
+     "monthly_credits": Decimal("10000"), "seats": 20, "checks_per_month": 2000, "max_upload_mb": 50,
+     "api_access": True, "webhooks": True, "audit_retention_days": 90, "metered_overage": True, "sort_order": 2},
+    {"code": "business", "name": "Business", "description": "Higher limits and a year of audit history.",
+     "monthly_price_cents": 19900, "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 1000,
+     "tokens_per_minute": 2_000_000, "monthly_credits": Decimal("50000"), "seats": 100, "checks_per_month": 20000,
+     "max_upload_mb": 100, "api_access": True, "webhooks": True, "audit_retention_days": 365,
+     "metered_overage": True, "sort_order": 3},
+    {"code": "enterprise", "name": "Enterprise", "description": "Custom limits, contracts and support.",
+     "monthly_price_cents": 0, "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 5000,
+     "tokens_per_minute": 10_000_000, "monthly_credits": Decimal("250000"), "seats": None,
+     "checks_per_month": None, "max_upload_mb": 500, "api_access": True, "webhooks": True,
+     "audit_retention_days": 730, "metered_overage": True, "sort_order": 4},
+]
+
+
+@transaction.atomic
+def plans_seed() -> int:
+    """Create the standard plans that do not exist yet. Returns how many were created."""
+    created = 0
+    for seed in PLAN_SEEDS:
+        _plan, was_created = Plan.objects.get_or_create(code=seed["code"], defaults=seed)
+        created += was_created
+    return created
+
+
+def billing_account_ensure(organization: Organization) -> BillingAccount:
+    """The organization's billing account, created on the Free plan the first time."""
+    account = BillingAccount.objects.filter(pk=organization.pk).first()
+    if account is not None:
+        return account
+    plans_seed()
+    account, _created = BillingAccount.objects.get_or_create(
+        organization=organization, defaults={"plan": Plan.objects.get(code=FREE_PLAN)}
+    )
+    return account
+
+
+def grant_period(now=None) -> str:
+    from django.utils import timezone
+
+    return (now or timezone.now()).strftime("%Y-%m")
+
+
+def credits_grant_monthly(organization: Organization, *, period: str | None = None):
+    """This period's plan grant, at most once per organization and period (the key says so)."""
+    from .ledger import credit_grant
+
+    period = period or grant_period()
+    account = BillingAccount.objects.select_related("plan").filter(pk=organization.pk).first()
+    account = account or billing_account_ensure(organization)
+    if account.plan.monthly_credits <= 0:
+        return None
+    return credit_grant(organization=organization, amount=account.plan.monthly_credits,
+                        key=f"grant:{organization.pk}:{period}",
+                        description=f"{account.plan.name} plan credits for {period}")
