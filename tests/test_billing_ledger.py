@@ -218,3 +218,20 @@ def test_racing_debits_and_reservations_never_overspend(committed_org, django_db
     with django_db_blocker.unblock():
         assert balance(org) == Decimal("0") == ledger_sum(organization=org)
         assert CreditEntry.objects.filter(organization=org, idempotency_key__contains=":race:").count() == n
+
+
+@pytest.mark.django_db
+def test_staff_adjusts_credits_in_the_admin_with_a_reason_once_per_form(admin_client, org):
+    page = admin_client.get(f"/admin/billing/billingaccount/{org.pk}/adjust/")
+    assert page.status_code == 200
+    nonce = page.context["nonce"]
+    form = {"amount": "-40", "reason": "promo reversed", "nonce": nonce}
+    assert admin_client.post(f"/admin/billing/billingaccount/{org.pk}/adjust/", form).status_code == 302
+    admin_client.post(f"/admin/billing/billingaccount/{org.pk}/adjust/", form)  # double submit
+    assert balance(org) == Decimal("60")
+    too_much = admin_client.post(f"/admin/billing/billingaccount/{org.pk}/adjust/",
+                                 {"amount": "-61", "reason": "x", "nonce": "other"})
+    assert too_much.status_code == 200 and "The balance is only 60" in too_much.content.decode()
+    no_reason = admin_client.post(f"/admin/billing/billingaccount/{org.pk}/adjust/", {"amount": "1", "nonce": "n2"})
+    assert no_reason.status_code == 200
+    assert balance(org) == Decimal("60") == ledger_sum(organization=org)
