@@ -18,6 +18,7 @@ urlpatterns = [
     path("orgs/new/", tenant_views.org_create, name="org_create"),
     path("invitations/<str:token>/", tenant_views.invitation_accept_view, name="invitation_accept"),
     path("o/<slug:org_slug>/", include("tenants.urls")),
+    path("billing/", include("billing.urls")),
     path("admin/", admin.site.urls),
 ]
 

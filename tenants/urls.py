@@ -1,8 +1,6 @@
 """URLs under /o/<org_slug>/. Every view here carries `org_member_required`."""
 
-from django.urls import path
-
-from billing import views as billing_views
+from django.urls import include, path
 
 from . import views
 
@@ -10,7 +8,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("chat/", views.coming_soon, {"section": "chat"}, name="chat_home"),
     path("checks/", views.coming_soon, {"section": "checks"}, name="checks_home"),
-    path("billing/", billing_views.billing_overview, name="billing_home"),
+    path("billing/", include("billing.urls_org")),
     path("settings/", views.org_settings, name="org_settings"),
     path("settings/members/", views.members, name="members"),
     path("settings/members/<int:membership_id>/role/", views.member_role, name="member_role"),

@@ -1,0 +1,9 @@
+"""Billing pages under /o/<org_slug>/billing/. Every view carries `org_member_required`."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.billing_overview, name="billing_home"),
+]
