@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .ledger import InsufficientCredits, credit_adjust
-from .models import BillingAccount, CreditEntry, CreditReservation, Plan, Price
+from .models import BillingAccount, CreditEntry, CreditReservation, DailyUsage, Plan, Price
+from .selectors import usage_top_organizations, usage_totals_per_day
 
 
 @admin.register(Plan)
@@ -93,3 +96,32 @@ class CreditReservationAdmin(CreditEntryAdmin):
     list_display = ["created_at", "organization", "key", "amount", "actual", "status", "closed_at"]
     list_filter = ["status"]
     search_fields = ["organization__slug", "key"]
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(admin.ModelAdmin):
+    """Cross-organization usage from the rollups: top organizations and totals per day."""
+
+    change_list_template = "admin/billing/dailyusage/change_list.html"
+    list_display = ["day", "organization", "kind", "key", "user", "events", "credits"]
+    list_filter = ["kind", "day"]
+    search_fields = ["organization__name", "organization__slug", "key"]
+    list_select_related = ["organization", "user"]
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def changelist_view(self, request, extra_context=None):
+        end = timezone.localdate()
+        start = end - timedelta(days=29)
+        extra_context = {
+            **(extra_context or {}),
+            "usage_start": start, "usage_end": end,
+            "top_organizations": usage_top_organizations(start=start, end=end),
+            "totals_per_day": usage_totals_per_day(start=start, end=end),
+        }
+        return super().changelist_view(request, extra_context=extra_context)

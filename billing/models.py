@@ -171,3 +171,69 @@ class CreditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount:+} → {self.balance_after}"
+
+
+class UsageEvent(models.Model):
+    """One billable action, with the unit prices it was charged at. Append-only."""
+
+    class Kind(models.TextChoices):
+        MODEL = "model", _("AI model")
+        CHECK = "check", _("CNPJ check")
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    api_key_id = models.BigIntegerField(null=True, blank=True)  # the API issue adds the key model
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    key = models.CharField(_("model id or check kind"), max_length=120)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    units = models.PositiveIntegerField(default=0)
+    credits = models.DecimalField(**CREDIT_FIELD)
+    input_per_million = models.DecimalField(**CREDIT_FIELD, default=ZERO)
+    output_per_million = models.DecimalField(**CREDIT_FIELD, default=ZERO)
+    per_unit = models.DecimalField(**CREDIT_FIELD, default=ZERO)
+    request_id = models.CharField(max_length=128)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    # Set when the rollup has folded this event into DailyUsage (bookkeeping, not usage data).
+    rolled_up_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "request_id"], name="usage_event_once_per_request")
+        ]
+        indexes = [
+            models.Index(fields=["organization", "occurred_at"], name="usage_event_org_time_idx"),
+            models.Index(fields=["id"], condition=models.Q(rolled_up_at__isnull=True), name="usage_event_pending_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.key} {self.credits} credits"
+
+
+class DailyUsage(models.Model):
+    """Usage per organization × day × kind/key × user, rebuilt from UsageEvent by billing.usage."""
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    kind = models.CharField(max_length=10, choices=UsageEvent.Kind.choices)
+    key = models.CharField(max_length=120)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    events = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    units = models.BigIntegerField(default=0)
+    credits = models.DecimalField(**CREDIT_FIELD, default=ZERO)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "day", "kind", "key", "user"], nulls_distinct=False,
+                                    name="daily_usage_unique_bucket")
+        ]
+        indexes = [models.Index(fields=["organization", "day"], name="daily_usage_org_day_idx")]
+        verbose_name = _("daily usage")
+        verbose_name_plural = _("daily usage")
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.organization_id} {self.kind}:{self.key} {self.credits}"

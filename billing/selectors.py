@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import QuerySet, Sum
@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from tenants.models import Organization
 
-from .models import ZERO, BillingAccount, CreditEntry, Plan, Price
+from .models import ZERO, BillingAccount, CreditEntry, DailyUsage, Plan, Price
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,49 @@ def credit_entry_list(*, organization: Organization) -> QuerySet[CreditEntry]:
 
 def ledger_sum(*, organization: Organization) -> Decimal:
     return CreditEntry.objects.filter(organization=organization).aggregate(total=Sum("amount"))["total"] or ZERO
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Usage of one organization over a date range, from the daily rollups."""
+
+    start: date
+    end: date
+    by_day: list[dict]  # {"day", "credits", "events"} for every day of the range, zeros included
+    by_key: list[dict]  # {"kind", "key", "credits", "events", "input_tokens", "output_tokens", "units"}
+    by_member: list[dict]  # {"user_id", "email", "credits", "events", "input_tokens", "output_tokens", "units"}
+    total_credits: Decimal
+    rows: QuerySet[DailyUsage]  # the rollup rows themselves (CSV export)
+
+
+def usage_report(*, organization: Organization, start: date, end: date) -> UsageReport:
+    rows = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lte=end)
+    per_day = {row["day"]: row for row in rows.values("day").annotate(credits=Sum("credits"), events=Sum("events"))}
+    by_day = []
+    day = start
+    while day <= end:
+        found = per_day.get(day, {})
+        by_day.append({"day": day, "credits": found.get("credits") or ZERO, "events": found.get("events") or 0})
+        day += timedelta(days=1)
+    totals = {"credits": Sum("credits"), "events": Sum("events"), "input_tokens": Sum("input_tokens"),
+              "output_tokens": Sum("output_tokens"), "units": Sum("units")}
+    by_key = list(rows.values("kind", "key").annotate(**totals).order_by("-credits", "key"))
+    by_member = list(rows.values("user_id", "user__email").annotate(**totals).order_by("-credits"))
+    for row in by_member:
+        row["email"] = row.pop("user__email") or ""
+    return UsageReport(start=start, end=end, by_day=by_day, by_key=by_key, by_member=by_member,
+                       total_credits=sum((row["credits"] for row in by_day), ZERO),
+                       rows=rows.select_related("user").order_by("day", "kind", "key", "user_id"))
+
+
+def usage_top_organizations(*, start: date, end: date, limit: int = 20) -> QuerySet:
+    """Staff: organizations by credits used in the range, from the rollups."""
+    return (DailyUsage.objects.filter(day__gte=start, day__lte=end)
+            .values("organization__name", "organization__slug")
+            .annotate(credits=Sum("credits"), events=Sum("events")).order_by("-credits")[:limit])
+
+
+def usage_totals_per_day(*, start: date, end: date) -> QuerySet:
+    """Staff: credits and events per day across all organizations, from the rollups."""
+    return (DailyUsage.objects.filter(day__gte=start, day__lte=end).values("day")
+            .annotate(credits=Sum("credits"), events=Sum("events")).order_by("day"))

@@ -16,3 +16,11 @@ def credits_grant_monthly_all() -> int:
         movement = credits_grant_monthly(organization, period=period)
         granted += bool(movement and movement.created)
     return granted
+
+
+@shared_task(acks_late=True, max_retries=5, retry_backoff=True)
+def usage_rollup_task() -> int:
+    """Beat: fold new usage events into the daily rollups (idempotent, incremental)."""
+    from .usage import usage_rollup
+
+    return usage_rollup()

@@ -6,4 +6,5 @@ from . import views
 
 urlpatterns = [
     path("", views.billing_overview, name="billing_home"),
+    path("usage/", views.usage, name="billing_usage"),
 ]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import csv
+
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from tenants.guards import org_member_required
 
-from .selectors import billing_account_get, credit_entry_list, entitlements_for, plan_list_public
+from .charts import bar_chart
+from .forms import UsageRangeForm
+from .selectors import billing_account_get, credit_entry_list, entitlements_for, plan_list_public, usage_report
 
 
 def pricing(request: HttpRequest) -> HttpResponse:
@@ -22,3 +26,34 @@ def billing_overview(request: HttpRequest) -> HttpResponse:
         "entries": credit_entry_list(organization=organization)[:20],
     }
     return render(request, "billing/overview.html", context)
+
+
+@org_member_required
+def usage(request: HttpRequest) -> HttpResponse:
+    """Usage per day, per model or check kind and per member; CSV with ?format=csv."""
+    form = UsageRangeForm(request.GET)  # both dates optional: the last 30 days by default
+    if not form.is_valid():
+        return render(request, "billing/usage.html", {"form": form}, status=400)
+    start, end = form.range()
+    report = usage_report(organization=request.tenant, start=start, end=end)
+    if request.GET.get("format") == "csv":
+        return usage_csv(report, filename=f"usage-{request.tenant.slug}-{start}-{end}.csv")
+    context = {
+        "form": form,
+        "report": report,
+        "daily_chart": bar_chart([(f"{row['day']:%Y-%m-%d}", row["credits"]) for row in report.by_day]),
+        "key_chart": bar_chart([(row["key"], row["credits"]) for row in report.by_key[:10]], horizontal=True,
+                               height=max(24 * min(len(report.by_key), 10), 24)),
+    }
+    return render(request, "billing/usage.html", context)
+
+
+def usage_csv(report, *, filename: str) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    writer = csv.writer(response)
+    writer.writerow(["day", "kind", "key", "member", "events", "input_tokens", "output_tokens", "units", "credits"])
+    for row in report.rows:
+        writer.writerow([row.day, row.kind, row.key, row.user.email if row.user else "", row.events,
+                         row.input_tokens, row.output_tokens, row.units, row.credits])
+    return response

@@ -251,6 +251,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
     # Idempotent (one grant per organization and month), so hourly is only a retry cadence.
     "credits-grant-monthly": {"task": "billing.tasks.credits_grant_monthly_all", "schedule": 3600.0},
+    "usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 60.0},
 }
 
 # dj-stripe (wired for real in the billing issue)

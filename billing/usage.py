@@ -1,0 +1,115 @@
+"""Usage: record billable events at their current prices, and roll them up per day.
+
+Pages and dashboards read `DailyUsage`, never raw events. The rollup is incremental
+(it claims the events not rolled up yet) and idempotent (it rebuilds each touched
+organization-day from the raw events), so running it twice, concurrently or after a
+crash gives the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from tenants.models import Organization
+
+from .models import DailyUsage, Price, UsageEvent
+from .selectors import price_for
+
+MILLION = Decimal(1_000_000)
+CREDIT_QUANTUM = Decimal("0.000001")
+
+
+class UnknownPrice(LookupError):
+    """No price is in force for this model or check kind: it cannot be billed."""
+
+
+@dataclass(frozen=True)
+class Cost:
+    credits: Decimal
+    price: Price
+
+
+def usage_cost(*, kind: str, key: str, input_tokens: int = 0, output_tokens: int = 0, units: int = 0,
+               at=None) -> Cost:
+    """What a piece of usage costs at the prices in force (`at`, now by default)."""
+    price = price_for(kind=kind, key=key, at=at)
+    if price is None:
+        raise UnknownPrice(f"no {kind} price for {key!r}")
+    credits = (Decimal(input_tokens) * price.input_per_million / MILLION
+               + Decimal(output_tokens) * price.output_per_million / MILLION
+               + Decimal(units) * price.per_unit)
+    return Cost(credits=credits.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_UP), price=price)
+
+
+def usage_record(*, organization: Organization, kind: str, key: str, request_id: str, credits: Decimal,
+                 price: Price, user: User | None = None, api_key_id: int | None = None, input_tokens: int = 0,
+                 output_tokens: int = 0, units: int = 0, occurred_at=None) -> UsageEvent:
+    """Write the usage event of one request, once: a retry with the same request id returns it."""
+    fields = {
+        "user": user, "api_key_id": api_key_id, "kind": kind, "key": key, "input_tokens": input_tokens,
+        "output_tokens": output_tokens, "units": units, "credits": credits,
+        "input_per_million": price.input_per_million, "output_per_million": price.output_per_million,
+        "per_unit": price.per_unit, "occurred_at": occurred_at or timezone.now(),
+    }
+    try:
+        with transaction.atomic():
+            return UsageEvent.objects.create(organization=organization, request_id=request_id, **fields)
+    except IntegrityError:
+        return UsageEvent.objects.get(organization=organization, request_id=request_id)
+
+
+ROLLUP_LOCK = 7_301_001  # pg_advisory_xact_lock key: one rollup at a time
+ROLLUP_BATCH = 50_000
+
+_CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE {events} SET rolled_up_at = now()
+     WHERE id IN (SELECT id FROM {events} WHERE rolled_up_at IS NULL ORDER BY id LIMIT %(batch)s
+                  FOR UPDATE SKIP LOCKED)
+ RETURNING organization_id, (occurred_at AT TIME ZONE 'UTC')::date AS day
+)
+SELECT organization_id, day, count(*) FROM claimed GROUP BY 1, 2
+"""
+
+_TOUCHED = "SELECT * FROM unnest(%(orgs)s::bigint[], %(days)s::date[]) AS t(organization_id, day)"
+
+_DELETE_SQL = f"""
+DELETE FROM {{daily}} d USING ({_TOUCHED}) t WHERE d.organization_id = t.organization_id AND d.day = t.day
+"""
+
+_INSERT_SQL = f"""
+INSERT INTO {{daily}} (organization_id, day, kind, key, user_id, events, input_tokens, output_tokens, units, credits)
+SELECT e.organization_id, (e.occurred_at AT TIME ZONE 'UTC')::date, e.kind, e.key, e.user_id, count(*),
+       sum(e.input_tokens), sum(e.output_tokens), sum(e.units), sum(e.credits)
+  FROM {{events}} e
+  JOIN ({_TOUCHED}) t ON t.organization_id = e.organization_id
+   AND e.occurred_at >= t.day::timestamp AT TIME ZONE 'UTC'
+   AND e.occurred_at < (t.day + 1)::timestamp AT TIME ZONE 'UTC'
+ GROUP BY 1, 2, 3, 4, 5
+"""
+
+
+@transaction.atomic
+def usage_rollup(*, batch: int = ROLLUP_BATCH) -> int:
+    """Fold events not yet rolled up into DailyUsage. Returns how many events it claimed.
+
+    Each touched organization-day is rebuilt from all of its events, so a late event, a
+    second run or a crash mid-way never double-counts; events committed after this run
+    read the table are still unclaimed and fold in next time.
+    """
+    names = {"events": UsageEvent._meta.db_table, "daily": DailyUsage._meta.db_table}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ROLLUP_LOCK])
+        cursor.execute(_CLAIM_SQL.format(**names), {"batch": batch})
+        touched = cursor.fetchall()
+        if not touched:
+            return 0
+        pairs = {"orgs": [row[0] for row in touched], "days": [row[1] for row in touched]}
+        cursor.execute(_DELETE_SQL.format(**names), pairs)
+        cursor.execute(_INSERT_SQL.format(**names), pairs)
+    return sum(row[2] for row in touched)
