@@ -10,6 +10,7 @@ from tenants.guards import org_member_required
 from .charts import bar_chart
 from .forms import UsageRangeForm
 from .selectors import billing_account_get, credit_entry_list, entitlements_for, plan_list_public, usage_report
+from .stripe_views import billing_panel_context
 
 
 def pricing(request: HttpRequest) -> HttpResponse:
@@ -20,10 +21,12 @@ def pricing(request: HttpRequest) -> HttpResponse:
 @org_member_required
 def billing_overview(request: HttpRequest) -> HttpResponse:
     organization = request.tenant
+    account = billing_account_get(organization=organization)
     context = {
-        "account": billing_account_get(organization=organization),
+        "account": account,
         "entitlements": entitlements_for(organization),
         "entries": credit_entry_list(organization=organization)[:20],
+        **billing_panel_context(request, account),
     }
     return render(request, "billing/overview.html", context)
 

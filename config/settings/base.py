@@ -251,17 +251,35 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
     # Idempotent (one grant per organization and month), so hourly is only a retry cadence.
     "credits-grant-monthly": {"task": "billing.tasks.credits_grant_monthly_all", "schedule": 3600.0},
+    # Past-due accounts whose grace period has ended drop to Free; idempotent, hourly is precise enough.
+    "billing-dunning": {"task": "billing.stripe_tasks.billing_dunning_run", "schedule": 3600.0},
     "usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 60.0},
 }
 
-# dj-stripe (wired for real in the billing issue)
+# dj-stripe (the Organization is the customer; see billing/stripe.py)
 STRIPE_LIVE_MODE = False
+# Pinned, and sent with every request (ours and dj-stripe's) and set on the webhook endpoint.
+# dj-stripe 2.11 accepts any YYYY-MM-DD version but still reads `invoice.subscription` and
+# `subscription.current_period_*` at the top level, which 2025-03-31.basil moved: stay before it.
 STRIPE_API_VERSION = "2024-04-10"
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 DJSTRIPE_SUBSCRIBER_MODEL = "tenants.Organization"
 DJSTRIPE_SUBSCRIBER_MODEL_REQUEST_CALLBACK = "tenants.selectors.organization_for_request"
-DJSTRIPE_WEBHOOK_SECRET = os.environ.get("DJSTRIPE_WEBHOOK_SECRET", "whsec_dev")
-STRIPE_TEST_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "sk_test_dev")
+# No DJSTRIPE_WEBHOOK_SECRET: dj-stripe 2.11 verifies signatures with the secret stored on its
+# WebhookEndpoint row, and webhooks arrive at /billing/stripe/webhook/<uuid>/ (billing.stripe).
+# dj-stripe refuses keys that do not look like Stripe's (`sk_test_` + at least 24 characters).
+STRIPE_TEST_SECRET_KEY = os.environ.get("STRIPE_SECRET_KEY", "sk_test_" + "0" * 24)
+STRIPE_LIVE_SECRET_KEY = os.environ.get("STRIPE_LIVE_SECRET_KEY", "")
+# A fake Stripe API for local runs and test servers; dj-stripe copies it to `stripe.api_base`.
+if os.environ.get("STRIPE_API_BASE"):
+    STRIPE_API_HOST = os.environ["STRIPE_API_BASE"]
+# Dunning: a past-due subscription keeps its plan this many days after the failed renewal.
+BILLING_GRACE_DAYS = int(os.environ.get("BILLING_GRACE_DAYS", "7"))
+# Top-ups: credits bought per US dollar (100: one credit costs one cent), and the limits per purchase.
+BILLING_CURRENCY = "usd"
+BILLING_CREDITS_PER_USD = 100
+BILLING_TOPUP_MIN_CREDITS = 500
+BILLING_TOPUP_MAX_CREDITS = 1_000_000
 
 # REST framework
 REST_FRAMEWORK = {
