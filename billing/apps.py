@@ -6,6 +6,12 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        import stripe
+        from django.conf import settings
+
+        # Our tasks, Stripe's webhook redeliveries and the user's retry own retries (as for LLM
+        # providers): an SDK retrying behind them would hide outages and multiply waits.
+        stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
         # Receivers for dj-stripe's webhook signals; Stripe tasks live outside tasks.py, so import them here.
         from . import stripe_tasks  # noqa: F401
         from .webhooks import webhook_receivers_connect

@@ -237,3 +237,31 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.organization_id} {self.kind}:{self.key} {self.credits}"
+
+
+class MeterReport(models.Model):
+    """One organization-day of credits reported to a Stripe Billing meter (metered overage).
+
+    The identifier is sent to Stripe, which refuses a second event with it: a retry after
+    a timeout can never count the same day twice.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        SENT = "sent", _("Sent")
+
+    organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    credits = models.DecimalField(**CREDIT_FIELD)
+    identifier = models.CharField(max_length=100, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "day"], name="meter_report_once_per_day")]
+
+    def __str__(self) -> str:
+        return self.identifier

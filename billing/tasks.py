@@ -24,3 +24,29 @@ def usage_rollup_task() -> int:
     from .usage import usage_rollup
 
     return usage_rollup()
+
+
+@shared_task(acks_late=True)
+def meter_reports_run() -> int:
+    """Beat: report each closed day's credits of metered plans to Stripe, one task per day."""
+    from .metering import meter_reports_prepare
+    from .models import MeterReport
+
+    meter_reports_prepare()
+    pending = list(MeterReport.objects.filter(status=MeterReport.Status.PENDING).values_list("pk", flat=True))
+    for report_id in pending:
+        meter_report_send_task.apply_async(args=[report_id], queue="billing")
+    return len(pending)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=8)
+def meter_report_send_task(self, report_id: int) -> str:
+    """Send one report; Stripe errors retry with exponential backoff (the identifier makes it safe)."""
+    import stripe
+
+    from .metering import meter_report_send
+
+    try:
+        return meter_report_send(report_id=report_id).status
+    except stripe.StripeError as error:
+        raise self.retry(exc=error, countdown=min(2 ** self.request.retries * 30, 3600)) from error

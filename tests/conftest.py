@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 
 import pytest
+import stripe
 
+from .fake_stripe import FakeStripe
 from .servers import CeleryWorker, LiveServer, database_url, start_celery_worker, start_live_server
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -84,3 +86,14 @@ def celery_worker_process(request, live_server_process, test_database_url, redis
     worker.process.stop()
     if request.session.testsfailed:
         _print_uncaptured(request, worker.process)
+
+
+@pytest.fixture
+def fake():
+    """A local fake Stripe API; the official SDK (and dj-stripe) talk to it for the test."""
+    server = FakeStripe().start()
+    previous, stripe.api_base = stripe.api_base, server.url
+    yield server
+    stripe.api_base = previous
+    server.stop()
+    assert server.unrecognized() == [], "the fake Stripe lacks endpoints our code or dj-stripe called"

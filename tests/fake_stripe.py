@@ -81,6 +81,7 @@ class FakeStripe:
     objects: dict[str, dict] = field(default_factory=dict)
     _counter: itertools.count = field(default_factory=lambda: itertools.count(1))
     _idempotent: dict[str, tuple[int, dict]] = field(default_factory=dict)
+    _failures: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
     # Server
@@ -138,7 +139,14 @@ class FakeStripe:
         handler.end_headers()
         handler.wfile.write(data)
 
+    def fail_next(self, method: str, path: str, *, times: int = 1, status: int = 500) -> None:
+        """Answer the next `times` calls to `method path` with a Stripe API error (an outage)."""
+        self._failures[(method, path)] = [status] * times
+
     def _answer(self, method: str, path: str, params: dict, headers: dict) -> tuple[int, dict]:
+        failures = self._failures.get((method, path))
+        if failures:
+            raise StripeError(failures.pop(), "Stripe is having a moment.", kind="api_error")
         if not re.fullmatch(r"Bearer (sk|rk)_test_\w+", headers.get("authorization", "")):
             raise StripeError(401, "Invalid API Key provided.", kind="invalid_request_error")
         key = headers.get("idempotency-key")

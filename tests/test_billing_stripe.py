@@ -26,19 +26,9 @@ from billing.stripe import stripe_customer_ensure, webhook_endpoint_register
 from billing.stripe_tasks import billing_dunning_run
 from tenants.audit.models import AuditEvent
 
-from .fake_stripe import API_VERSION, FakeStripe, sign
+from .fake_stripe import API_VERSION, sign
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def fake():
-    server = FakeStripe().start()
-    previous, stripe.api_base = stripe.api_base, server.url
-    yield server
-    stripe.api_base = previous
-    server.stop()
-    assert server.unrecognized() == [], "the fake Stripe lacks endpoints our code or dj-stripe called"
 
 
 @pytest.fixture

@@ -254,6 +254,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Past-due accounts whose grace period has ended drop to Free; idempotent, hourly is precise enough.
     "billing-dunning": {"task": "billing.stripe_tasks.billing_dunning_run", "schedule": 3600.0},
     "usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 60.0},
+    "meter-report": {"task": "billing.tasks.meter_reports_run", "schedule": 3600.0},
 }
 
 # dj-stripe (the Organization is the customer; see billing/stripe.py)
@@ -277,6 +278,9 @@ if os.environ.get("STRIPE_API_BASE"):
 BILLING_GRACE_DAYS = int(os.environ.get("BILLING_GRACE_DAYS", "7"))
 # Top-ups: credits bought per US dollar (100: one credit costs one cent), and the limits per purchase.
 BILLING_CURRENCY = "usd"
+STRIPE_MAX_NETWORK_RETRIES = int(os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "0"))
+# Stripe Billing meter that receives each closed day's credits (plans with metered overage).
+STRIPE_METER_EVENT_NAME = os.environ.get("STRIPE_METER_EVENT_NAME", "prumo_credits")
 BILLING_CREDITS_PER_USD = 100
 BILLING_TOPUP_MIN_CREDITS = 500
 BILLING_TOPUP_MAX_CREDITS = 1_000_000
