@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils.translation import gettext_noop
 
 from tenants.models import Organization
 
@@ -13,25 +14,27 @@ from .models import BillingAccount, Plan
 FREE_PLAN = "free"
 
 # Seeded plans. Staff edit them in the admin afterwards; seeding never overwrites edits.
+# Seeded descriptions are in the translation catalog; edited ones show as written.
 PLAN_SEEDS: list[dict] = [
-    {"code": "free", "name": "Free", "description": "Try Prumo with your team.", "monthly_price_cents": 0,
+    {"code": "free", "name": "Free", "description": gettext_noop("Try Prumo with your team."), "monthly_price_cents": 0,
      "model_tiers": ["basic"], "requests_per_minute": 10, "tokens_per_minute": 20_000,
      "monthly_credits": Decimal("100"), "seats": 3, "checks_per_month": 20, "max_upload_mb": 5,
      "api_access": False, "webhooks": False, "audit_retention_days": 7, "sort_order": 0},
-    {"code": "starter", "name": "Starter", "description": "For small teams getting real work done.",
+    {"code": "starter", "name": "Starter", "description": gettext_noop("For small teams getting real work done."),
      "monthly_price_cents": 1900, "model_tiers": ["basic", "standard"], "requests_per_minute": 60,
      "tokens_per_minute": 100_000, "monthly_credits": Decimal("2000"), "seats": 5, "checks_per_month": 200,
      "max_upload_mb": 20, "api_access": True, "webhooks": False, "audit_retention_days": 30, "sort_order": 1},
-    {"code": "pro", "name": "Pro", "description": "Every model, the API and webhooks.", "monthly_price_cents": 4900,
+    {"code": "pro", "name": "Pro", "description": gettext_noop("Every model, the API and webhooks."),
+     "monthly_price_cents": 4900,
      "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 300, "tokens_per_minute": 500_000,
      "monthly_credits": Decimal("10000"), "seats": 20, "checks_per_month": 2000, "max_upload_mb": 50,
      "api_access": True, "webhooks": True, "audit_retention_days": 90, "metered_overage": True, "sort_order": 2},
-    {"code": "business", "name": "Business", "description": "Higher limits and a year of audit history.",
+    {"code": "business", "name": "Business", "description": gettext_noop("Higher limits and a year of audit history."),
      "monthly_price_cents": 19900, "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 1000,
      "tokens_per_minute": 2_000_000, "monthly_credits": Decimal("50000"), "seats": 100, "checks_per_month": 20000,
      "max_upload_mb": 100, "api_access": True, "webhooks": True, "audit_retention_days": 365,
      "metered_overage": True, "sort_order": 3},
-    {"code": "enterprise", "name": "Enterprise", "description": "Custom limits, contracts and support.",
+    {"code": "enterprise", "name": "Enterprise", "description": gettext_noop("Custom limits, contracts and support."),
      "monthly_price_cents": 0, "model_tiers": ["basic", "standard", "premium"], "requests_per_minute": 5000,
      "tokens_per_minute": 10_000_000, "monthly_credits": Decimal("250000"), "seats": None,
      "checks_per_month": None, "max_upload_mb": 500, "api_access": True, "webhooks": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -140,7 +141,9 @@ def test_pricing_page_lists_the_plans_from_the_database(client):
     for name in ("Free", "Starter", "Pro", "Business Plus", "Enterprise"):
         assert f"<h2>{name}</h2>" in html
     client.post("/i18n/setlang/", {"language": "pt-br", "next": "/pricing"})
-    assert "créditos todo mês" in client.get("/pricing").content.decode()
+    portuguese = client.get("/pricing").content.decode()
+    assert "créditos todo mês" in portuguese
+    assert "Todos os modelos, a API e webhooks." in portuguese  # seeded description, translated
 
 
 @pytest.mark.django_db
@@ -235,3 +238,29 @@ def test_staff_adjusts_credits_in_the_admin_with_a_reason_once_per_form(admin_cl
     no_reason = admin_client.post(f"/admin/billing/billingaccount/{org.pk}/adjust/", {"amount": "1", "nonce": "n2"})
     assert no_reason.status_code == 200
     assert balance(org) == Decimal("60") == ledger_sum(organization=org)
+
+
+@pytest.mark.django_db
+def test_not_enough_credits_answers_402_with_a_way_to_top_up(rf, org_a, tenant_world):
+    from billing.middleware import InsufficientCreditsMiddleware
+
+    error = InsufficientCredits(balance=Decimal("1.5"), required=Decimal("4"))
+
+    def spend(request):
+        raise error
+
+    middleware = InsufficientCreditsMiddleware(spend)
+    page_request = rf.get(f"/o/{org_a.slug}/chat/")
+    page_request.user, page_request.tenant = tenant_world["a"]["member"], org_a
+    page = middleware.process_exception(page_request, error)
+    assert page.status_code == 402
+    html = page.content.decode()
+    assert "needs 4 and the balance is 1.5" in html
+    assert f'href="/o/{org_a.slug}/billing/#top-up"' in html
+
+    api_request = rf.post("/v1/chat/completions")
+    api_request.user = tenant_world["a"]["member"]
+    api = middleware.process_exception(api_request, error)
+    assert api.status_code == 402
+    assert json.loads(api.content)["error"]["code"] == "insufficient_credits"
+    assert middleware.process_exception(api_request, ValueError()) is None
