@@ -12,8 +12,7 @@ class BillingConfig(AppConfig):
         # Our tasks, Stripe's webhook redeliveries and the user's retry own retries (as for LLM
         # providers): an SDK retrying behind them would hide outages and multiply waits.
         stripe.max_network_retries = settings.STRIPE_MAX_NETWORK_RETRIES
-        # Receivers for dj-stripe's webhook signals; Stripe tasks live outside tasks.py, so import them here.
-        from . import stripe_tasks  # noqa: F401
+        # Receivers for dj-stripe's webhook signals.
         from .webhooks import webhook_receivers_connect
 
         webhook_receivers_connect()

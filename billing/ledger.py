@@ -58,20 +58,24 @@ def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, d
     amount = Decimal(amount)
     if (found := _existing(key, organization=organization, kind=kind, amount=amount)) is not None:
         return found
-    billing_account_ensure(organization)
     table = BillingAccount._meta.db_table
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {table} SET credits = credits + %s, updated_at = now() "
-                    "WHERE organization_id = %s AND credits + %s >= 0 RETURNING credits",
-                    [amount, organization.pk, amount],
-                )
-                row = cursor.fetchone()
-            if row is None:
-                balance = BillingAccount.objects.values_list("credits", flat=True).get(pk=organization.pk)
-                raise InsufficientCredits(balance=balance, required=-amount)
+            for first_try in (True, False):
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"UPDATE {table} SET credits = credits + %s, updated_at = now() "
+                        "WHERE organization_id = %s AND credits + %s >= 0 RETURNING credits",
+                        [amount, organization.pk, amount],
+                    )
+                    row = cursor.fetchone()
+                if row is not None:
+                    break
+                balance = BillingAccount.objects.filter(pk=organization.pk).values_list("credits", flat=True).first()
+                if balance is not None or not first_try:
+                    raise InsufficientCredits(balance=balance or ZERO, required=-amount)
+                # The account does not exist yet (the first movement of an organization): create it, retry once.
+                billing_account_ensure(organization)
             entry = CreditEntry.objects.create(
                 organization=organization, kind=kind, amount=amount, balance_after=row[0], idempotency_key=key,
                 reservation=reservation, description=description[:255], created_by=user, metadata=metadata or {},

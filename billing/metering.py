@@ -18,7 +18,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from .models import ZERO, BillingAccount, DailyUsage, MeterReport
-from .stripe import _api
+from .stripe import stripe_request_options
 from .usage import usage_rollup
 
 LOOKBACK_DAYS = 7  # closed days still reported after an outage
@@ -59,7 +59,7 @@ def meter_report_send(*, report_id: int) -> MeterReport:
             stripe.billing.MeterEvent.create(
                 event_name=settings.STRIPE_METER_EVENT_NAME, identifier=report.identifier,
                 timestamp=int(datetime.combine(report.day, time(23, 59, 59), tzinfo=UTC).timestamp()),
-                payload={"stripe_customer_id": customer_id, "value": str(report.credits)}, **_api(),
+                payload={"stripe_customer_id": customer_id, "value": str(report.credits)}, **stripe_request_options(),
             )
         except stripe.InvalidRequestError as error:
             # A duplicate identifier means an earlier attempt got through (its answer was lost).

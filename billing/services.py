@@ -75,8 +75,9 @@ def credits_grant_monthly(organization: Organization, *, period: str | None = No
     from .ledger import credit_grant
 
     period = period or grant_period()
-    account = BillingAccount.objects.select_related("plan").filter(pk=organization.pk).first()
-    account = account or billing_account_ensure(organization)
+    from .selectors import billing_account_get
+
+    account = billing_account_get(organization=organization)
     if account.plan.monthly_credits <= 0:
         return None
     return credit_grant(organization=organization, amount=account.plan.monthly_credits,

@@ -58,7 +58,8 @@ class UnknownStripePrice(Exception):
     """A subscription's prices match no Plan's `stripe_price_id`: staff must map it, then retry the webhook."""
 
 
-def _api() -> dict:
+def stripe_request_options() -> dict:
+    """Key and pinned API version for direct stripe SDK calls."""
     return {"api_key": djstripe_settings.STRIPE_SECRET_KEY, "stripe_version": djstripe_settings.STRIPE_API_VERSION}
 
 
@@ -106,7 +107,8 @@ def checkout_subscription_create(*, organization: Organization, plan: Plan, user
     session = stripe.checkout.Session.create(
         mode="subscription", customer=customer.id, line_items=[{"price": plan.stripe_price_id, "quantity": 1}],
         success_url=success_url, cancel_url=cancel_url, client_reference_id=str(organization.pk),
-        metadata={**metadata, "user_id": str(user.pk)}, subscription_data={"metadata": metadata}, **_api(),
+        metadata={**metadata, "user_id": str(user.pk)}, subscription_data={"metadata": metadata},
+        **stripe_request_options(),
     )
     return session.url
 
@@ -132,7 +134,8 @@ def checkout_topup_create(*, organization: Organization, credits: int, user: Use
             "product_data": {"name": f"{credits:,} Prumo credits"},
         }}],
         success_url=success_url, cancel_url=cancel_url, client_reference_id=str(organization.pk),
-        metadata={**metadata, "user_id": str(user.pk)}, payment_intent_data={"metadata": metadata}, **_api(),
+        metadata={**metadata, "user_id": str(user.pk)}, payment_intent_data={"metadata": metadata},
+        **stripe_request_options(),
     )
     return session.url
 
@@ -143,7 +146,7 @@ def portal_session_create(*, organization: Organization, return_url: str, flow_d
     params = {"customer": customer.id, "return_url": return_url}
     if flow_data:
         params["flow_data"] = flow_data
-    return stripe.billing_portal.Session.create(**params, **_api()).url
+    return stripe.billing_portal.Session.create(**params, **stripe_request_options()).url
 
 
 def plan_change_start(*, organization: Organization, plan: Plan, user: User, success_url: str, cancel_url: str,
@@ -237,7 +240,7 @@ def billing_target_for(*, organization: Organization, now: datetime | None = Non
 def billing_account_sync(*, organization: Organization, now: datetime | None = None,
                          actor: Actor | None = None) -> BillingAccount:
     """Bring the billing account to `billing_target_for`; audits (and notifies) only real changes."""
-    from .stripe_tasks import billing_downgrade_notify
+    from .tasks import billing_downgrade_notify
 
     billing_account_ensure(organization)
     with transaction.atomic():
@@ -266,7 +269,7 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
 
 def subscription_refresh(*, subscription_id: str) -> Subscription:
     """Re-fetch a subscription from Stripe and store it (dj-stripe does not refresh related objects)."""
-    data = stripe.Subscription.retrieve(subscription_id, **_api())
+    data = stripe.Subscription.retrieve(subscription_id, **stripe_request_options())
     return Subscription.sync_from_stripe_data(data, api_key=djstripe_settings.STRIPE_SECRET_KEY)
 
 

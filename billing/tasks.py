@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from celery import shared_task
 
 from tenants.models import Organization
@@ -50,3 +52,19 @@ def meter_report_send_task(self, report_id: int) -> str:
         return meter_report_send(report_id=report_id).status
     except stripe.StripeError as error:
         raise self.retry(exc=error, countdown=min(2 ** self.request.retries * 30, 3600)) from error
+
+
+@shared_task(acks_late=True, max_retries=5, retry_backoff=True)
+def billing_dunning_run(now: str | None = None) -> int:
+    """Beat: drop past-due accounts whose grace period is over to Free. `now` (ISO 8601) is for tests."""
+    from .dunning import dunning_run
+
+    return dunning_run(now=datetime.fromisoformat(now) if now else None)
+
+
+@shared_task(acks_late=True, max_retries=5, retry_backoff=True)
+def billing_downgrade_notify(organization_id: int, previous_plan: str) -> int:
+    from .dunning import downgrade_notify_owners
+
+    organization = Organization.objects.get(pk=organization_id)
+    return downgrade_notify_owners(organization=organization, previous_plan=previous_plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
@@ -58,8 +59,8 @@ def test_monthly_grant_happens_once_per_period_however_often_it_runs(org):
         credits_grant_monthly(org, period="2031-01")
     assert CreditEntry.objects.filter(organization=org, idempotency_key__endswith=":2031-01").count() == 1
     assert balance(org) == Decimal("200")
-    call_command("grant_credits", "--org", org.slug, "--credits", "5", "--key", "ops-1", stdout=open("/dev/null", "w"))
-    call_command("grant_credits", "--org", org.slug, "--credits", "5", "--key", "ops-1", stdout=open("/dev/null", "w"))
+    call_command("grant_credits", "--org", org.slug, "--credits", "5", "--key", "ops-1", stdout=io.StringIO())
+    call_command("grant_credits", "--org", org.slug, "--credits", "5", "--key", "ops-1", stdout=io.StringIO())
     assert balance(org) == Decimal("205")
 
 
@@ -264,3 +265,15 @@ def test_not_enough_credits_answers_402_with_a_way_to_top_up(rf, org_a, tenant_w
     assert api.status_code == 402
     assert json.loads(api.content)["error"]["code"] == "insufficient_credits"
     assert middleware.process_exception(api_request, ValueError()) is None
+
+
+@pytest.mark.django_db
+def test_first_movement_of_an_organization_without_an_account_creates_it(org):
+    BillingAccount.objects.filter(pk=org.pk).delete()
+    CreditEntry.objects.filter(organization=org).delete()
+    with pytest.raises(InsufficientCredits) as refused:
+        credit_debit(organization=org, amount=Decimal("1"), key="first-debit")
+    assert refused.value.balance == Decimal("0")
+    credit_grant(organization=org, amount=Decimal("3"), key="first-grant")
+    assert BillingAccount.objects.get(pk=org.pk).plan.code == "free"
+    assert balance(org) == Decimal("3") == ledger_sum(organization=org)

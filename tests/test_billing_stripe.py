@@ -23,7 +23,7 @@ from billing.models import BillingAccount, CreditEntry, Plan
 from billing.selectors import billing_account_get
 from billing.services import plans_seed
 from billing.stripe import stripe_customer_ensure, webhook_endpoint_register
-from billing.stripe_tasks import billing_dunning_run
+from billing.tasks import billing_dunning_run
 from tenants.audit.models import AuditEvent
 
 from .fake_stripe import API_VERSION, sign

@@ -253,7 +253,7 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Idempotent (one grant per organization and month), so hourly is only a retry cadence.
     "credits-grant-monthly": {"task": "billing.tasks.credits_grant_monthly_all", "schedule": 3600.0},
     # Past-due accounts whose grace period has ended drop to Free; idempotent, hourly is precise enough.
-    "billing-dunning": {"task": "billing.stripe_tasks.billing_dunning_run", "schedule": 3600.0},
+    "billing-dunning": {"task": "billing.tasks.billing_dunning_run", "schedule": 3600.0},
     "usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 60.0},
     "meter-report": {"task": "billing.tasks.meter_reports_run", "schedule": 3600.0},
 }
