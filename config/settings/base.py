@@ -286,6 +286,25 @@ BILLING_CREDITS_PER_USD = 100
 BILLING_TOPUP_MIN_CREDITS = 500
 BILLING_TOPUP_MAX_CREDITS = 1_000_000
 
+# Chat: AI providers. Platform keys come from here; organizations may add their own (encrypted).
+LLM_PROVIDERS = {
+    "openai": {"base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+               "api_key": os.environ.get("OPENAI_API_KEY", "")},
+    "deepseek": {"base_url": os.environ.get("DEEPSEEK_BASE_URL", "https://api.deepseek.com"),
+                 "api_key": os.environ.get("DEEPSEEK_API_KEY", "")},
+    "anthropic": {"base_url": os.environ.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+                  "api_key": os.environ.get("ANTHROPIC_API_KEY", "")},
+    "gemini": {"base_url": os.environ.get("GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+               "api_key": os.environ.get("GEMINI_API_KEY", "")},
+    # Ollama has no key and no public default: set its URL to use it.
+    "ollama": {"base_url": os.environ.get("OLLAMA_BASE_URL", ""), "api_key": ""},
+}
+LLM_CONNECT_TIMEOUT = float(os.environ.get("LLM_CONNECT_TIMEOUT", "5"))
+# The longest wait for the next byte of an answer.
+LLM_READ_TIMEOUT = float(os.environ.get("LLM_READ_TIMEOUT", "60"))
+# The built-in demo model (deterministic local text) lets a fresh checkout chat with no provider.
+CHAT_DEMO_MODEL_ENABLED = env_bool("CHAT_DEMO_MODEL", True)
+
 # REST framework
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],

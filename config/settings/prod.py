@@ -25,3 +25,5 @@ SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 STRIPE_LIVE_MODE = env_bool("STRIPE_LIVE_MODE", False)  # noqa: F405
+# The demo model is for development; a production site shows it only when asked to.
+CHAT_DEMO_MODEL_ENABLED = env_bool("CHAT_DEMO_MODEL", False)  # noqa: F405

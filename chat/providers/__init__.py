@@ -1,0 +1,65 @@
+"""Provider adapters, one per wire protocol, and the registry that builds them from settings.
+
+`settings.LLM_PROVIDERS` maps each provider to its base URL and platform key (read from
+the environment in config/settings/base.py). An organization's own key, when it has one,
+replaces the platform key (see chat.catalog).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from .base import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    ImagePart,
+    ProviderAdapter,
+    ProviderError,
+    StreamError,
+    TextDelta,
+    Timeouts,
+    Usage,
+)
+
+__all__ = [
+    "ADAPTERS", "ChatMessage", "ChatRequest", "Event", "Finish", "ImagePart", "ProviderAdapter", "ProviderError",
+    "StreamError", "TextDelta", "Timeouts", "Usage", "adapter_for", "provider_configured",
+]
+
+# Provider -> adapter class. DeepSeek (and any OpenAI-compatible API) speaks OpenAI's protocol.
+ADAPTERS = {
+    "openai": "chat.providers.openai.OpenAIAdapter",
+    "deepseek": "chat.providers.openai.OpenAIAdapter",
+    "anthropic": "chat.providers.anthropic.AnthropicAdapter",
+    "gemini": "chat.providers.gemini.GeminiAdapter",
+    "ollama": "chat.providers.ollama.OllamaAdapter",
+    "demo": "chat.providers.demo.DemoAdapter",
+}
+# Ollama runs without a key; the demo model runs without anything.
+KEYLESS = frozenset({"ollama", "demo"})
+
+
+def provider_settings(provider: str) -> dict:
+    return settings.LLM_PROVIDERS.get(provider, {})
+
+
+def provider_configured(provider: str) -> bool:
+    """Whether the platform can call this provider without an organization's own key."""
+    if provider == "demo":
+        return settings.CHAT_DEMO_MODEL_ENABLED
+    config = provider_settings(provider)
+    if provider in KEYLESS:
+        return bool(config.get("base_url"))
+    return bool(config.get("api_key"))
+
+
+def adapter_for(provider: str, *, api_key: str | None = None) -> ProviderAdapter:
+    """A new adapter for `provider`, with the platform key unless `api_key` is given."""
+    config = provider_settings(provider)
+    adapter_class = import_string(ADAPTERS[provider])
+    timeouts = Timeouts(connect=settings.LLM_CONNECT_TIMEOUT, read=settings.LLM_READ_TIMEOUT)
+    return adapter_class(api_key=api_key or config.get("api_key", ""), base_url=config.get("base_url", ""),
+                         timeouts=timeouts, provider=provider)
