@@ -1,6 +1,28 @@
-import os
+"""ASGI entry point (gunicorn + uvicorn worker in production, uvicorn in development).
 
+Answer streams (`.../events/`) hold their request open for as long as the answer takes.
+Django's ASGI handler gives each request its own thread-sensitive executor, so every open
+stream would keep an idle OS thread (1,000 streams = 1,001 threads, PITFALLS.md). Stream
+requests instead share one executor: their short synchronous parts (middleware, the
+membership lookup) run one at a time on a single thread, and the stream itself is async.
+"""
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/[^/]+/events/$")
+stream_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streams")
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and STREAM_PATH.match(scope.get("path", "")):
+        async with ThreadSensitiveContext(executor=stream_executor):
+            return await django_application(scope, receive, send)
+    return await django_application(scope, receive, send)

@@ -1,4 +1,4 @@
-"""`make run`: migrate, seed the demo, then run the web server, a Celery worker and beat.
+"""`make run`: migrate, seed the demo, then run the web server, Celery workers and beat.
 
 Runs under `config/embedded.py`, which provides DATABASE_URL / REDIS_URL (embedded
 servers when they are unset). Ctrl-C stops every process started here.
@@ -27,9 +27,14 @@ def main() -> int:
     manage("seed_demo")
     celery = [PYTHON, "-m", "celery", "-A", "config"]
     commands = {
-        "web": [PYTHON, "manage.py", "runserver", f"{HOST}:{PORT}"],
-        "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2",
-                   "-Q", "default,checks,webhooks,billing,generation"],
+        # ASGI, so answers stream (runserver is WSGI and would buffer them); reloads on code changes.
+        "web": [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", PORT,
+                "--reload", "--lifespan", "off", "--no-access-log"],
+        "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-n", "worker@%h",
+                   "-Q", "default,checks,webhooks,billing"],
+        # Answers spend their time waiting on providers: threads, many at once.
+        "generator": [*celery, "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "32",
+                      "-n", "generator@%h", "-Q", "generation"],
         "beat": [*celery, "beat", "--loglevel", "INFO",
                  "--schedule", os.path.join(os.environ.get("PRUMO_DATA_DIR", ".data"), "celerybeat-schedule")],
     }

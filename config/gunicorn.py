@@ -9,6 +9,7 @@ FORWARDED_ALLOW_IPS); the rest are fixed, reviewed defaults.
 from __future__ import annotations
 
 import os
+import resource
 
 
 def _env_int(name: str, default: int) -> int:
@@ -59,3 +60,8 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
     control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 else:
     control_socket_disable = True
+
+# Each open answer stream costs two file descriptors (client socket, Redis): take the hard limit.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else 65_536, _hard))

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Container entrypoint: one image, three roles.
-#   web     migrate the schemas that are behind (unless MIGRATE_ON_START=0), then serve HTTP
-#   worker  Celery worker on every queue
-#   beat    Celery beat (run exactly one)
-#   *       anything else runs as given, e.g. `docker run IMAGE python manage.py shell`
+# Container entrypoint: one image, four roles.
+#   web        migrate the schemas that are behind (unless MIGRATE_ON_START=0), then serve HTTP
+#   worker     Celery worker on every queue but `generation`
+#   generator  Celery worker for chat answers: threads, many at once (they wait on providers)
+#   beat       Celery beat (run exactly one)
+#   *          anything else runs as given, e.g. `docker run IMAGE python manage.py shell`
 set -euo pipefail
 
 role="${1:-web}"
@@ -21,7 +22,12 @@ case "$role" in
     ;;
   worker)
     shift
-    exec celery -A config worker -Q default,checks,webhooks,billing,generation --loglevel INFO "$@"
+    exec celery -A config worker -Q default,checks,webhooks,billing --loglevel INFO "$@"
+    ;;
+  generator)
+    shift
+    exec celery -A config worker -Q generation --pool threads --concurrency "${GENERATION_CONCURRENCY:-64}" \
+      --loglevel INFO "$@"
     ;;
   beat)
     shift

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import wraps
 
 from django.core.exceptions import PermissionDenied
@@ -16,22 +17,33 @@ def org_member_required(view=None, *, role: str | None = None):
     not the `org_slug` URL argument.
     """
 
+    def check(request, org_slug: str, *, check_schema: bool) -> None:
+        tenant = getattr(request, "tenant", None)
+        membership = getattr(request, "membership", None)
+        if (
+            tenant is None
+            or membership is None
+            or tenant.slug != org_slug
+            or membership.organization_id != tenant.pk
+            or (check_schema and connection.schema_name != tenant.schema_name)
+        ):
+            raise Http404
+        if role is not None and not membership.has_role(role):
+            raise PermissionDenied
+
     def decorator(view_func):
-        @wraps(view_func)
-        def wrapper(request, org_slug: str, *args, **kwargs):
-            tenant = getattr(request, "tenant", None)
-            membership = getattr(request, "membership", None)
-            if (
-                tenant is None
-                or membership is None
-                or tenant.slug != org_slug
-                or membership.organization_id != tenant.pk
-                or connection.schema_name != tenant.schema_name
-            ):
-                raise Http404
-            if role is not None and not membership.has_role(role):
-                raise PermissionDenied
-            return view_func(request, *args, **kwargs)
+        if inspect.iscoroutinefunction(view_func):
+            # Async views run on the event loop's thread, whose connection is not the one the
+            # middleware set: they must pass `request.tenant` to their database work explicitly.
+            @wraps(view_func)
+            async def wrapper(request, org_slug: str, *args, **kwargs):
+                check(request, org_slug, check_schema=False)
+                return await view_func(request, *args, **kwargs)
+        else:
+            @wraps(view_func)
+            def wrapper(request, org_slug: str, *args, **kwargs):
+                check(request, org_slug, check_schema=True)
+                return view_func(request, *args, **kwargs)
 
         wrapper.org_member_required = True
         return wrapper

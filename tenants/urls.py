@@ -6,7 +6,7 @@ from . import views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
-    path("chat/", views.coming_soon, {"section": "chat"}, name="chat_home"),
+    path("chat/", include("chat.urls")),
     path("checks/", views.coming_soon, {"section": "checks"}, name="checks_home"),
     path("billing/", include("billing.urls_org")),
     path("settings/", views.org_settings, name="org_settings"),

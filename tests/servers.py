@@ -307,11 +307,14 @@ class CeleryWorker:
 
 
 def start_celery_worker(*, database_url: str, redis_url: str, workdir: Path, email_dir: Path,
-                        site_url: str = "", queues: str = WORKER_QUEUES, timeout: float = 60.0) -> CeleryWorker:
+                        site_url: str = "", queues: str = WORKER_QUEUES, timeout: float = 60.0,
+                        env_extra: dict[str, str] | None = None) -> CeleryWorker:
     hostname = f"pytest-{os.getpid()}-{free_port()}@%h"
-    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=solo", "--concurrency=1",
+    # Threads, like the production generation worker: several answers stream at once.
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", "--concurrency=4",
                "-Q", queues, "--loglevel=INFO", "-n", hostname, "--without-gossip", "--without-mingle"]
     extra = {"SITE_URL": site_url} if site_url else {}
+    extra.update(env_extra or {})
     env = server_env(database_url=database_url, redis_url=redis_url, email_dir=email_dir, **extra)
     process = Process("celery", command, env, workdir / "celery.log").start()
     deadline = time.monotonic() + timeout

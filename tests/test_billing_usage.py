@@ -16,7 +16,7 @@ from billing.usage import UnknownPrice, usage_cost, usage_record, usage_rollup
 
 pytestmark = pytest.mark.django_db
 
-MODEL = "openai/gpt-4o-mini"
+MODEL = "test/usage-model"  # not in the seeded catalog: this test owns its prices
 
 
 @pytest.fixture

@@ -311,13 +311,18 @@ def test_entrypoint_web_does_not_serve_when_migrations_fail(stub_bin):
     assert calls == ["python manage.py deploy_migrate"]
 
 
-def test_entrypoint_worker_consumes_every_queue(stub_bin):
-    result, calls = run_entrypoint(stub_bin, "worker")
-    assert result.returncode == 0, result.stderr
-    (call,) = calls
-    argv = shlex.split(call)
-    assert argv[:4] == ["celery", "-A", "config", "worker"]
-    assert set(argv[argv.index("-Q") + 1].split(",")) == QUEUES
+def test_entrypoint_workers_consume_every_queue_between_them(stub_bin):
+    consumed = set()
+    for role in ("worker", "generator"):
+        result, calls = run_entrypoint(stub_bin, role)
+        assert result.returncode == 0, result.stderr
+        argv = shlex.split(calls[-1])  # the stub's log keeps every role's call
+        assert argv[:4] == ["celery", "-A", "config", "worker"]
+        consumed |= set(argv[argv.index("-Q") + 1].split(","))
+        if role == "generator":
+            # Answers wait on providers: a thread pool streams many at once.
+            assert argv[argv.index("-Q") + 1] == "generation" and "threads" in argv
+    assert consumed == QUEUES
 
 
 def test_entrypoint_beat(stub_bin):
@@ -338,7 +343,8 @@ def test_entrypoint_runs_any_other_command_as_given(stub_bin):
 
 def test_compose_defines_the_stack():
     services = compose()["services"]
-    assert {"web", "worker", "beat", "postgres", "redis"} <= set(services)
+    assert {"web", "worker", "generator", "beat", "postgres", "redis"} <= set(services)
+    assert services["generator"]["command"] == "generator"
     assert services["web"]["command"] == "web"
     assert services["worker"]["command"] == "worker"
     assert services["beat"]["command"] == "beat"
@@ -347,7 +353,7 @@ def test_compose_defines_the_stack():
 
 def test_compose_app_services_share_image_and_point_at_stack_services():
     services = compose()["services"]
-    app = [services[name] for name in ("web", "worker", "beat")]
+    app = [services[name] for name in ("web", "worker", "generator", "beat")]
     assert all(service["build"] == "." for service in app)
     assert len({service.get("image") for service in app}) == 1
     for service in app:
@@ -361,14 +367,14 @@ def test_compose_app_services_share_image_and_point_at_stack_services():
 
 def test_compose_every_service_has_a_healthcheck():
     services = compose()["services"]
-    for name in ("web", "worker", "beat", "postgres", "redis"):
+    for name in ("web", "worker", "generator", "beat", "postgres", "redis"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/healthz" in healthcheck_text(services["web"])
     assert "inspect ping" in healthcheck_text(services["worker"])
     assert "pg_isready -U prumo" in healthcheck_text(services["postgres"])
     assert "redis-cli ping" in healthcheck_text(services["redis"])
     # Worker and beat serve no HTTP: they must not inherit the image's /healthz probe.
-    for name in ("worker", "beat"):
+    for name in ("worker", "generator", "beat"):
         assert "/healthz" not in healthcheck_text(services[name])
 
 

@@ -43,7 +43,8 @@ def _org_urls(slug: str) -> list[str]:
     urls = []
     for route, _callback, _args, _name in _org_patterns():
         path = "/" + route.replace("<slug:org_slug>", slug)
-        path = path.replace("<int:membership_id>", "1").replace("<int:invitation_id>", "1")
+        path = re.sub(r"<int:\w+>", "1", path)
+        path = re.sub(r"<str:\w+>", "x", path)
         urls.append(path)
     return urls
 

@@ -56,6 +56,7 @@ SHARED_APPS = [
     "allauth.usersessions",
     "djstripe",
     "billing",
+    "chat.catalog",
 ]
 TENANT_APPS = [
     "tenants.audit",
@@ -256,6 +257,12 @@ CELERY_BEAT_SCHEDULE: dict = {
     "billing-dunning": {"task": "billing.tasks.billing_dunning_run", "schedule": 3600.0},
     "usage-rollup": {"task": "billing.tasks.usage_rollup_task", "schedule": 60.0},
     "meter-report": {"task": "billing.tasks.meter_reports_run", "schedule": 3600.0},
+    # Answers whose worker died (no heartbeat) are closed as interrupted and billed for what they produced.
+    "chat-generations-reap": {"task": "chat.tasks.generations_reap", "schedule": 15.0},
+}
+CELERY_TASK_ROUTES = {
+    "chat.tasks.generation_run": {"queue": "generation"},
+    "chat.tasks.thread_title": {"queue": "generation"},
 }
 
 # dj-stripe (the Organization is the customer; see billing/stripe.py)
@@ -304,6 +311,29 @@ LLM_CONNECT_TIMEOUT = float(os.environ.get("LLM_CONNECT_TIMEOUT", "5"))
 LLM_READ_TIMEOUT = float(os.environ.get("LLM_READ_TIMEOUT", "60"))
 # The built-in demo model (deterministic local text) lets a fresh checkout chat with no provider.
 CHAT_DEMO_MODEL_ENABLED = env_bool("CHAT_DEMO_MODEL", True)
+
+# Fernet keys for organizations' provider keys, newest first (rotate: prepend a key, run
+# `manage.py rotate_provider_keys`, drop the old one). Empty: derived from SECRET_KEY.
+PROVIDER_KEY_ENCRYPTION_KEYS = env_list("PROVIDER_KEY_ENCRYPTION_KEYS")
+# Chat answers: the most tokens an answer may use, and the share of a model's context
+# window that attached files may fill.
+CHAT_MAX_OUTPUT_TOKENS = int(os.environ.get("CHAT_MAX_OUTPUT_TOKENS", "4096"))
+CHAT_ATTACHMENT_TOKEN_BUDGET = int(os.environ.get("CHAT_ATTACHMENT_TOKEN_BUDGET", "24000"))
+# Streaming: deltas are batched this long before they go to Redis; an SSE connection ends
+# (with `retry:`, the browser resumes) before gunicorn's graceful timeout would cut it.
+CHAT_FLUSH_SECONDS = float(os.environ.get("CHAT_FLUSH_SECONDS", "0.05"))
+CHAT_SSE_MAX_SECONDS = float(os.environ.get("CHAT_SSE_MAX_SECONDS", "25"))
+CHAT_SSE_KEEPALIVE_SECONDS = float(os.environ.get("CHAT_SSE_KEEPALIVE_SECONDS", "10"))
+# Redis connections per web process for streams: one blocking reader fans out to every
+# stream, the rest serve short catch-up reads; callers wait for a free one, never fail.
+CHAT_REDIS_MAX_CONNECTIONS = int(os.environ.get("CHAT_REDIS_MAX_CONNECTIONS", "32"))
+# A generation whose heartbeat is older than this is declared interrupted (worker died).
+CHAT_HEARTBEAT_SECONDS = float(os.environ.get("CHAT_HEARTBEAT_SECONDS", "2"))
+CHAT_HEARTBEAT_TIMEOUT = float(os.environ.get("CHAT_HEARTBEAT_TIMEOUT", "15"))
+# Circuit breaker per provider: this many failures within the window opens it for the cooldown.
+CHAT_BREAKER_FAILURES = int(os.environ.get("CHAT_BREAKER_FAILURES", "5"))
+CHAT_BREAKER_WINDOW = int(os.environ.get("CHAT_BREAKER_WINDOW", "60"))
+CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
 
 # REST framework
 REST_FRAMEWORK = {

@@ -1,0 +1,223 @@
+"""Running an answer, independently of any HTTP request.
+
+A Celery task (queue `generation`) claims the pending answer, streams it from the provider
+through the router and appends the text to a Redis stream in small batches; browsers read
+that stream over SSE (chat.streams), so a refresh or a second tab resumes the same answer
+and closing the tab changes nothing. While it runs, the generation
+
+- heartbeats in the sorted set `chat:active`, so a reaper can close answers whose worker
+  died (`interrupted`, billed for what they produced: never a silent half-answer);
+- watches its cancel key, so Stop ends it within a second (`stopped`, also billed).
+
+Redis stream entries: `{"t": "start", "model", "name"}`, `{"t": "delta", "d": text}`,
+`{"t": "end", "status"}` (after the database has the final message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from .catalog.selectors import ModelOption, provider_keys_for
+from .context import context_build
+from .models import Message
+from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
+from .redis import async_client, sync_client
+from .routing import Served, route_stream
+from .services import answer_finish, cancel_key, candidates_for, current_organization, option_get
+
+logger = logging.getLogger(__name__)
+
+ACTIVE_SET = "chat:active"
+STREAM_TTL = 3600  # a finished answer's stream stays readable this long (late resumes)
+STREAM_MAXLEN = 20_000
+
+
+@dataclass
+class Outcome:
+    text_parts: list[str] = field(default_factory=list)
+    served: ModelOption | None = None
+    usage: Usage | None = None
+    finish_reason: str = ""
+    error: ProviderError | None = None
+    cancelled: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def status(self) -> str:
+        if self.cancelled:
+            return Message.Status.STOPPED
+        if self.error is not None:
+            return Message.Status.INTERRUPTED if self.text_parts else Message.Status.FAILED
+        return Message.Status.COMPLETE
+
+
+async def generation_stream(*, key: str, candidates: list[ModelOption], request: ChatRequest,
+                            own_keys: dict[str, str]) -> Outcome:
+    """Stream the answer into the Redis stream `key`; returns what happened. Never raises ProviderError."""
+    client = async_client()
+    outcome = Outcome()
+    pending: list[str] = []
+    lock = asyncio.Lock()
+    flush_every = settings.CHAT_FLUSH_SECONDS
+
+    async def flush() -> None:
+        async with lock:  # one writer at a time keeps the stream in order
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                await client.xadd(key, {"t": "delta", "d": text}, maxlen=STREAM_MAXLEN, approximate=True)
+
+    async def consume() -> None:
+        last_flush = time.monotonic()
+        async for event in route_stream(candidates, request, own_keys=own_keys):
+            if isinstance(event, TextDelta):
+                outcome.text_parts.append(event.text)
+                pending.append(event.text)
+                if time.monotonic() - last_flush >= flush_every:
+                    await flush()
+                    last_flush = time.monotonic()
+            elif isinstance(event, Served):
+                outcome.served = event.option
+                await client.xadd(key, {"t": "start", "model": event.option.id,
+                                        "name": event.option.model.display_name})
+            elif isinstance(event, Usage):
+                outcome.usage = event
+            elif isinstance(event, Finish):
+                outcome.finish_reason = event.reason
+            elif isinstance(event, StreamError):
+                outcome.error = event.error
+        await flush()
+
+    task = asyncio.create_task(consume())
+    cancel, member = cancel_key(key), key
+    next_check = next_beat = 0.0
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=flush_every)
+            await flush()  # text that arrived before a pause goes out now, not with the next token
+            now = time.monotonic()
+            if now >= next_beat:
+                await client.zadd(ACTIVE_SET, {member: time.time()})
+                next_beat = now + settings.CHAT_HEARTBEAT_SECONDS
+            if now >= next_check and not task.done():
+                next_check = now + 0.25
+                if await client.exists(cancel):
+                    outcome.cancelled = True
+                    task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not outcome.cancelled:
+                raise
+        await flush()
+    finally:
+        if not task.done():
+            task.cancel()
+    return outcome
+
+
+async def _stream_and_close(**kwargs) -> Outcome:
+    from .redis import async_client_close
+
+    try:
+        return await generation_stream(**kwargs)
+    finally:
+        await async_client_close()
+
+
+def stream_end(key: str, status: str) -> None:
+    """Tell readers the answer is final (the database already has it) and let the stream expire."""
+    client = sync_client()
+    with client.pipeline(transaction=True) as pipe:
+        pipe.xadd(key, {"t": "end", "status": status})
+        pipe.expire(key, STREAM_TTL)
+        pipe.zrem(ACTIVE_SET, key)
+        pipe.delete(cancel_key(key))
+        pipe.execute()
+
+
+def stream_text(key: str) -> str:
+    """The text a stream holds so far (what a dead worker had written)."""
+    return "".join(fields.get("d", "") for _id, fields in sync_client().xrange(key) if fields.get("t") == "delta")
+
+
+def _claim(answer_id: int) -> bool:
+    return bool(Message.objects.filter(pk=answer_id, status=Message.Status.PENDING)
+                .update(status=Message.Status.STREAMING))
+
+
+def _heartbeat_alive(key: str) -> bool:
+    score = sync_client().zscore(ACTIVE_SET, key)
+    return score is not None and time.time() - score < settings.CHAT_HEARTBEAT_TIMEOUT
+
+
+def answer_generate(answer_id: int) -> None:
+    """Generate the pending answer `answer_id` (in the current schema). Safe to call twice."""
+    answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
+    if answer is None:
+        return
+    key = answer.stream_key
+    if not _claim(answer_id):
+        # Redelivered after a worker died: close it as interrupted, never generate it twice.
+        if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
+            answer_recover(answer)
+        return
+    sync_client().zadd(ACTIVE_SET, {key: time.time()})
+    if sync_client().exists(cancel_key(key)):
+        answer_finish(answer_id=answer_id, status=Message.Status.STOPPED, text="")
+        stream_end(key, Message.Status.STOPPED)
+        return
+    organization = current_organization()
+    try:
+        option = option_get(organization, answer.model_id)
+    except Exception as error:  # the plan changed or the model went away since it was asked
+        answer_finish(answer_id=answer_id, status=Message.Status.FAILED, text="", error=str(error))
+        stream_end(key, Message.Status.FAILED)
+        return
+    messages, _estimate = context_build(thread=answer.thread, answer=answer, model=option.model)
+    request = ChatRequest(model=option.model.provider_model, messages=messages, max_tokens=answer.max_tokens)
+    outcome = asyncio.run(_stream_and_close(
+        key=key, candidates=candidates_for(organization, option), request=request,
+        own_keys=provider_keys_for(organization),
+    ))
+    usage = outcome.usage
+    final = answer_finish(
+        answer_id=answer_id, status=outcome.status, text=outcome.text,
+        served_model_id=outcome.served.id if outcome.served else "",
+        input_tokens=usage.input_tokens if usage else None, output_tokens=usage.output_tokens if usage else None,
+        finish_reason=outcome.finish_reason, error=_error_text(outcome.error),
+    )
+    logger.info("chat answer %s %s model=%s", answer_id, outcome.status,
+                outcome.served.id if outcome.served else answer.model_id)
+    stream_end(key, final.status if final else outcome.status)
+
+
+def _error_text(error: ProviderError | None) -> str:
+    if error is None:
+        return ""
+    return {
+        ProviderError.AUTH: "The provider refused our credentials.",
+        ProviderError.RATE_LIMITED: "The provider is busy (rate limited). Try again in a moment.",
+        ProviderError.TIMEOUT: "The provider stopped answering (timeout).",
+        ProviderError.INTERRUPTED: "The provider cut the answer short.",
+        ProviderError.BAD_REQUEST: "The provider refused this request.",
+    }.get(error.kind, "The provider is unavailable. Try again in a moment.")
+
+
+def answer_recover(answer: Message) -> None:
+    """Close an answer whose worker died: keep the text it streamed, mark it interrupted, bill that."""
+    key = answer.stream_key
+    text = stream_text(key)
+    final = answer_finish(answer_id=answer.pk, status=Message.Status.INTERRUPTED, text=text,
+                          error="The answer was interrupted (the worker stopped).")
+    if final is not None:
+        logger.warning("chat answer %s interrupted: worker lost", answer.pk)
+    stream_end(key, Message.Status.INTERRUPTED)

@@ -1,0 +1,94 @@
+"""Routing an answer: the requested model, then its fallbacks, past open circuit breakers.
+
+Fallback happens only before the first streamed byte: once text has reached the reader,
+an error ends the answer instead of splicing another model's words onto it. The model that
+served is announced with `Served`, and billing uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from django.conf import settings
+
+from .catalog.selectors import ModelOption
+from .providers import ChatRequest, ProviderError, StreamError, adapter_for
+from .redis import async_client
+
+
+@dataclass(frozen=True)
+class Served:
+    """The model answering (announced before its first event)."""
+
+    option: ModelOption
+
+
+# Failures that say something about the provider's health (not about this request or our key).
+BREAKER_KINDS = frozenset({ProviderError.UNAVAILABLE, ProviderError.TIMEOUT, ProviderError.RATE_LIMITED,
+                           ProviderError.INTERRUPTED, ProviderError.PROTOCOL})
+
+
+class CircuitBreaker:
+    """Per provider, shared by every process through Redis.
+
+    `CHAT_BREAKER_FAILURES` failures within `CHAT_BREAKER_WINDOW` seconds open it for
+    `CHAT_BREAKER_COOLDOWN` seconds (or the provider's Retry-After, if longer); while open,
+    the router skips that provider and goes straight to the fallbacks.
+    """
+
+    def __init__(self, provider: str):
+        self.provider = provider
+        self.failures_key = f"chat:breaker:{provider}:failures"
+        self.open_key = f"chat:breaker:{provider}:open"
+
+    async def is_open(self) -> bool:
+        return bool(await async_client().exists(self.open_key))
+
+    async def record_failure(self, error: ProviderError) -> None:
+        client = async_client()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.incr(self.failures_key)
+            pipe.expire(self.failures_key, settings.CHAT_BREAKER_WINDOW, nx=True)
+            failures, _ = await pipe.execute()
+        cooldown = max(settings.CHAT_BREAKER_COOLDOWN, int(error.retry_after or 0))
+        if error.kind == ProviderError.RATE_LIMITED and error.retry_after:
+            await client.set(self.open_key, "1", ex=cooldown)  # the provider told us when to come back
+        elif failures >= settings.CHAT_BREAKER_FAILURES:
+            await client.set(self.open_key, "1", ex=cooldown)
+
+    async def record_success(self) -> None:
+        await async_client().delete(self.failures_key)
+
+
+async def route_stream(candidates: list[ModelOption], request: ChatRequest, *,
+                       own_keys: dict[str, str]) -> AsyncIterator:
+    """`Served`, then the serving model's events; a final `StreamError` if nobody could answer.
+
+    `request.model` is ignored: each candidate is asked for its own provider model name.
+    """
+    last_error: ProviderError | None = None
+    for option in candidates:
+        breaker = CircuitBreaker(option.model.provider)
+        if await breaker.is_open():
+            last_error = ProviderError(ProviderError.UNAVAILABLE, "circuit open", provider=option.model.provider)
+            continue
+        started = False
+        try:
+            async with adapter_for(option.model.provider, api_key=own_keys.get(option.model.provider)) as adapter:
+                async for event in adapter.stream(replace(request, model=option.model.provider_model)):
+                    if not started:
+                        started = True
+                        yield Served(option)
+                    yield event
+            await breaker.record_success()
+            return
+        except ProviderError as error:
+            last_error = error
+            if error.kind in BREAKER_KINDS:
+                await breaker.record_failure(error)
+            if started or error.kind == ProviderError.BAD_REQUEST:
+                yield StreamError(error)  # too late (or pointless) to try another model
+                return
+    yield StreamError(last_error or ProviderError(ProviderError.UNAVAILABLE, "no model available", provider=""))
+

@@ -1,0 +1,159 @@
+"""Reading answers over SSE: one Redis reader per web process, fanned out to every open stream.
+
+Each browser stream first catches up with `XRANGE` from its `Last-Event-ID`, then receives
+new entries from the process's `StreamHub`, which keeps one blocking `XREAD` over all the
+keys being watched (3 Redis connections for 1,000 streams instead of 1,001: PITFALLS.md).
+A new key wakes the hub's read at once through a per-hub control stream.
+
+Connections end by themselves after `CHAT_SSE_MAX_SECONDS` with a `retry:` line, so a
+deploy never has to cut a stream: the browser reconnects with `Last-Event-ID` and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+
+from .redis import BLOCK_MS, async_client
+
+logger = logging.getLogger(__name__)
+
+RETRY_MS = 1000
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    millis, _, seq = entry_id.partition("-")
+    return int(millis), int(seq or 0)
+
+
+class StreamHub:
+    """Per event loop: watches keys for subscribers with one blocking XREAD."""
+
+    def __init__(self) -> None:
+        self.subscribers: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self.cursors: dict[str, str] = {}
+        self.control = f"chat:hub:{uuid.uuid4().hex}"
+        self.control_cursor = "0-0"
+        self.task: asyncio.Task | None = None
+
+    async def subscribe(self, key: str, after: str) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        self.subscribers[key].add(queue)
+        if key not in self.cursors or _id_tuple(after) < _id_tuple(self.cursors[key]):
+            self.cursors[key] = after
+        if self.task is None or self.task.done():
+            # A fresh context: the reader outlives the request that started it.
+            self.task = asyncio.create_task(self._read_forever(), context=contextvars.Context())
+        else:
+            async with async_client().pipeline(transaction=False) as pipe:  # wake the blocked reader
+                pipe.xadd(self.control, {"k": key}, maxlen=100, approximate=True)
+                pipe.expire(self.control, 86_400)
+                await pipe.execute()
+        return queue
+
+    def unsubscribe(self, key: str, queue: asyncio.Queue) -> None:
+        queues = self.subscribers.get(key)
+        if queues is not None:
+            queues.discard(queue)
+            if not queues:
+                del self.subscribers[key]
+                self.cursors.pop(key, None)
+
+    async def _read_forever(self) -> None:
+        client = async_client()
+        while True:  # idles on the control stream alone; lives as long as the event loop
+            streams = {self.control: self.control_cursor, **self.cursors}
+            try:
+                replies = await client.xread(streams, block=BLOCK_MS, count=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis restarting: streams resume from their cursors
+                logger.exception("chat stream hub read failed")
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in replies or []:
+                if key == self.control:
+                    self.control_cursor = entries[-1][0]
+                    continue
+                if key in self.cursors:
+                    self.cursors[key] = entries[-1][0]
+                for queue in list(self.subscribers.get(key, ())):
+                    for entry in entries:
+                        queue.put_nowait(entry)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StreamHub] = weakref.WeakKeyDictionary()
+
+
+def hub() -> StreamHub:
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        found = _hubs[loop] = StreamHub()
+    return found
+
+
+def sse(event: str, data: dict, entry_id: str | None = None) -> bytes:
+    head = f"id: {entry_id}\n" if entry_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _encode(entry_id: str, fields: dict) -> bytes:
+    kind = fields.get("t")
+    if kind == "delta":
+        return sse("delta", {"text": fields.get("d", "")}, entry_id)
+    if kind == "start":
+        return sse("start", {"model": fields.get("model", ""), "name": fields.get("name", "")}, entry_id)
+    return sse("end", {"status": fields.get("status", "")}, entry_id)
+
+
+async def answer_events(key: str, after: str = "0-0") -> AsyncIterator[bytes]:
+    """SSE bytes for the stream `key`, from just after `after`, until its end entry (or the time limit)."""
+    after = after if _valid_id(after) else "0-0"
+    deadline = time.monotonic() + settings.CHAT_SSE_MAX_SECONDS
+    stream_hub = hub()
+    queue = await stream_hub.subscribe(key, after)
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        last = _id_tuple(after)
+        for entry_id, fields in await async_client().xrange(key, min=f"({after}" if after != "0-0" else "-"):
+            last = _id_tuple(entry_id)
+            yield _encode(entry_id, fields)
+            if fields.get("t") == "end":
+                return
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                yield b": reconnect\n\n"  # the browser resumes from its Last-Event-ID
+                return
+            try:
+                entry_id, fields = await asyncio.wait_for(
+                    queue.get(), timeout=min(remaining, settings.CHAT_SSE_KEEPALIVE_SECONDS))
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if _id_tuple(entry_id) <= last:
+                continue  # already sent during the catch-up
+            last = _id_tuple(entry_id)
+            yield _encode(entry_id, fields)
+            if fields.get("t") == "end":
+                return
+    finally:
+        stream_hub.unsubscribe(key, queue)
+
+
+def _valid_id(entry_id: str) -> bool:
+    try:
+        _id_tuple(entry_id)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,114 @@
+// Chat: streams answers over SSE, sends with Enter, stops, copies. Pages work without it
+// (forms post and redirect); with it, answers appear as they are written.
+(() => {
+  const streams = new Map();
+
+  function nearBottom() {
+    return window.innerHeight + window.scrollY >= document.body.scrollHeight - 160;
+  }
+
+  function follow(stick) {
+    if (stick) window.scrollTo(0, document.body.scrollHeight);
+  }
+
+  async function replaceWithFinal(article) {
+    const response = await fetch(article.dataset.messageUrl, { headers: { "HX-Request": "true" } });
+    if (!response.ok) return;
+    const holder = document.createElement("div");
+    holder.innerHTML = (await response.text()).trim();
+    const fresh = holder.firstElementChild;
+    if (fresh) {
+      article.replaceWith(fresh);
+      if (window.htmx) window.htmx.process(fresh);
+    }
+  }
+
+  function connect(article) {
+    const url = article.dataset.streamUrl;
+    if (!url || streams.has(article.id)) return;
+    const output = article.querySelector("[data-stream-text]");
+    const typing = article.querySelector("[data-typing]");
+    // EventSource resends Last-Event-ID when it reconnects; a fresh page replays from the start.
+    const source = new EventSource(url);
+    streams.set(article.id, source);
+    source.addEventListener("start", (event) => {
+      const label = article.querySelector("[data-model]");
+      if (label) label.textContent = JSON.parse(event.data).name;
+    });
+    source.addEventListener("delta", (event) => {
+      const stick = nearBottom();
+      output.textContent += JSON.parse(event.data).text;
+      if (typing) typing.hidden = true;
+      follow(stick);
+    });
+    source.addEventListener("end", () => {
+      source.close();
+      streams.delete(article.id);
+      replaceWithFinal(article);
+    });
+  }
+
+  function connectAll(root) {
+    root.querySelectorAll("article[data-stream-url]").forEach(connect);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    const sidebar = document.querySelector("[data-sidebar]");
+    if (sidebar && window.matchMedia("(min-width: 800px)").matches) sidebar.open = true;
+    connectAll(document);
+    if (document.getElementById("messages")) follow(true);
+  });
+
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    // Only the newest exchange offers Regenerate and Edit.
+    if (event.detail.target && event.detail.target.id === "messages") {
+      event.detail.target.querySelectorAll("[data-last-only]").forEach((node) => node.remove());
+    }
+  });
+  document.addEventListener("htmx:afterSwap", (event) => {
+    connectAll(event.detail.target);
+    if (event.detail.target.id === "messages") follow(true);
+  });
+
+  document.addEventListener("chat-sent", () => {
+    const form = document.querySelector("[data-composer]");
+    if (!form) return;
+    form.querySelector("textarea[name=content]").value = "";
+    const files = form.querySelector("input[type=file]");
+    if (files) files.value = "";
+    const error = document.getElementById("composer-error");
+    if (error) error.textContent = "";
+  });
+
+  document.addEventListener("keydown", (event) => {
+    const area = event.target.closest && event.target.closest("textarea[data-enter-submits]");
+    if (!area || event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+    event.preventDefault();
+    if (area.value.trim()) area.form.requestSubmit();
+  });
+
+  async function copy(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+      const label = button.textContent;
+      button.textContent = "✓";
+      setTimeout(() => { button.textContent = label; }, 1200);
+    } catch (_error) {
+      // Clipboard refused (insecure context): nothing to do.
+    }
+  }
+
+  document.addEventListener("click", (event) => {
+    const codeButton = event.target.closest("[data-copy-code]");
+    if (codeButton) {
+      const pre = codeButton.closest(".codeblock").querySelector("pre");
+      copy(pre ? pre.innerText : "", codeButton);
+      return;
+    }
+    const messageButton = event.target.closest("[data-copy-message]");
+    if (messageButton) {
+      const source = messageButton.closest("article").querySelector("[data-copy-source]");
+      copy(source ? source.innerText : "", messageButton);
+    }
+  });
+})();

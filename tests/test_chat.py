@@ -1,0 +1,450 @@
+"""Chat end to end in process: pages, answers streamed through fake providers, billing, stop, crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django_tenants.utils import schema_context
+
+from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
+from billing.selectors import ledger_sum
+from chat import generation, tasks
+from chat.catalog.models import Model
+from chat.catalog.selectors import model_resolve
+from chat.models import Attachment, Message, Thread
+from chat.redis import sync_client
+from chat.services import cancel_key
+
+from .fake_llm import SERVER_ERROR, Answer, FakeGemini, FakeOpenAI
+
+pytestmark = pytest.mark.django_db
+
+CHEAP = "openai/gpt-4.1-mini"  # basic tier: the Free plan may use it
+FALLBACK = "gemini/gemini-2.5-flash-lite"  # its first fallback
+
+
+@pytest.fixture(autouse=True)
+def clean_redis():
+    client = sync_client()
+    for key in client.scan_iter("chat:*"):
+        client.delete(key)
+    yield
+
+
+@pytest.fixture
+def providers(settings):
+    """Fake OpenAI and Gemini servers configured as the platform's providers."""
+    openai, gemini = FakeOpenAI().start(), FakeGemini().start()
+    settings.LLM_PROVIDERS = {
+        **settings.LLM_PROVIDERS,
+        "openai": {"base_url": openai.url, "api_key": "sk-platform-openai"},
+        "gemini": {"base_url": gemini.url, "api_key": "platform-gemini"},
+    }
+    settings.LLM_READ_TIMEOUT = 2
+    yield {"openai": openai, "gemini": gemini}
+    openai.stop()
+    gemini.stop()
+
+
+@pytest.fixture
+def send(django_capture_on_commit_callbacks):
+    """POST a question; the answer's Celery task runs eagerly when the send commits."""
+
+    def post(client, org, content: str, *, model: str = CHEAP, thread: Thread | None = None, **extra):
+        url = f"/o/{org.slug}/chat/t/{thread.pk}/send/" if thread else f"/o/{org.slug}/chat/new/"
+        with django_capture_on_commit_callbacks(execute=True):
+            return client.post(url, {"model": model, "content": content, **extra})
+
+    return post
+
+
+def latest_thread(org) -> Thread:
+    with schema_context(org.schema_name):
+        return Thread.objects.latest("id")
+
+
+def messages_of(org, thread) -> list[Message]:
+    with schema_context(org.schema_name):
+        return list(thread.messages.order_by("id"))
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_catalog_is_seeded_with_real_models_prices_and_aliases():
+    assert Model.objects.filter(provider="openai").count() >= 3
+    assert {m.provider for m in Model.objects.all()} >= {"openai", "anthropic", "gemini", "deepseek", "ollama", "demo"}
+    assert model_resolve("claude-sonnet").id == "anthropic/claude-sonnet-4-5"
+    assert model_resolve("gpt-4.1-mini").id == CHEAP
+    assert model_resolve("nope/nothing") is None
+    from billing.selectors import price_for
+
+    assert price_for(kind="model", key=CHEAP).output_per_million == Decimal("160")
+
+
+def test_model_picker_lists_only_what_the_plan_and_configured_providers_allow(client_for, org_a, providers):
+    page = client_for("a").get(f"/o/{org_a.slug}/chat/").content.decode()
+    assert 'value="openai/gpt-4.1-mini"' in page  # basic tier, provider configured
+    assert 'value="openai/gpt-5"' not in page  # premium: not on the Free plan
+    assert 'value="anthropic/claude-haiku-4-5"' not in page  # no Anthropic key anywhere
+    assert 'value="demo/prumo-demo"' in page
+
+
+def test_demo_model_is_off_when_disabled(client_for, org_a, settings):
+    settings.CHAT_DEMO_MODEL_ENABLED = False
+    page = client_for("a").get(f"/o/{org_a.slug}/chat/").content.decode()
+    assert "demo/prumo-demo" not in page
+    assert "No AI model is available" in page
+
+
+# ---------------------------------------------------------------- answering and billing
+
+
+def test_answer_streams_from_the_provider_and_is_billed_exactly(client_for, org_a, providers, send):
+    providers["openai"].answer = Answer(["Olá", ", mundo", "!"], input_tokens=1200, output_tokens=300)
+    before = BillingAccount.objects.get(pk=org_a.pk).credits
+    response = send(client_for("a"), org_a, "Say hello in Portuguese")
+    assert response.status_code == 302
+    thread = latest_thread(org_a)
+    question, answer = messages_of(org_a, thread)
+    assert (question.role, question.content) == ("user", "Say hello in Portuguese")
+    assert (answer.status, answer.content, answer.served_model_id) == ("complete", "Olá, mundo!", CHEAP)
+    assert (answer.input_tokens, answer.output_tokens, answer.usage_estimated) == (1200, 300, False)
+    # 1,200 × 40 + 300 × 160 credits per million tokens.
+    expected = Decimal("0.096")
+    assert answer.credits == expected
+    title = UsageEvent.objects.get(organization=org_a, request_id__startswith="chat-title:", user__isnull=False,
+                                   occurred_at__gte=answer.created_at)
+    assert BillingAccount.objects.get(pk=org_a.pk).credits == before - expected - title.credits
+    usage = UsageEvent.objects.get(organization=org_a, request_id=f"chat:{org_a.schema_name}:{answer.pk}")
+    assert (usage.key, usage.input_tokens, usage.output_tokens, usage.credits) == (CHEAP, 1200, 300, expected)
+    reservation = CreditReservation.objects.get(key=f"chat:{org_a.schema_name}:{answer.pk}")
+    assert reservation.status == "settled" and reservation.actual == expected
+    assert BillingAccount.objects.get(pk=org_a.pk).credits == ledger_sum(organization=org_a)
+    sent = providers["openai"].last.body
+    assert sent["model"] == "gpt-4.1-mini" and sent["stream"] is True
+    assert sent["messages"][-1] == {"role": "user", "content": "Say hello in Portuguese"}
+    # The page shows the rendered answer with its tokens and credits.
+    page = client_for("a").get(f"/o/{org_a.slug}/chat/t/{thread.pk}/").content.decode()
+    assert "Olá, mundo!" in page and "1200 in · 300 out" in page and "0.096 credits" in page
+
+
+def test_fallback_before_the_first_byte_is_billed_at_the_model_that_served(client_for, org_a, providers, send):
+    providers["openai"].fail_next(SERVER_ERROR)
+    providers["gemini"].answer = Answer(["From Gemini"], input_tokens=100, output_tokens=10)
+    send(client_for("a"), org_a, "Hello?")
+    answer = messages_of(org_a, latest_thread(org_a))[-1]
+    assert (answer.status, answer.content, answer.model_id, answer.served_model_id) == (
+        "complete", "From Gemini", CHEAP, FALLBACK)
+    usage = UsageEvent.objects.get(request_id=f"chat:{org_a.schema_name}:{answer.pk}")
+    assert usage.key == FALLBACK
+    assert usage.credits == Decimal("0.0014")  # 100 × 10 + 10 × 40 per million
+
+
+def test_open_circuit_skips_the_failing_provider(client_for, org_a, providers, send, settings):
+    settings.CHAT_BREAKER_FAILURES = 2
+    providers["openai"].fail_next(SERVER_ERROR, times=2)
+    client = client_for("a")
+    for question in ("one", "two"):
+        send(client, org_a, question)
+    assert providers["openai"].count == 2
+    send(client, org_a, "three")
+    assert providers["openai"].count == 2  # the breaker is open: OpenAI was not called
+    assert messages_of(org_a, latest_thread(org_a))[-1].served_model_id == FALLBACK
+
+
+def test_error_after_the_first_byte_keeps_the_text_and_says_interrupted(client_for, org_a, providers, send):
+    from .fake_llm import CUT
+
+    providers["openai"].answer = Answer(["Part one. ", "Part two. ", "Part three."], input_tokens=50, output_tokens=9)
+    providers["openai"].fail_next(CUT, cut_after=1)
+    send(client_for("a"), org_a, "Tell me three parts")
+    answer = messages_of(org_a, latest_thread(org_a))[-1]
+    assert answer.status == "interrupted" and answer.content == "Part one. "
+    assert providers["gemini"].count == 0  # never splice another model onto a started answer
+    assert answer.usage_estimated and answer.output_tokens > 0 and answer.credits > 0
+
+
+def test_not_enough_credits_keeps_the_question_and_links_to_top_up(client_for, org_a, providers, send):
+    BillingAccount.objects.filter(pk=org_a.pk).update(credits=0)
+    response = send(client_for("a"), org_a, "Will you answer?")
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "Not enough credits for this answer." in page and f"/o/{org_a.slug}/billing/#top-up" in page
+    assert "Will you answer?" in page  # the composer keeps the text
+    assert providers["openai"].count == 0
+    with schema_context(org_a.schema_name):
+        assert not Message.objects.filter(content="Will you answer?").exists()
+
+
+def test_model_outside_the_plan_is_refused(client_for, org_a, providers, send):
+    response = send(client_for("a"), org_a, "hi", model="openai/gpt-5")
+    assert response.status_code == 400
+    assert "not available on your plan" in response.content.decode()
+
+
+# ---------------------------------------------------------------- stop and crash
+
+
+def test_stop_ends_the_answer_within_a_second_and_bills_what_was_produced(client_for, org_a, providers, send):
+    fake = providers["openai"]
+    fake.answer = Answer([f"word{i} " for i in range(200)], input_tokens=40, output_tokens=200)
+    fake.chunk_delay = 0.05  # 10 s for the whole answer
+    client = client_for("a")
+    stopper = threading.Thread(target=lambda: (time.sleep(0.6), _stop_latest_answer(org_a)))
+    stopper.start()
+    started = time.monotonic()
+    send(client, org_a, "Count slowly")
+    elapsed = time.monotonic() - started
+    stopper.join()
+    answer = messages_of(org_a, latest_thread(org_a))[-1]
+    assert answer.status == "stopped"
+    assert elapsed < 0.6 + 1.0
+    assert answer.content.startswith("word0 ") and len(answer.content.split()) < 200
+    assert answer.usage_estimated and answer.output_tokens > 0 and answer.credits > 0
+    assert UsageEvent.objects.filter(request_id=f"chat:{org_a.schema_name}:{answer.pk}").count() == 1
+
+
+def _stop_latest_answer(org) -> None:
+    # From another thread: only Redis, as the Stop button's view does.
+    client = sync_client()
+    for key in client.zrange(generation.ACTIVE_SET, 0, -1):
+        if f":{org.schema_name}:" in key:
+            client.set(cancel_key(key), "1", ex=60)
+
+
+def test_dead_worker_answer_is_closed_as_interrupted_and_billed_once(client_for, org_a, providers, send,
+                                                                      settings):
+    client = client_for("a")
+    send(client, org_a, "first question")
+    thread = latest_thread(org_a)
+    with schema_context(org_a.schema_name):
+        question = Message.objects.create(thread=thread, role="user", content="second question")
+        answer = Message.objects.create(thread=thread, role="assistant", status="streaming", model_id=CHEAP,
+                                        max_tokens=100, prompt_tokens_estimate=30)
+        key = answer.stream_key
+    redis = sync_client()
+    redis.xadd(key, {"t": "start", "model": CHEAP, "name": "GPT-4.1 mini"})
+    redis.xadd(key, {"t": "delta", "d": "The worker wrote this "})
+    redis.xadd(key, {"t": "delta", "d": "and then died."})
+    redis.zadd(generation.ACTIVE_SET, {key: time.time() - settings.CHAT_HEARTBEAT_TIMEOUT - 1})
+    # A redelivered task does not generate it again...
+    with schema_context(org_a.schema_name):
+        generation.answer_generate(answer.pk)
+    assert providers["openai"].count == 1
+    # ...and the reaper finds nothing left to do.
+    assert tasks.generations_reap() == 0
+    with schema_context(org_a.schema_name):
+        answer.refresh_from_db()
+    assert answer.status == "interrupted"
+    assert answer.content == "The worker wrote this and then died."
+    assert answer.usage_estimated and answer.input_tokens == 30 and answer.output_tokens > 0
+    assert UsageEvent.objects.filter(request_id=f"chat:{org_a.schema_name}:{answer.pk}").count() == 1
+    assert [f["t"] for _id, f in redis.xrange(key)][-1] == "end"
+    assert question.pk < answer.pk
+
+
+def test_reaper_closes_answers_whose_heartbeat_stopped(org_a, settings, tenant_world):
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
+        Message.objects.create(thread=thread, role="user", content="hi")
+        answer = Message.objects.create(thread=thread, role="assistant", status="streaming", model_id=CHEAP,
+                                        max_tokens=100, prompt_tokens_estimate=10)
+        key = answer.stream_key
+    redis = sync_client()
+    redis.xadd(key, {"t": "delta", "d": "half an answer"})
+    redis.zadd(generation.ACTIVE_SET, {key: time.time() - 60})
+    assert tasks.generations_reap() == 1
+    with schema_context(org_a.schema_name):
+        answer.refresh_from_db()
+    assert (answer.status, answer.content) == ("interrupted", "half an answer")
+    assert redis.zscore(generation.ACTIVE_SET, key) is None
+
+
+# ---------------------------------------------------------------- the thread page
+
+
+def test_answer_markdown_is_rendered_and_sanitized(client_for, org_a, providers, send):
+    providers["openai"].answer = Answer(["# Title\n\n", "<script>alert(1)</script> ", "[x](javascript:alert(1))\n\n",
+                                         "```python\nprint('hi')\n```"])
+    send(client_for("a"), org_a, "markdown please")
+    thread = latest_thread(org_a)
+    page = client_for("a").get(f"/o/{org_a.slug}/chat/t/{thread.pk}/").content.decode()
+    assert "<h1>Title</h1>" in page
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'href="javascript' not in page.lower()
+    assert 'class="codeblock"' in page and 'class="highlight"' in page
+
+
+def test_regenerate_replaces_the_last_answer_and_edit_reasks(client_for, org_a, providers, send,
+                                                             django_capture_on_commit_callbacks):
+    client = client_for("a")
+    providers["openai"].answer = Answer(["first"])
+    send(client, org_a, "question")
+    thread = latest_thread(org_a)
+    providers["openai"].answer = Answer(["second"])
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/regenerate/")
+    assert [(m.role, m.content) for m in messages_of(org_a, thread)] == [("user", "question"), ("assistant", "second")]
+    providers["openai"].answer = Answer(["third"])
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/edit/", {"content": "better question"})
+    assert [(m.role, m.content) for m in messages_of(org_a, thread)] == [
+        ("user", "better question"), ("assistant", "third")]
+    assert providers["openai"].last.body["messages"][-1]["content"] == "better question"
+
+
+def test_follow_up_sends_the_history_and_the_system_prompt(client_for, org_a, providers, send):
+    client = client_for("a")
+    providers["openai"].answer = Answer(["4"])
+    send(client, org_a, "2+2?", system_prompt="Answer with digits only.")
+    thread = latest_thread(org_a)
+    send(client, org_a, "times 3?", thread=thread)
+    sent = providers["openai"].last.body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[0]["content"] == "Answer with digits only." and sent[2]["content"] == "4"
+
+
+def test_thread_gets_an_automatic_title_from_the_cheapest_model(client_for, org_a, providers, send):
+    providers["gemini"].answer = Answer(["\"Portuguese greetings\"\n"], input_tokens=30, output_tokens=3)
+    send(client_for("a"), org_a, "How do I say hello in Portuguese?")
+    thread = latest_thread(org_a)
+    assert (thread.title, thread.title_is_auto) == ("Portuguese greetings", True)
+    # The cheapest allowed model, Gemini Flash-Lite (10/40 per million), named it and was paid for it.
+    title_usage = UsageEvent.objects.get(request_id=f"chat-title:{org_a.schema_name}:{thread.pk}")
+    assert (title_usage.key, title_usage.input_tokens, title_usage.output_tokens) == (FALLBACK, 30, 3)
+
+
+def test_rename_pin_delete(client_for, org_a, providers, send):
+    client = client_for("a")
+    send(client, org_a, "to be renamed")
+    thread = latest_thread(org_a)
+    client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/rename/", {"title": "My title"})
+    client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/pin/", {"pinned": "1"})
+    thread = latest_thread(org_a)
+    assert (thread.title, thread.title_is_auto, thread.pinned) == ("My title", False, True)
+    client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/delete/")
+    with schema_context(org_a.schema_name):
+        assert not Thread.objects.filter(pk=thread.pk).exists()
+
+
+def test_sidebar_search_matches_titles_and_message_text(client_for, org_a, tenant_world):
+    owner = tenant_world["a"]["owner"]
+    with schema_context(org_a.schema_name):
+        by_title = Thread.objects.create(user=owner, model_id=CHEAP, title="Quarterly taxes")
+        by_text = Thread.objects.create(user=owner, model_id=CHEAP, title="Misc")
+        Message.objects.create(thread=by_text, role="user", content="what about TAXES on imports?")
+        Thread.objects.create(user=owner, model_id=CHEAP, title="Unrelated")
+    html = client_for("a").get(f"/o/{org_a.slug}/chat/threads/", {"q": "taxes"}).content.decode()
+    assert f"/chat/t/{by_title.pk}/" in html and f"/chat/t/{by_text.pk}/" in html and "Unrelated" not in html
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def test_threads_are_private_to_their_member(client_for, org_a, providers, send):
+    send(client_for("a", "owner"), org_a, "private question")
+    thread = latest_thread(org_a)
+    answer = messages_of(org_a, thread)[-1]
+    colleague = client_for("a", "admin")
+    for url in (f"/o/{org_a.slug}/chat/t/{thread.pk}/", f"/o/{org_a.slug}/chat/m/{answer.pk}/"):
+        assert colleague.get(url).status_code == 404
+    for url in (f"/o/{org_a.slug}/chat/t/{thread.pk}/send/", f"/o/{org_a.slug}/chat/t/{thread.pk}/delete/",
+                f"/o/{org_a.slug}/chat/m/{answer.pk}/stop/"):
+        assert colleague.post(url, {"content": "x"}).status_code == 404
+    assert "private question" not in colleague.get(f"/o/{org_a.slug}/chat/").content.decode()
+
+
+# ---------------------------------------------------------------- attachments
+
+
+def test_text_attachment_goes_into_the_context_and_downloads_only_for_its_owner(client_for, org_a, providers, send):
+    upload = SimpleUploadedFile("notes.md", b"# Notes\n\nThe secret number is 42.\n", content_type="text/html")
+    response = send(client_for("a"), org_a, "What is the secret number?", files=upload)
+    assert response.status_code == 302
+    sent = providers["openai"].last.body["messages"][-1]["content"]
+    assert "[Attached file: notes.md]" in sent and "The secret number is 42." in sent
+    with schema_context(org_a.schema_name):
+        attachment = Attachment.objects.latest("id")
+    assert (attachment.kind, attachment.content_type) == ("markdown", "text/markdown; charset=utf-8")
+    assert attachment.file.name.startswith(f"{org_a.schema_name}/chat/")
+    download = client_for("a").get(f"/o/{org_a.slug}/chat/files/{attachment.token}/")
+    assert download.status_code == 200
+    assert download["Content-Disposition"].startswith("attachment")
+    assert download["X-Content-Type-Options"] == "nosniff"
+    assert b"".join(download.streaming_content).startswith(b"# Notes")
+    assert client_for("a", "admin").get(f"/o/{org_a.slug}/chat/files/{attachment.token}/").status_code == 404
+
+
+def test_unsupported_file_is_refused_with_a_clear_message(client_for, org_a, providers, send):
+    upload = SimpleUploadedFile("page.txt", b"<!doctype html><script>alert(1)</script>", content_type="text/plain")
+    response = send(client_for("a"), org_a, "read this", files=upload)
+    assert response.status_code == 400
+    assert "This file type is not supported" in response.content.decode()
+    assert providers["openai"].count == 0
+
+
+def test_image_needs_a_vision_model(client_for, org_a, providers, send):
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    response = send(client_for("a"), org_a, "what is this?", model="deepseek/deepseek-chat",
+                    files=SimpleUploadedFile("x.png", png))
+    # DeepSeek is not configured here, so the picker refuses it before looking at images.
+    assert response.status_code == 400
+    response = send(client_for("a"), org_a, "what is this?", files=SimpleUploadedFile("x.png", png))
+    assert response.status_code == 302
+    content = providers["openai"].last.body["messages"][-1]["content"]
+    assert any(part.get("type") == "image_url" for part in content)
+
+
+def test_upload_over_the_plan_limit_is_refused(client_for, org_a, providers, send):
+    big = SimpleUploadedFile("big.txt", b"a" * (5 * 1024 * 1024 + 1))
+    response = send(client_for("a"), org_a, "read this", files=big)
+    assert response.status_code == 400
+    assert "larger than your plan allows (5 MB)" in response.content.decode()
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_thread_page_with_500_messages_uses_a_bounded_number_of_queries(client_for, org_a, tenant_world,
+                                                                       django_assert_max_num_queries):
+    owner = tenant_world["a"]["owner"]
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=owner, model_id=CHEAP, title="Long")
+        Message.objects.bulk_create([
+            Message(thread=thread, role="user" if i % 2 == 0 else "assistant", content=f"message **{i}**")
+            for i in range(500)
+        ])
+    client = client_for("a")
+    client.get(f"/o/{org_a.slug}/chat/t/{thread.pk}/")  # warm caches
+    with django_assert_max_num_queries(25):
+        response = client.get(f"/o/{org_a.slug}/chat/t/{thread.pk}/")
+    assert response.content.decode().count('data-testid="message"') == 500
+
+
+def test_sidebar_with_1000_threads_uses_a_bounded_number_of_queries(client_for, org_a, tenant_world,
+                                                                   django_assert_max_num_queries):
+    owner = tenant_world["a"]["owner"]
+    with schema_context(org_a.schema_name):
+        Thread.objects.bulk_create([Thread(user=owner, model_id=CHEAP, title=f"Thread {i}") for i in range(1000)])
+    client = client_for("a")
+    with django_assert_max_num_queries(25):
+        home = client.get(f"/o/{org_a.slug}/chat/")
+    assert home.content.decode().count("/chat/t/") == 50 and "Load more" in home.content.decode()
+    with django_assert_max_num_queries(12):
+        page = client.get(f"/o/{org_a.slug}/chat/threads/", {"page": 19})
+    assert page.content.decode().count("/chat/t/") == 50 and "Load more" in page.content.decode()
+    last = client.get(f"/o/{org_a.slug}/chat/threads/", {"page": 20}).content.decode()
+    assert "Load more" not in last
+
+
+def test_credits_entries_for_one_answer(client_for, org_a, providers, send):
+    send(client_for("a"), org_a, "ledger please")
+    answer = messages_of(org_a, latest_thread(org_a))[-1]
+    kinds = list(CreditEntry.objects.filter(idempotency_key__startswith=f"chat:{org_a.schema_name}:{answer.pk}:")
+                 .order_by("id").values_list("kind", flat=True))
+    assert kinds == ["reserve", "release", "debit"]
