@@ -10,9 +10,14 @@ from django.db import connection, models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+# Users live in `public`, threads in each organization's schema: Django's delete collector would
+# look for a user's threads in `public` (no such table), so deleting a user never cascades here;
+# chat.signals removes their threads and files from every organization instead.
+USER_FK = {"on_delete": models.DO_NOTHING, "db_constraint": False, "related_name": "+"}
+
 
 class Thread(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, **USER_FK)
     title = models.CharField(_("title"), max_length=200, blank=True)
     # False once a person names the thread: the automatic title never overwrites theirs.
     title_is_auto = models.BooleanField(default=True)
@@ -95,7 +100,7 @@ class Attachment(models.Model):
     thread = models.ForeignKey(Thread, null=True, blank=True, on_delete=models.CASCADE, related_name="attachments")
     message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="attachments")
-    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, **USER_FK)
     token = models.CharField(max_length=32, unique=True)
     file = models.FileField(upload_to=attachment_path, max_length=300)
     filename = models.CharField(max_length=200)

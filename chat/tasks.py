@@ -28,16 +28,30 @@ def thread_title(thread_id: int) -> None:
 
 
 @shared_task(acks_late=True, ignore_result=True)
+def trial_answer(visitor: str, answer_id: int, model_id: str) -> None:
+    """Stream an anonymous trial answer (public schema, nothing billed)."""
+    from .trial import trial_generate
+
+    trial_generate(visitor=visitor, answer_id=answer_id, model_id=model_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
 def generations_reap() -> int:
     """Beat: close answers whose generation stopped heartbeating (its worker died). Returns how many."""
     client = sync_client()
     deadline = time.time() - settings.CHAT_HEARTBEAT_TIMEOUT
     stale = client.zrangebyscore(ACTIVE_SET, "-inf", deadline)
     by_schema: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for key in stale:
-        _prefix, _gen, schema, answer_id = key.split(":")
-        by_schema[schema].append((key, int(answer_id)))
     closed = 0
+    for key in stale:
+        _prefix, kind, owner, answer_id = key.split(":")
+        if kind == "trial":
+            from .trial import trial_recover
+
+            trial_recover(owner, int(answer_id))
+            closed += 1
+        else:
+            by_schema[owner].append((key, int(answer_id)))
     for schema, entries in by_schema.items():
         with schema_context(schema):
             for key, answer_id in entries:

@@ -11,6 +11,7 @@ urlpatterns = [
     path("billing/", include("billing.urls_org")),
     path("settings/", views.org_settings, name="org_settings"),
     path("settings/members/", views.members, name="members"),
+    path("settings/ai-providers/", include("chat.catalog.urls")),
     path("settings/members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("settings/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
     path("settings/members/leave/", views.member_leave, name="member_leave"),

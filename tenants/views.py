@@ -9,6 +9,8 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from chat.views_trial import trial_claim_for_request
+
 from .audit.services import Actor
 from .forms import InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
@@ -55,6 +57,7 @@ def org_create(request: HttpRequest) -> HttpResponse:
             _form_errors(form, error)
         else:
             messages.success(request, _("Welcome to %(name)s.") % {"name": org.name})
+            trial_claim_for_request(request, org)
             return redirect("dashboard", org_slug=org.slug)
     return render(request, "tenants/org_create.html", {"form": form})
 

@@ -120,6 +120,9 @@ def server_env(*, database_url: str, redis_url: str, email_dir: Path, port: int 
         # Tasks go through Redis to a real worker (in-process tests run them eagerly).
         CELERY_TASK_ALWAYS_EAGER="0",
         PYTHONUNBUFFERED="1",
+        # The demo model streams ~100 words: at 50 ms a word an answer lasts ~5 s, long enough
+        # for streaming tests to act mid-answer (resume, reload, stop).
+        CHAT_DEMO_DELAY="0.05",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     if port is not None:

@@ -448,3 +448,19 @@ def test_credits_entries_for_one_answer(client_for, org_a, providers, send):
     kinds = list(CreditEntry.objects.filter(idempotency_key__startswith=f"chat:{org_a.schema_name}:{answer.pk}:")
                  .order_by("id").values_list("kind", flat=True))
     assert kinds == ["reserve", "release", "debit"]
+
+
+def test_deleting_an_account_deletes_its_conversations_everywhere(org_a, tenant_world):
+    from accounts.models import User
+    from tenants.models import Membership
+
+    person = User.objects.create_user(email="leaving@example.com", password="correct-horse-battery")
+    Membership.objects.create(user=person, organization=org_a, role="member")
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=person, model_id=CHEAP, title="Mine")
+        Message.objects.create(thread=thread, role="user", content="bye")
+        kept = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP, title="Not mine")
+    person.delete()
+    with schema_context(org_a.schema_name):
+        assert not Thread.objects.filter(pk=thread.pk).exists()
+        assert Thread.objects.filter(pk=kept.pk).exists()

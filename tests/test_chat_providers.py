@@ -113,12 +113,13 @@ def fake(provider, settings, servers) -> FakeProvider:
 
 # What each provider must have received.
 
-def check_openai(received) -> None:
+def check_openai(received, provider: str = "openai") -> None:
     assert received.path == "/chat/completions"
     assert received.headers["authorization"] == "Bearer test-key"
     body = received.body
     assert body["model"] == "test-model"
-    assert body["max_tokens"] == 64
+    # OpenAI's own API wants max_completion_tokens (reasoning models refuse max_tokens); DeepSeek max_tokens.
+    assert body["max_completion_tokens" if provider == "openai" else "max_tokens"] == 64
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
     assert (body["temperature"], body["top_p"], body["stop"]) == (0.2, 0.9, ["END"])
@@ -175,7 +176,8 @@ def check_ollama(received) -> None:
                                    "images": [base64.b64encode(PNG).decode()]}
 
 
-CHECKS = {"openai": check_openai, "deepseek": check_openai, "anthropic": check_anthropic, "gemini": check_gemini,
+CHECKS = {"openai": check_openai, "deepseek": lambda received: check_openai(received, "deepseek"),
+          "anthropic": check_anthropic, "gemini": check_gemini,
           "ollama": check_ollama}
 
 

@@ -19,7 +19,7 @@ import anyio
 import httpx2
 
 from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
-from .openai import describe, kind_for_status, retry_after
+from .openai import describe, kind_for_status, retry_after, tls_context
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                 "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -51,9 +51,10 @@ class AnthropicAdapter(ProviderAdapter):
     def client(self) -> anthropic.AsyncAnthropic:
         # Made on first use, inside the event loop that will use its connections.
         if self._client is None:
+            timeout = anthropic.Timeout(self.timeouts.read, connect=self.timeouts.connect)
             self._client = anthropic.AsyncAnthropic(
-                api_key=self.api_key, base_url=self.base_url, max_retries=0,
-                timeout=anthropic.Timeout(self.timeouts.read, connect=self.timeouts.connect),
+                api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                http_client=anthropic.DefaultAsyncHttpxClient(timeout=timeout, verify=tls_context()),
             )
         return self._client
 

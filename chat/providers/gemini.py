@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
-from .openai import describe, kind_for_status, retry_after
+from .openai import describe, kind_for_status, retry_after, tls_context
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "PROHIBITED_CONTENT": "content_filter",
@@ -54,7 +54,8 @@ class GeminiAdapter(ProviderAdapter):
     def client(self) -> httpx.AsyncClient:
         # Made on first use, inside the event loop that will use its connections.
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect))
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect),
+                                             verify=tls_context())
         return self._client
 
     async def aclose(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
-from .openai import describe, kind_for_status, retry_after
+from .openai import describe, kind_for_status, retry_after, tls_context
 
 DONE_REASONS = {"stop": "stop", "length": "length"}
 
@@ -28,7 +28,8 @@ class OllamaAdapter(ProviderAdapter):
     def client(self) -> httpx.AsyncClient:
         # Made on first use, inside the event loop that will use its connections.
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect))
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect),
+                                             verify=tls_context())
         return self._client
 
     async def aclose(self) -> None:

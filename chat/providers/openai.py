@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import httpx
 import openai
 
 from .base import ChatMessage, ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
@@ -66,6 +69,13 @@ def describe(error: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context for every adapter's HTTP client: each new one loads the CA bundle (~20 ms of CPU),
+    which hundreds of concurrent streams cannot afford on the event loop."""
+    return httpx.create_ssl_context()
+
+
 def message_param(message: ChatMessage) -> dict[str, Any]:
     if not message.images:
         return {"role": message.role, "content": message.content}
@@ -84,9 +94,10 @@ class OpenAIAdapter(ProviderAdapter):
     def client(self) -> openai.AsyncOpenAI:
         # Made on first use, inside the event loop that will use its connections.
         if self._client is None:
+            timeout = openai.Timeout(self.timeouts.read, connect=self.timeouts.connect)
             self._client = openai.AsyncOpenAI(
-                api_key=self.api_key, base_url=self.base_url, max_retries=0,
-                timeout=openai.Timeout(self.timeouts.read, connect=self.timeouts.connect),
+                api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
+                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, verify=tls_context()),
             )
         return self._client
 
@@ -95,11 +106,17 @@ class OpenAIAdapter(ProviderAdapter):
             await self._client.close()
             self._client = None
 
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_completion_tokens" if self.provider == "openai" else "max_tokens"
+
     def params(self, request: ChatRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
             "model": request.model,
             "messages": [message_param(message) for message in request.messages],
-            "max_tokens": request.max_tokens,
+            # OpenAI's reasoning models (gpt-5, o-series) refuse `max_tokens`; OpenAI-compatible
+            # APIs (DeepSeek) only know `max_tokens`.
+            self.max_tokens_param: request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
         }

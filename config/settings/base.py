@@ -215,6 +215,20 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+# Uploads go to S3 (or any S3-compatible store: MinIO, R2, …) when a bucket is set. Paths
+# start with the organization's schema (chat.models.attachment_path); files are private.
+if os.environ.get("AWS_STORAGE_BUCKET_NAME"):
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["AWS_STORAGE_BUCKET_NAME"],
+            "endpoint_url": os.environ.get("AWS_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("AWS_S3_REGION_NAME") or None,
+            "default_acl": "private",
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
 
 # Security
 SESSION_COOKIE_HTTPONLY = True
@@ -263,6 +277,7 @@ CELERY_BEAT_SCHEDULE: dict = {
 CELERY_TASK_ROUTES = {
     "chat.tasks.generation_run": {"queue": "generation"},
     "chat.tasks.thread_title": {"queue": "generation"},
+    "chat.tasks.trial_answer": {"queue": "generation"},
 }
 
 # dj-stripe (the Organization is the customer; see billing/stripe.py)
@@ -311,6 +326,8 @@ LLM_CONNECT_TIMEOUT = float(os.environ.get("LLM_CONNECT_TIMEOUT", "5"))
 LLM_READ_TIMEOUT = float(os.environ.get("LLM_READ_TIMEOUT", "60"))
 # The built-in demo model (deterministic local text) lets a fresh checkout chat with no provider.
 CHAT_DEMO_MODEL_ENABLED = env_bool("CHAT_DEMO_MODEL", True)
+# Seconds between the demo model's words (it streams like a real model).
+CHAT_DEMO_DELAY = float(os.environ.get("CHAT_DEMO_DELAY", "0.03"))
 
 # Fernet keys for organizations' provider keys, newest first (rotate: prepend a key, run
 # `manage.py rotate_provider_keys`, drop the old one). Empty: derived from SECRET_KEY.
@@ -330,6 +347,11 @@ CHAT_REDIS_MAX_CONNECTIONS = int(os.environ.get("CHAT_REDIS_MAX_CONNECTIONS", "3
 # A generation whose heartbeat is older than this is declared interrupted (worker died).
 CHAT_HEARTBEAT_SECONDS = float(os.environ.get("CHAT_HEARTBEAT_SECONDS", "2"))
 CHAT_HEARTBEAT_TIMEOUT = float(os.environ.get("CHAT_HEARTBEAT_TIMEOUT", "15"))
+# Anonymous trial at /try: messages per visitor (cookie) and per client address, per 24 hours.
+TRIAL_MESSAGES = int(os.environ.get("TRIAL_MESSAGES", "5"))
+TRIAL_MESSAGES_PER_IP = int(os.environ.get("TRIAL_MESSAGES_PER_IP", "20"))
+TRIAL_MAX_INPUT_CHARS = 4000
+TRIAL_MAX_OUTPUT_TOKENS = 1024
 # Circuit breaker per provider: this many failures within the window opens it for the cooldown.
 CHAT_BREAKER_FAILURES = int(os.environ.get("CHAT_BREAKER_FAILURES", "5"))
 CHAT_BREAKER_WINDOW = int(os.environ.get("CHAT_BREAKER_WINDOW", "60"))
