@@ -42,6 +42,12 @@ def async_client() -> aioredis.Redis:
     return client
 
 
+def async_reader() -> aioredis.Redis:
+    """A client with its own single connection, for a long blocking read outside the shared pool."""
+    return aioredis.Redis.from_url(settings.REDIS_URL, single_connection_client=True,
+                                   socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, **_CLIENT_OPTIONS)
+
+
 async def async_client_close() -> None:
     """Close this loop's client (for one-shot loops such as a Celery task's `asyncio.run`)."""
     client = _async_clients.pop(asyncio.get_running_loop(), None)

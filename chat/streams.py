@@ -12,6 +12,7 @@ deploy never has to cut a stream: the browser reconnects with `Last-Event-ID` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -23,7 +24,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from .redis import BLOCK_MS, async_client
+from .redis import BLOCK_MS, async_client, async_client_close, async_reader
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class StreamHub:
         self.control = f"chat:hub:{uuid.uuid4().hex}"
         self.control_cursor = "0-0"
         self.task: asyncio.Task | None = None
+        self.closed = False
 
     async def subscribe(self, key: str, after: str) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
@@ -54,10 +56,7 @@ class StreamHub:
             # A fresh context: the reader outlives the request that started it.
             self.task = asyncio.create_task(self._read_forever(), context=contextvars.Context())
         else:
-            async with async_client().pipeline(transaction=False) as pipe:  # wake the blocked reader
-                pipe.xadd(self.control, {"k": key}, maxlen=100, approximate=True)
-                pipe.expire(self.control, 86_400)
-                await pipe.execute()
+            await self.wake()  # the blocked read returns and watches the new key too
         return queue
 
     def unsubscribe(self, key: str, queue: asyncio.Queue) -> None:
@@ -69,14 +68,28 @@ class StreamHub:
                 self.cursors.pop(key, None)
 
     async def _read_forever(self) -> None:
-        client = async_client()
-        while True:  # idles on the control stream alone; lives as long as the event loop
+        client = async_reader()  # its own connection: the blocking read never waits for the pool
+        try:
+            await self._read_loop(client)
+        finally:
+            await client.aclose()
+
+    async def wake(self) -> None:
+        async with async_client().pipeline(transaction=False) as pipe:
+            pipe.xadd(self.control, {"w": "1"}, maxlen=100, approximate=True)
+            pipe.expire(self.control, 86_400)
+            await pipe.execute()
+
+    async def _read_loop(self, client) -> None:
+        while not self.closed:  # idles on the control stream alone; lives as long as the event loop
             streams = {self.control: self.control_cursor, **self.cursors}
             try:
                 replies = await client.xread(streams, block=BLOCK_MS, count=500)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis restarting: streams resume from their cursors
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError from None  # redis-py turned our cancellation into an error
                 logger.exception("chat stream hub read failed")
                 await asyncio.sleep(0.5)
                 continue
@@ -100,6 +113,18 @@ def hub() -> StreamHub:
     if found is None:
         found = _hubs[loop] = StreamHub()
     return found
+
+
+async def streams_close() -> None:
+    """Stop this loop's hub and close its Redis client (for loops that end: tests, scripts)."""
+    found = _hubs.pop(asyncio.get_running_loop(), None)
+    if found is not None and found.task is not None and not found.task.done():
+        # Ask, rather than cancel: redis-py may hold a cancelled blocking read until it returns.
+        found.closed = True
+        await found.wake()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(found.task, BLOCK_MS / 1000 + 5)
+    await async_client_close()
 
 
 def sse(event: str, data: dict, entry_id: str | None = None) -> bytes:
