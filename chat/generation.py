@@ -28,7 +28,7 @@ from .models import Message
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
 from .redis import async_client, sync_client
 from .routing import Served, route_stream
-from .services import answer_finish, cancel_key, candidates_for, current_organization, option_get
+from .services import ChatError, answer_finish, cancel_key, candidates_for, current_organization, option_get
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def answer_generate(answer_id: int) -> None:
     organization = current_organization()
     try:
         option = option_get(organization, answer.model_id)
-    except Exception as error:  # the plan changed or the model went away since it was asked
+    except ChatError as error:  # the plan changed or the model went away since it was asked
         answer_finish(answer_id=answer_id, status=Message.Status.FAILED, text="", error=str(error))
         stream_end(key, Message.Status.FAILED)
         return

@@ -44,3 +44,8 @@ def message_get(*, user: User, message_id: int) -> Message | None:
 def attachment_get(*, user: User, token: str) -> Attachment | None:
     """A file its uploader may download (threads are private to their member)."""
     return Attachment.objects.filter(token=token, uploaded_by=user).first()
+
+
+def attachment_pending_list(*, user: User, tokens) -> QuerySet[Attachment]:
+    """Files uploaded with a question that was not sent (kept for the retry)."""
+    return Attachment.objects.filter(token__in=list(tokens), uploaded_by=user, message__isnull=True)

@@ -19,7 +19,7 @@ from accounts.models import User
 from billing.ledger import credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, Price, UsageEvent
 from billing.selectors import entitlements_for
-from billing.usage import CREDIT_QUANTUM, usage_cost, usage_record
+from billing.usage import CREDIT_QUANTUM, UnknownPrice, usage_cost, usage_record
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption, model_options, provider_keys_for
@@ -152,6 +152,8 @@ def _generation_enqueue(answer_id: int, schema: str) -> None:
 
 
 def _busy(thread: Thread) -> bool:
+    """Whether an answer is running; locks the thread so two sends cannot both start one."""
+    Thread.objects.select_for_update().filter(pk=thread.pk).first()
     return thread.messages.filter(status__in=Message.ACTIVE).exists()
 
 
@@ -227,8 +229,6 @@ def generation_stop(*, message: Message) -> None:
 
 def _credits_for(*, served: str, input_tokens: int, output_tokens: int,
                  reservation: CreditReservation | None) -> tuple[Decimal, Price | None]:
-    from billing.usage import UnknownPrice
-
     try:
         cost = usage_cost(kind=UsageEvent.Kind.MODEL, key=served, input_tokens=input_tokens,
                           output_tokens=output_tokens)

@@ -40,11 +40,12 @@ def _int(value, default: int) -> int:
 
 
 def _composer_context(request: HttpRequest, *, thread=None, text: str = "", error: str = "",
-                      credits_short: bool = False) -> dict:
+                      credits_short: bool = False, pending=()) -> dict:
     options = _options(request)
-    selected = thread.model_id if thread else (options[0].id if options else "")
+    selected = request.POST.get("model") or (thread.model_id if thread else (options[0].id if options else ""))
     return {"options": options, "selected_model": selected, "composer_text": text, "composer_error": error,
-            "credits_short": credits_short, "balance": billing_account_get(organization=request.tenant).credits}
+            "credits_short": credits_short, "pending_files": pending,
+            "balance": billing_account_get(organization=request.tenant).credits}
 
 
 @org_member_required
@@ -76,10 +77,12 @@ def _last_question_id(rows: list[Message]) -> int | None:
     return next((m.pk for m in reversed(rows) if m.role == Message.Role.USER), None)
 
 
-def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: bool = False) -> HttpResponse:
-    """The composer again, with the person's text and attachments kept and the reason shown."""
+def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: bool = False,
+                    tokens: list[str] = ()) -> HttpResponse:
+    """The composer again, with the person's text and files kept (sent again with the retry) and the reason."""
+    pending = selectors.attachment_pending_list(user=request.user, tokens=tokens)
     context = _composer_context(request, thread=thread, text=request.POST.get("content", ""), error=error,
-                                credits_short=credits_short)
+                                credits_short=credits_short, pending=pending)
     if request.htmx:
         response = render(request, "chat/_composer_error.html", context)
         response["HX-Retarget"] = "#composer-error"
@@ -107,16 +110,16 @@ def _send(request: HttpRequest, thread, *, new_thread: bool) -> HttpResponse:
                                        content=request.POST.get("content", ""), model_id=request.POST.get("model"),
                                        attachment_tokens=tokens)
     except FileRefused as error:
-        return _composer_error(request, None if new_thread else thread, str(error.reason))
+        return _composer_error(request, None if new_thread else thread, str(error.reason), tokens=tokens)
     except services.ChatError as error:
         if new_thread and thread is not None:
             thread.delete()
-        return _composer_error(request, None if new_thread else thread, str(error))
+        return _composer_error(request, None if new_thread else thread, str(error), tokens=tokens)
     except InsufficientCredits:
         if new_thread and thread is not None:
             thread.delete()
         return _composer_error(request, None if new_thread else thread,
-                               _("Not enough credits for this answer."), credits_short=True)
+                               _("Not enough credits for this answer."), credits_short=True, tokens=tokens)
     url = reverse("chat_thread", args=[request.tenant.slug, thread.pk])
     if request.htmx and not new_thread:
         rows = list(thread.messages.filter(id__gte=answer.pk - 1).prefetch_related("attachments").order_by("id"))
