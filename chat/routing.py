@@ -47,10 +47,9 @@ class CircuitBreaker:
 
     async def record_failure(self, error: ProviderError) -> None:
         client = async_client()
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.incr(self.failures_key)
-            pipe.expire(self.failures_key, settings.CHAT_BREAKER_WINDOW, nx=True)
-            failures, _ = await pipe.execute()
+        failures = await client.incr(self.failures_key)
+        if failures == 1:  # the window starts with the first failure
+            await client.expire(self.failures_key, settings.CHAT_BREAKER_WINDOW)
         cooldown = max(settings.CHAT_BREAKER_COOLDOWN, int(error.retry_after or 0))
         if error.kind == ProviderError.RATE_LIMITED and error.retry_after:
             await client.set(self.open_key, "1", ex=cooldown)  # the provider told us when to come back

@@ -42,8 +42,9 @@ local visitor = tonumber(redis.call('GET', KEYS[1]) or '0')
 local ip = tonumber(redis.call('GET', KEYS[2]) or '0')
 if visitor >= tonumber(ARGV[1]) then return -1 end
 if ip >= tonumber(ARGV[2]) then return -2 end
-redis.call('INCR', KEYS[1]); redis.call('EXPIRE', KEYS[1], ARGV[3], 'NX')
-redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], ARGV[3], 'NX')
+-- The window starts with the first message (EXPIRE ... NX needs Redis 7; the embedded one is 6.2).
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return visitor + 1
 """
 
