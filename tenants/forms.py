@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
-from .models import Role
+from .models import ApiKey, Role
 
 
 class OrganizationCreateForm(forms.Form):
@@ -25,3 +25,12 @@ class InvitationForm(forms.Form):
 
 class RoleForm(forms.Form):
     role = forms.ChoiceField(label=_("Role"), choices=Role.choices)
+
+
+class ApiKeyForm(forms.Form):
+    EXPIRY_CHOICES = [("", _("Never")), ("30", _("In 30 days")), ("90", _("In 90 days")), ("365", _("In a year"))]
+
+    name = forms.CharField(label=_("Name"), max_length=100, help_text=_("What uses it, e.g. “CRM sync”."))
+    scopes = forms.MultipleChoiceField(label=_("Scopes"), choices=ApiKey.Scope.choices,
+                                       widget=forms.CheckboxSelectMultiple, initial=[ApiKey.Scope.CHAT])
+    expires_in_days = forms.ChoiceField(label=_("Expires"), choices=EXPIRY_CHOICES, required=False)

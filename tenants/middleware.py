@@ -10,6 +10,7 @@ from django.shortcuts import render
 
 from config.observability import organization_var
 
+from .api_keys import api_key_authenticate, bearer_token
 from .models import Domain, Organization
 from .selectors import membership_for
 
@@ -18,8 +19,17 @@ API_PATH = re.compile(r"^/(v1|api)/")
 
 
 def api_key_organization(request: HttpRequest) -> Organization | None:
-    """`Authorization: Bearer <key>` on /v1/ and /api/. API keys arrive with the integrator API issue."""
-    return None
+    """`Authorization: Bearer <key>` on /v1/ and /api/: the key's organization, from the key cache.
+
+    Sets `request.api_key` (a `KeyAuth`, or None when no valid key was sent). The organization
+    is built from the cached grant, without a query: it carries its id, slug and schema only.
+    """
+    token = bearer_token(request)
+    auth = api_key_authenticate(token) if token else None
+    request.api_key = auth
+    if auth is None:
+        return None
+    return Organization(pk=auth.organization_id, schema_name=auth.schema_name, slug=auth.slug)
 
 
 def not_found(request: HttpRequest) -> HttpResponse:

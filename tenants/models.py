@@ -123,3 +123,44 @@ class Invitation(models.Model):
     @property
     def is_expired(self) -> bool:
         return timezone.now() >= self.expires_at
+
+
+class ApiKey(models.Model):
+    """An organization's key for the API and /v1: shown once, stored as a SHA-256 hash.
+
+    The raw key is `prm_` + a 12-character lookup prefix + a 32-character secret; the prefix
+    finds the row (and is shown in lists), the hash proves the rest.
+    """
+
+    class Scope(models.TextChoices):
+        CHAT = "chat", _("Chat and /v1")
+        CHECKS = "checks", _("CNPJ checks")
+        READ = "read", _("Read only")
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(_("name"), max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(_("scopes"), default=list)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
+
+    def __str__(self) -> str:
+        return f"{self.name} (prm_{self.prefix}…)"
+
+    @property
+    def display_prefix(self) -> str:
+        return f"prm_{self.prefix}…"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())

@@ -1,20 +1,24 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from chat.views_trial import trial_claim_for_request
 
+from .api_keys import api_key_create, api_key_revoke
 from .audit.services import Actor
-from .forms import InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
+from .forms import ApiKeyForm, InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
-from .models import Invitation, Membership, Role, invitation_token_hash
+from .models import ApiKey, Invitation, Membership, Role, invitation_token_hash
 from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user
 from .services import (
     invitation_accept,
@@ -213,3 +217,30 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, _("You joined %(name)s.") % {"name": invitation.organization.name})
         return redirect("dashboard", org_slug=invitation.organization.slug)
     return render(request, "tenants/invitation.html", {"invitation": invitation})
+
+
+@org_member_required(role=Role.ADMIN)
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """Settings → API keys. A new key is shown once, in this response; only its hash is kept."""
+    form = ApiKeyForm(request.POST or None)
+    new_key = None
+    if request.method == "POST" and form.is_valid():
+        days = form.cleaned_data["expires_in_days"]
+        expires_at = timezone.now() + timedelta(days=int(days)) if days else None
+        new_key = api_key_create(organization=request.tenant, name=form.cleaned_data["name"],
+                                 scopes=form.cleaned_data["scopes"], expires_at=expires_at, user=request.user,
+                                 actor=Actor.from_request(request))
+        form = ApiKeyForm()
+    keys = ApiKey.objects.filter(organization=request.tenant).select_related("created_by")
+    response = render(request, "tenants/api_keys.html", {"form": form, "keys": keys, "new_key": new_key})
+    response["Cache-Control"] = "no-store"  # the page may hold a secret
+    return response
+
+
+@org_member_required(role=Role.ADMIN)
+@require_POST
+def api_key_revoke_view(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(ApiKey, pk=key_id, organization=request.tenant)
+    api_key_revoke(key=key, actor=Actor.from_request(request))
+    messages.success(request, _("Key “%(name)s” revoked: it stops working at once.") % {"name": key.name})
+    return redirect("api_keys", org_slug=request.tenant.slug)

@@ -25,3 +25,10 @@ document.addEventListener("click", (event) => {
     if (!menu.contains(event.target)) menu.removeAttribute("open");
   });
 });
+document.addEventListener("click", (event) => {
+  // Copy a value shown once (a new API key).
+  const button = event.target.closest("[data-copy-button]");
+  if (!button) return;
+  const value = button.parentElement.querySelector("[data-copy-value]");
+  if (value && navigator.clipboard) navigator.clipboard.writeText(value.textContent.trim());
+});

@@ -39,7 +39,8 @@ class Actor:
         }
         api_key = getattr(request, "api_key", None)
         if api_key is not None:
-            return cls(type=AuditEvent.ActorType.API_KEY, id=str(api_key.pk), label=str(api_key), **common)
+            return cls(type=AuditEvent.ActorType.API_KEY, id=str(api_key.key_id), label=f"API key {api_key.key_id}",
+                       **common)
         if user is not None and user.is_authenticated:
             return cls(type=AuditEvent.ActorType.USER, id=str(user.pk), label=user.email, **common)
         return cls(type=AuditEvent.ActorType.SYSTEM, label="anonymous", **common)
