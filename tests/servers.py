@@ -288,12 +288,14 @@ def wait_for_http(process: Process, url: str, timeout: float = 60.0) -> None:
     process.fail(f"{url} did not answer 200 within {timeout}s (last error: {last_error!r})")
 
 
-def start_live_server(*, database_url: str, redis_url: str, workdir: Path) -> LiveServer:
+def start_live_server(*, database_url: str, redis_url: str, workdir: Path,
+                      env_extra: dict[str, str] | None = None) -> LiveServer:
     port = free_port()
     email_dir = workdir / "mail"
     email_dir.mkdir(parents=True, exist_ok=True)
     command, extra = web_command(port)
-    env = server_env(database_url=database_url, redis_url=redis_url, email_dir=email_dir, port=port, **extra)
+    env = server_env(database_url=database_url, redis_url=redis_url, email_dir=email_dir, port=port,
+                     **extra, **(env_extra or {}))
     process = Process("web", command, env, workdir / "web.log").start()
     url = f"http://127.0.0.1:{port}"
     wait_for_http(process, f"{url}/healthz")

@@ -1,0 +1,171 @@
+"""/v1: the official OpenAI SDK against the production-style server, answered by a fake OpenAI.
+
+The server (gunicorn + uvicorn worker) is started for this module with OPENAI_BASE_URL
+pointing at a local fake that speaks OpenAI's wire format, so the whole path runs for real:
+SDK → /v1 → key cache → plan → credit hold → router → adapter (openai SDK) → fake → settle.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+import pytest
+
+from billing.models import BillingAccount, CreditReservation, UsageEvent
+from tenants.api_keys import api_key_create
+from tenants.audit.services import Actor
+from tenants.models import ApiKey
+
+from .fake_llm import SERVER_ERROR, Answer, FakeGemini, FakeOpenAI
+from .servers import start_live_server
+
+CHEAP = "openai/gpt-4.1-mini"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    openai_fake = FakeOpenAI(Answer(["Hello", " from", " upstream", "."], input_tokens=21, output_tokens=4)).start()
+    gemini_fake = FakeGemini(Answer(["Gemini", " here"], input_tokens=9, output_tokens=2)).start()
+    yield {"openai": openai_fake, "gemini": gemini_fake}
+    openai_fake.stop()
+    gemini_fake.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream, test_database_url, redis_url, tmp_path_factory):
+    server = start_live_server(
+        database_url=test_database_url, redis_url=redis_url, workdir=tmp_path_factory.mktemp("v1"),
+        env_extra={"OPENAI_BASE_URL": upstream["openai"].url, "OPENAI_API_KEY": "sk-upstream",
+                   "GEMINI_BASE_URL": upstream["gemini"].url, "GEMINI_API_KEY": "gm-upstream",
+                   "LLM_READ_TIMEOUT": "3"},
+    )
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(tenant_world, django_db_blocker):
+    """Committed keys: org A with every scope, org A read-only, org B (whose balance tests may empty)."""
+    with django_db_blocker.unblock():
+        made = {
+            "a": api_key_create(organization=tenant_world["a"]["org"], name="v1 tests", scopes=["chat"],
+                                actor=Actor.system()),
+            "a_read": api_key_create(organization=tenant_world["a"]["org"], name="v1 read", scopes=["read"],
+                                     actor=Actor.system()),
+            "b": api_key_create(organization=tenant_world["b"]["org"], name="v1 b", scopes=["chat"],
+                                actor=Actor.system()),
+        }
+    yield made
+    with django_db_blocker.unblock():
+        ApiKey.objects.filter(pk__in=[new.key.pk for new in made.values()]).delete()
+
+
+@pytest.fixture
+def upstream_reset(upstream):
+    for fake in upstream.values():
+        fake.reset()
+    yield upstream
+
+
+def client(gateway, key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key.raw, max_retries=0, timeout=20)
+
+
+def test_models_lists_what_the_plan_allows(gateway, keys):
+    ids = {model.id for model in client(gateway, keys["a"]).models.list()}
+    assert CHEAP in ids and "gemini/gemini-2.5-flash-lite" in ids
+    assert "openai/gpt-5" not in ids  # premium: not on the Free plan
+
+
+def test_completion_through_the_official_sdk(gateway, keys, upstream_reset, django_db_blocker):
+    raw = client(gateway, keys["a"]).chat.completions.with_raw_response.create(
+        model="gpt-4.1-mini", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=50, temperature=0.3, top_p=0.9, stop=["END"], user="customer-42",
+        response_format={"type": "text"})
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from upstream."
+    assert completion.choices[0].finish_reason == "stop" and completion.model == CHEAP
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (21, 4)
+    assert raw.headers["x-request-id"] and float(raw.headers["x-prumo-overhead-ms"]) >= 0
+    sent = upstream_reset["openai"].last.body
+    assert sent["model"] == "gpt-4.1-mini" and sent["max_completion_tokens"] == 50
+    assert (sent["temperature"], sent["top_p"], sent["stop"], sent["user"]) == (0.3, 0.9, ["END"], "customer-42")
+    assert sent["response_format"] == {"type": "text"}
+    with django_db_blocker.unblock():
+        usage = UsageEvent.objects.get(request_id=f"v1:{keys['a'].key.organization_id}:{completion.id[9:]}")
+    assert (usage.api_key_id, usage.key, usage.input_tokens, usage.output_tokens) == (keys["a"].key.pk, CHEAP, 21, 4)
+    assert usage.credits == Decimal("0.00148")  # 21 × 40 + 4 × 160 per million
+
+
+def test_streaming_with_usage(gateway, keys, upstream_reset):
+    stream = client(gateway, keys["a"]).chat.completions.create(
+        model=CHEAP, messages=[{"role": "user", "content": "Stream please"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello from upstream."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("model", ["anthropic/claude-haiku-4-5", "gemini/gemini-2.5-flash-lite"])
+def test_other_providers_answer_in_openai_shape(gateway, keys, upstream_reset, model):
+    if model.startswith("anthropic"):
+        with pytest.raises(openai.APIStatusError) as raised:  # standard tier on Free, and no Anthropic key
+            client(gateway, keys["a"]).chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+        assert raised.value.status_code == 403
+        return
+    completion = client(gateway, keys["a"]).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}])
+    assert completion.choices[0].message.content == "Gemini here" and completion.usage.completion_tokens == 2
+
+
+def test_errors_use_openais_envelope(gateway, keys):
+    bad = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="prm_" + "x" * 44, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as raised:
+        bad.chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}])
+    assert raised.value.code == "invalid_api_key" and raised.value.response.headers["x-request-id"]
+    sdk = client(gateway, keys["a"])
+    with pytest.raises(openai.NotFoundError) as raised:
+        sdk.chat.completions.create(model="nope/missing", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.code == "model_not_found"
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        sdk.chat.completions.create(model="openai/gpt-5", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.code == "model_not_allowed"
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}], temperature=7)
+    assert raised.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(model=CHEAP, messages=[])
+    assert raised.value.param == "messages"
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        client(gateway, keys["a_read"]).chat.completions.create(model=CHEAP,
+                                                                messages=[{"role": "user", "content": "x"}])
+    assert raised.value.code == "insufficient_scope"
+
+
+def test_not_enough_credits_is_402(gateway, keys, tenant_world, django_db_blocker):
+    org_b = tenant_world["b"]["org"]
+    with django_db_blocker.unblock():
+        balance = BillingAccount.objects.get(pk=org_b.pk).credits
+        BillingAccount.objects.filter(pk=org_b.pk).update(credits=0)
+    try:
+        with pytest.raises(openai.APIStatusError) as raised:
+            client(gateway, keys["b"]).chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}])
+        assert raised.value.status_code == 402 and raised.value.code == "insufficient_credits"
+    finally:
+        with django_db_blocker.unblock():
+            BillingAccount.objects.filter(pk=org_b.pk).update(credits=balance)
+
+
+def test_upstream_failure_is_503_and_the_hold_is_released(gateway, keys, upstream_reset, django_db_blocker):
+    upstream_reset["openai"].fail_next(SERVER_ERROR, times=5)
+    upstream_reset["gemini"].fail_next(SERVER_ERROR, times=5)
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(gateway, keys["a"]).chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 503 and raised.value.code == "upstream_unavailable"
+    with django_db_blocker.unblock():
+        open_holds = CreditReservation.objects.filter(key__startswith=f"v1:{keys['a'].key.organization_id}:",
+                                                      status=CreditReservation.Status.OPEN)
+        assert not open_holds.exists()
