@@ -7,15 +7,17 @@ SDK → /v1 → key cache → plan → credit hold → router → adapter (opena
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import openai
 import pytest
+from django.db import connection
 
-from billing.models import BillingAccount, CreditReservation, UsageEvent
+from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
-from tenants.models import ApiKey
+from tenants.services import organization_create
 
 from .fake_llm import SERVER_ERROR, Answer, FakeGemini, FakeOpenAI
 from .servers import start_live_server
@@ -45,20 +47,32 @@ def gateway(upstream, test_database_url, redis_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def keys(tenant_world, django_db_blocker):
-    """Committed keys: org A with every scope, org A read-only, org B (whose balance tests may empty)."""
+def orgs(tenant_world, django_db_blocker):
+    """Two committed organizations of their own (the server sees only committed data), dropped afterwards."""
     with django_db_blocker.unblock():
-        made = {
-            "a": api_key_create(organization=tenant_world["a"]["org"], name="v1 tests", scopes=["chat"],
-                                actor=Actor.system()),
-            "a_read": api_key_create(organization=tenant_world["a"]["org"], name="v1 read", scopes=["read"],
-                                     actor=Actor.system()),
-            "b": api_key_create(organization=tenant_world["b"]["org"], name="v1 b", scopes=["chat"],
-                                actor=Actor.system()),
-        }
+        made = {key: organization_create(user=tenant_world[key]["owner"], name=f"V1 {key} {uuid.uuid4().hex[:6]}",
+                                         actor=Actor.system("tests"))
+                for key in ("a", "b")}
     yield made
     with django_db_blocker.unblock():
-        ApiKey.objects.filter(pk__in=[new.key.pk for new in made.values()]).delete()
+        for org in made.values():
+            CreditEntry.objects.filter(organization=org).delete()
+            CreditReservation.objects.filter(organization=org).delete()
+            schema = org.schema_name
+            org.delete()
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def keys(orgs, django_db_blocker):
+    """Org A with the chat scope, org A read-only, org B (whose balance a test empties)."""
+    with django_db_blocker.unblock():
+        return {
+            "a": api_key_create(organization=orgs["a"], name="v1 tests", scopes=["chat"], actor=Actor.system()),
+            "a_read": api_key_create(organization=orgs["a"], name="v1 read", scopes=["read"], actor=Actor.system()),
+            "b": api_key_create(organization=orgs["b"], name="v1 b", scopes=["chat"], actor=Actor.system()),
+        }
 
 
 @pytest.fixture
@@ -145,8 +159,8 @@ def test_errors_use_openais_envelope(gateway, keys):
     assert raised.value.code == "insufficient_scope"
 
 
-def test_not_enough_credits_is_402(gateway, keys, tenant_world, django_db_blocker):
-    org_b = tenant_world["b"]["org"]
+def test_not_enough_credits_is_402(gateway, keys, orgs, django_db_blocker):
+    org_b = orgs["b"]
     with django_db_blocker.unblock():
         balance = BillingAccount.objects.get(pk=org_b.pk).credits
         BillingAccount.objects.filter(pk=org_b.pk).update(credits=0)
