@@ -155,7 +155,10 @@ def credit_reserve(*, organization: Organization, amount: Decimal, key: str, des
 
 def _close(reservation: CreditReservation, *, actual: Decimal | None) -> CreditReservation:
     with transaction.atomic():
-        locked = CreditReservation.objects.select_for_update().select_related("organization").get(pk=reservation.pk)
+        # Lock the reservation only: FOR UPDATE on the joined organization row would deadlock with
+        # concurrent ledger inserts, which take a key-share lock on it through their foreign key.
+        locked = (CreditReservation.objects.select_for_update(of=("self",)).select_related("organization")
+                  .get(pk=reservation.pk))
         if locked.status != CreditReservation.Status.OPEN:
             return locked  # already settled or released: a retry
         organization = locked.organization

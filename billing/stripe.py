@@ -244,7 +244,7 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
 
     billing_account_ensure(organization)
     with transaction.atomic():
-        account = BillingAccount.objects.select_for_update().select_related("plan").get(pk=organization.pk)
+        account = BillingAccount.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
         # Decided under the row lock, so concurrent webhooks for one organization apply one after another.
         target = billing_target_for(organization=organization, now=now)
         before = {"plan": account.plan.code, "status": account.status}

@@ -26,7 +26,7 @@ from billing.ledger import (
     credit_reserve,
     credit_settle,
 )
-from billing.models import BillingAccount, CreditEntry, Plan
+from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan
 from billing.selectors import entitlements_for, ledger_sum
 from billing.services import credits_grant_monthly, plans_seed
 from tenants.audit.models import AuditEvent
@@ -224,6 +224,25 @@ def test_racing_debits_and_reservations_never_overspend(committed_org, django_db
     with django_db_blocker.unblock():
         assert balance(org) == Decimal("0") == ledger_sum(organization=org)
         assert CreditEntry.objects.filter(organization=org, idempotency_key__contains=":race:").count() == n
+
+
+def test_concurrent_holds_and_settlements_on_one_organization_never_deadlock(committed_org, django_db_blocker):
+    """What concurrent API calls do: each holds, then settles, while the others do the same."""
+    org = committed_org
+    calls = 3 * WORKERS
+    with django_db_blocker.unblock():
+        credit_grant(organization=org, amount=Decimal("1000"), key=f"{org.pk}:settle-grant")
+        before = balance(org)
+
+    def call(i: int):
+        hold = credit_reserve(organization=org, amount=Decimal("2"), key=f"{org.pk}:call:{i}")
+        return credit_settle(reservation=hold, actual=Decimal("1.5"))
+
+    results = _in_threads(django_db_blocker, [(lambda i=i: call(i)) for i in range(calls)])
+    settled = [r for r in results if isinstance(r, CreditReservation)]
+    assert len(settled) == calls and all(hold.status == "settled" for hold in settled), results
+    with django_db_blocker.unblock():
+        assert balance(org) == before - calls * Decimal("1.5") == ledger_sum(organization=org)
 
 
 @pytest.mark.django_db
