@@ -21,6 +21,7 @@ from django.http import JsonResponse
 
 from billing.ledger import InsufficientCredits, credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, UsageEvent
+from billing.ratelimits import Limit, rate_limit_give_back, rate_limit_take
 from billing.selectors import entitlements_for
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, usage_cost, usage_record
 from tenants.api_keys import KeyAuth
@@ -173,6 +174,8 @@ class Prepared:
     prompt_tokens: int
     completion_id: str
     created: int
+    limit: Limit
+    tokens_counted: int  # toward the tokens-per-minute limit, up front
 
 
 def models_for(auth: KeyAuth) -> list[ModelOption]:
@@ -201,6 +204,13 @@ def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
     if prompt_tokens + max_tokens > model.context_window:
         raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
+    limit = rate_limit_take(organization_id=organization.pk, key_id=auth.key_id,
+                            requests_per_minute=entitlements.requests_per_minute,
+                            tokens_per_minute=entitlements.tokens_per_minute, tokens=prompt_tokens + max_tokens)
+    if not limit.allowed:
+        raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
+                           f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",
+                           headers={**limit.headers(), "retry-after": str(limit.retry_after)})
     worst = max(o.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens) for o in options)
     worst = worst.quantize(CREDIT_QUANTUM, rounding=ROUND_UP)
     completion_id = uuid.uuid4().hex
@@ -218,7 +228,8 @@ def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
                           temperature=params.temperature, top_p=params.top_p, stop=params.stop, extra=params.extra)
     return Prepared(organization=organization, candidates=options, request=request, own_keys=own_keys,
                     reservation=reservation, billing_key=billing_key, prompt_tokens=prompt_tokens,
-                    completion_id=f"chatcmpl-{completion_id}", created=int(time.time()))
+                    completion_id=f"chatcmpl-{completion_id}", created=int(time.time()), limit=limit,
+                    tokens_counted=prompt_tokens + max_tokens)
 
 
 def settle(prepared: Prepared, *, auth: KeyAuth, served: str, text: str, input_tokens: int | None,
@@ -245,12 +256,16 @@ def settle(prepared: Prepared, *, auth: KeyAuth, served: str, text: str, input_t
         usage_record(organization=prepared.organization, kind=UsageEvent.Kind.MODEL, key=served,
                      request_id=prepared.billing_key, credits=credits, price=price, api_key_id=auth.key_id,
                      input_tokens=input_tokens, output_tokens=output_tokens)
+    rate_limit_give_back(organization_id=prepared.organization.pk, key_id=auth.key_id,
+                         tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
 
 
-def release(prepared: Prepared) -> None:
+def release(prepared: Prepared, *, auth: KeyAuth) -> None:
+    """The call failed before producing anything: the hold and the counted tokens come back."""
     if prepared.reservation is not None:
         credit_release(reservation=prepared.reservation)
+    rate_limit_give_back(organization_id=prepared.organization.pk, key_id=auth.key_id, tokens=prepared.tokens_counted)
 
 
 def upstream_error(error: ProviderError) -> GatewayError:

@@ -15,6 +15,9 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from billing.ratelimits import ip_limited
+from tenants.audit.services import client_ip
+
 from . import gateway
 from .gateway import GatewayError
 from .providers import Finish, StreamError, TextDelta, Usage
@@ -24,6 +27,11 @@ from .routing import Served, route_stream
 def _auth(request: HttpRequest, scope: str):
     auth = getattr(request, "api_key", None)
     if auth is None:
+        # Calls without a valid key are limited per address: guessing keys goes nowhere fast.
+        wait = ip_limited(client_ip(request) or "unknown")
+        if wait is not None:
+            raise GatewayError(429, f"Too many unauthenticated requests. Try again in {wait} s.", type="requests",
+                               code="rate_limit_exceeded", headers={"retry-after": str(wait)})
         raise GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer prm_…'.",
                            code="invalid_api_key")
     if not auth.allows(scope):
@@ -32,7 +40,10 @@ def _auth(request: HttpRequest, scope: str):
     return auth
 
 
-def _overhead(response: HttpResponse, started: float, upstream: float = 0.0) -> HttpResponse:
+def _overhead(response: HttpResponse, started: float, upstream: float = 0.0, prepared=None) -> HttpResponse:
+    if prepared is not None:
+        for name, value in prepared.limit.headers().items():
+            response[name] = value
     response["x-prumo-overhead-ms"] = f"{(time.perf_counter() - started - upstream) * 1000:.2f}"
     return response
 
@@ -72,7 +83,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         response = StreamingHttpResponse(_stream(prepared, auth, params), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return _overhead(response, started)
+        return _overhead(response, started, prepared=prepared)
     return await _complete(prepared, auth, started)
 
 
@@ -93,8 +104,8 @@ async def _complete(prepared, auth, started: float) -> HttpResponse:
     upstream = time.perf_counter() - upstream_started
     text = "".join(parts)
     if failure is not None and not text:
-        await sync_to_async(gateway.release)(prepared)
-        return _overhead(gateway.upstream_error(failure).response(), started, upstream)
+        await sync_to_async(gateway.release)(prepared, auth=auth)
+        return _overhead(gateway.upstream_error(failure).response(), started, upstream, prepared)
     await sync_to_async(gateway.settle)(
         prepared, auth=auth, served=served.id, text=text, input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None)
@@ -107,7 +118,7 @@ async def _complete(prepared, auth, started: float) -> HttpResponse:
                      "logprobs": None}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     }
-    return _overhead(JsonResponse(body), started, upstream)
+    return _overhead(JsonResponse(body), started, upstream, prepared)
 
 
 async def _stream(prepared, auth, params):
@@ -131,7 +142,7 @@ async def _stream(prepared, auth, params):
             elif isinstance(event, StreamError):
                 failure = event.error
         if failure is not None and not started_text:
-            await sync_to_async(gateway.release)(prepared)
+            await sync_to_async(gateway.release)(prepared, auth=auth)
             settled = True
             error = gateway.upstream_error(failure)
             yield f"data: {json.dumps(error.body())}\n\n".encode()

@@ -295,7 +295,7 @@ def start_live_server(*, database_url: str, redis_url: str, workdir: Path,
     email_dir.mkdir(parents=True, exist_ok=True)
     command, extra = web_command(port)
     env = server_env(database_url=database_url, redis_url=redis_url, email_dir=email_dir, port=port,
-                     **extra, **(env_extra or {}))
+                     **{**extra, **(env_extra or {})})
     process = Process("web", command, env, workdir / "web.log").start()
     url = f"http://127.0.0.1:{port}"
     wait_for_http(process, f"{url}/healthz")

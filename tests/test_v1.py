@@ -14,7 +14,7 @@ import openai
 import pytest
 from django.db import connection
 
-from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
+from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, UsageEvent
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.services import organization_create
@@ -50,9 +50,11 @@ def gateway(upstream, test_database_url, redis_url, tmp_path_factory):
 def orgs(tenant_world, django_db_blocker):
     """Two committed organizations of their own (the server sees only committed data), dropped afterwards."""
     with django_db_blocker.unblock():
-        made = {key: organization_create(user=tenant_world[key]["owner"], name=f"V1 {key} {uuid.uuid4().hex[:6]}",
+        made = {key: organization_create(user=tenant_world["a"]["owner"], name=f"V1 {key} {uuid.uuid4().hex[:6]}",
                                          actor=Actor.system("tests"))
-                for key in ("a", "b")}
+                for key in ("a", "b", "c")}
+        # Org A is on Starter (60 requests/min: room for this module); B and C stay on Free (10/min).
+        BillingAccount.objects.filter(pk=made["a"].pk).update(plan=Plan.objects.get(code="starter"))
     yield made
     with django_db_blocker.unblock():
         for org in made.values():
@@ -72,6 +74,8 @@ def keys(orgs, django_db_blocker):
             "a": api_key_create(organization=orgs["a"], name="v1 tests", scopes=["chat"], actor=Actor.system()),
             "a_read": api_key_create(organization=orgs["a"], name="v1 read", scopes=["read"], actor=Actor.system()),
             "b": api_key_create(organization=orgs["b"], name="v1 b", scopes=["chat"], actor=Actor.system()),
+            "c1": api_key_create(organization=orgs["c"], name="v1 c1", scopes=["chat"], actor=Actor.system()),
+            "c2": api_key_create(organization=orgs["c"], name="v1 c2", scopes=["chat"], actor=Actor.system()),
         }
 
 
@@ -123,16 +127,16 @@ def test_streaming_with_usage(gateway, keys, upstream_reset):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
 
 
-@pytest.mark.parametrize("model", ["anthropic/claude-haiku-4-5", "gemini/gemini-2.5-flash-lite"])
-def test_other_providers_answer_in_openai_shape(gateway, keys, upstream_reset, model):
-    if model.startswith("anthropic"):
-        with pytest.raises(openai.APIStatusError) as raised:  # standard tier on Free, and no Anthropic key
-            client(gateway, keys["a"]).chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
-        assert raised.value.status_code == 403
-        return
+def test_other_providers_answer_in_openai_shape(gateway, keys, upstream_reset):
     completion = client(gateway, keys["a"]).chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Hi"}])
+        model="gemini/gemini-2.5-flash-lite", messages=[{"role": "user", "content": "Hi"}])
     assert completion.choices[0].message.content == "Gemini here" and completion.usage.completion_tokens == 2
+    assert completion.model == "gemini/gemini-2.5-flash-lite"
+    # A model the plan allows but whose provider nobody configured.
+    with pytest.raises(openai.InternalServerError) as raised:
+        client(gateway, keys["a"]).chat.completions.create(model="anthropic/claude-haiku-4-5",
+                                                           messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 503 and raised.value.code == "model_unavailable"
 
 
 def test_errors_use_openais_envelope(gateway, keys):
@@ -183,3 +187,56 @@ def test_upstream_failure_is_503_and_the_hold_is_released(gateway, keys, upstrea
         open_holds = CreditReservation.objects.filter(key__startswith=f"v1:{keys['a'].key.organization_id}:",
                                                       status=CreditReservation.Status.OPEN)
         assert not open_holds.exists()
+
+
+# ---------------------------------------------------------------- plan rate limits
+
+
+@pytest.fixture(scope="module")
+def second_gateway(upstream, test_database_url, redis_url, tmp_path_factory):
+    """Another server process on the same database and Redis: limits must hold across both."""
+    server = start_live_server(
+        database_url=test_database_url, redis_url=redis_url, workdir=tmp_path_factory.mktemp("v1-second"),
+        env_extra={"OPENAI_BASE_URL": upstream["openai"].url, "OPENAI_API_KEY": "sk-upstream",
+                   "WEB_CONCURRENCY": "2"},
+    )
+    yield server
+    server.process.stop()
+
+
+def test_success_carries_the_rate_limit_headers(gateway, keys, upstream_reset):
+    raw = client(gateway, keys["a"]).chat.completions.with_raw_response.create(
+        model=CHEAP, messages=[{"role": "user", "content": "hi"}], max_tokens=100)
+    assert raw.headers["x-ratelimit-limit-requests"] == "60"
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) < 60
+    assert raw.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_the_plan_limit_is_exact_across_server_processes(gateway, second_gateway, keys, upstream_reset):
+    """Free plan: 10 requests a minute for the organization, whichever key and server they use."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> tuple[int, dict]:
+        server = (gateway, second_gateway)[i % 2]
+        key = keys["c1"] if i % 3 else keys["c2"]
+        try:
+            raw = client(server, key).chat.completions.with_raw_response.create(
+                model=CHEAP, messages=[{"role": "user", "content": f"call {i}"}], max_tokens=10)
+            return raw.http_response.status_code, dict(raw.headers)
+        except openai.APIStatusError as error:
+            return error.status_code, dict(error.response.headers)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(call, range(40)))
+    statuses = [status for status, _headers in results]
+    assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
+    limited = next(headers for status, headers in results if status == 429)
+    assert int(limited["retry-after"]) >= 1 and limited["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_request_over_the_token_limit_is_refused(gateway, keys, upstream_reset):
+    with pytest.raises(openai.RateLimitError) as raised:  # Free: 20,000 tokens a minute
+        client(gateway, keys["b"]).chat.completions.create(
+            model=CHEAP, messages=[{"role": "user", "content": "x " * 50_000}], max_tokens=10)
+    assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "tokens"

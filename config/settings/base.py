@@ -364,7 +364,9 @@ REST_FRAMEWORK = {
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 
-# Rate limits (django-ratelimit counters live in the global Redis cache)
+# Rate limits (django-ratelimit counters live in the global Redis cache). Plans set the API's
+# per-minute limits; calls without a valid key are limited per client address.
+API_UNAUTHENTICATED_PER_MINUTE = int(os.environ.get("API_UNAUTHENTICATED_PER_MINUTE", "30"))
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "config.views.ratelimited"
 

@@ -1,0 +1,138 @@
+"""Plan rate limits: requests and tokens per minute, per API key and per organization.
+
+One Lua script checks all four counters and counts the request only if every one has
+room, so the limit is exact across any number of processes and machines. A window starts
+with its first request and lasts a minute (no wall-clock boundary lets a burst through
+twice). Tokens are counted up front (the prompt estimate plus max_tokens) and the unused
+part is given back when the call ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from django.conf import settings
+from redis.driver_info import DriverInfo
+
+WINDOW_SECONDS = 60
+
+_CHECK = """
+local function count(key) return tonumber(redis.call('GET', key) or '0') end
+local function left_ms(key)
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then return tonumber(ARGV[4]) * 1000 end
+  return ttl
+end
+local req_limit, tok_limit, tokens, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rk, ro, tk, to = count(KEYS[1]), count(KEYS[2]), count(KEYS[3]), count(KEYS[4])
+local req_used, tok_used = math.max(rk, ro), math.max(tk, to)
+local req_key = KEYS[1]
+if ro > rk then req_key = KEYS[2] end
+local tok_key = KEYS[3]
+if to > tk then tok_key = KEYS[4] end
+if req_used >= req_limit then
+  return {0, 1, req_used, left_ms(req_key), tok_used, left_ms(tok_key)}
+end
+if tok_used + tokens > tok_limit then
+  return {0, 2, req_used, left_ms(req_key), tok_used, left_ms(tok_key)}
+end
+for i = 1, 2 do
+  if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], window) end
+end
+for i = 3, 4 do
+  if redis.call('INCRBY', KEYS[i], tokens) == tokens then redis.call('EXPIRE', KEYS[i], window) end
+end
+return {1, 0, req_used + 1, left_ms(req_key), tok_used + tokens, left_ms(tok_key)}
+"""
+
+_GIVE_BACK = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    local left = redis.call('DECRBY', KEYS[i], ARGV[1])
+    if left < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+  end
+end
+return 0
+"""
+
+_IP = """
+local used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if used > tonumber(ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
+return -1
+"""
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5,
+                                driver_info=DriverInfo(name=None, lib_version=None))
+
+
+@cache
+def _script(source: str):
+    return _client().register_script(source)
+
+
+def _reset(ms: int) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `59.1s`."""
+    seconds = max(ms, 0) / 1000
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60)}s"
+    return f"{seconds:.3g}s" if seconds < 10 else f"{int(round(seconds))}s"
+
+
+@dataclass(frozen=True)
+class Limit:
+    allowed: bool
+    exceeded: str  # "", "requests" or "tokens"
+    requests_limit: int
+    requests_used: int
+    requests_reset_ms: int
+    tokens_limit: int
+    tokens_used: int
+    tokens_reset_ms: int
+
+    @property
+    def retry_after(self) -> int:
+        ms = self.requests_reset_ms if self.exceeded == "requests" else self.tokens_reset_ms
+        return max(1, -(-ms // 1000))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.requests_limit),
+            "x-ratelimit-remaining-requests": str(max(self.requests_limit - self.requests_used, 0)),
+            "x-ratelimit-reset-requests": _reset(self.requests_reset_ms),
+            "x-ratelimit-limit-tokens": str(self.tokens_limit),
+            "x-ratelimit-remaining-tokens": str(max(self.tokens_limit - self.tokens_used, 0)),
+            "x-ratelimit-reset-tokens": _reset(self.tokens_reset_ms),
+        }
+
+
+def _keys(organization_id: int, key_id: int) -> list[str]:
+    return [f"rl:req:key:{key_id}", f"rl:req:org:{organization_id}", f"rl:tok:key:{key_id}",
+            f"rl:tok:org:{organization_id}"]
+
+
+def rate_limit_take(*, organization_id: int, key_id: int, requests_per_minute: int, tokens_per_minute: int,
+                    tokens: int) -> Limit:
+    """Count one request of `tokens` tokens if the key and the organization both have room."""
+    allowed, reason, req_used, req_reset, tok_used, tok_reset = _script(_CHECK)(
+        keys=_keys(organization_id, key_id), args=[requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
+    return Limit(allowed=bool(allowed), exceeded={0: "", 1: "requests", 2: "tokens"}[reason],
+                 requests_limit=requests_per_minute, requests_used=req_used, requests_reset_ms=req_reset,
+                 tokens_limit=tokens_per_minute, tokens_used=tok_used, tokens_reset_ms=tok_reset)
+
+
+def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> None:
+    """Return tokens counted up front but not used (the answer was shorter than max_tokens)."""
+    if tokens > 0:
+        _script(_GIVE_BACK)(keys=_keys(organization_id, key_id)[2:], args=[tokens])
+
+
+def ip_limited(ip: str) -> int | None:
+    """Count an unauthenticated call from `ip`; the seconds to wait when over the limit, else None."""
+    ttl = _script(_IP)(keys=[f"rl:ip:{ip}"], args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS])
+    return None if ttl < 0 else max(1, -(-ttl // 1000))
