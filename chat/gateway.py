@@ -28,7 +28,7 @@ from tenants.api_keys import KeyAuth
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption, model_options, model_resolve, provider_keys_for
-from .files import tokens_estimate  # noqa: F401  (views estimate with it too)
+from .files import tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty")
@@ -161,6 +161,11 @@ def params_parse(raw_body: bytes) -> CompletionParams:
     )
 
 
+def prompt_tokens_estimate(messages: list[ChatMessage]) -> int:
+    """What the prompt is counted as before the provider says (holds and token limits use it)."""
+    return sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images) for m in messages)
+
+
 @dataclass
 class Prepared:
     """A request that passed every check, with its worst case held."""
@@ -200,7 +205,7 @@ def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
         raise GatewayError(503, f"'{model.id}' is not available right now (its provider is not configured).",
                            type="server_error", param="model", code="model_unavailable")
     max_tokens = min(params.max_tokens or settings.CHAT_MAX_OUTPUT_TOKENS, model.max_output_tokens)
-    prompt_tokens = sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images) for m in params.messages)
+    prompt_tokens = prompt_tokens_estimate(params.messages)
     if prompt_tokens + max_tokens > model.context_window:
         raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")

@@ -7,6 +7,7 @@ SDK → /v1 → key cache → plan → credit hold → router → adapter (opena
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
 
@@ -52,9 +53,10 @@ def orgs(tenant_world, django_db_blocker):
     with django_db_blocker.unblock():
         made = {key: organization_create(user=tenant_world["a"]["owner"], name=f"V1 {key} {uuid.uuid4().hex[:6]}",
                                          actor=Actor.system("tests"))
-                for key in ("a", "b", "c")}
+                for key in ("a", "b", "c", "d")}
         # Org A is on Starter (60 requests/min: room for this module); B and C stay on Free (10/min).
         BillingAccount.objects.filter(pk=made["a"].pk).update(plan=Plan.objects.get(code="starter"))
+        BillingAccount.objects.filter(pk=made["d"].pk).update(plan=Plan.objects.get(code="business"))
     yield made
     with django_db_blocker.unblock():
         for org in made.values():
@@ -76,7 +78,17 @@ def keys(orgs, django_db_blocker):
             "b": api_key_create(organization=orgs["b"], name="v1 b", scopes=["chat"], actor=Actor.system()),
             "c1": api_key_create(organization=orgs["c"], name="v1 c1", scopes=["chat"], actor=Actor.system()),
             "c2": api_key_create(organization=orgs["c"], name="v1 c2", scopes=["chat"], actor=Actor.system()),
+            "d": api_key_create(organization=orgs["d"], name="v1 d", scopes=["chat"], actor=Actor.system()),
         }
+
+
+@pytest.fixture(autouse=True)
+def breakers_closed():
+    """Failures other tests provoked must not leave a provider's circuit open for these."""
+    from chat.redis import sync_client
+
+    for key in sync_client().scan_iter("chat:breaker:*"):
+        sync_client().delete(key)
 
 
 @pytest.fixture
@@ -240,3 +252,43 @@ def test_a_request_over_the_token_limit_is_refused(gateway, keys, upstream_reset
         client(gateway, keys["b"]).chat.completions.create(
             model=CHEAP, messages=[{"role": "user", "content": "x " * 50_000}], max_tokens=10)
     assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "tokens"
+
+
+# ---------------------------------------------------------------- credits under concurrency
+
+
+def test_credits_for_exactly_n_calls_serve_exactly_n_of_4n_concurrent_calls(
+        gateway, second_gateway, keys, orgs, upstream_reset, django_db_blocker):
+    """Each call costs exactly its hold (the fake reports the prompt estimate and max_tokens as usage)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing.ledger import credit_debit
+    from billing.selectors import ledger_sum, price_for
+    from chat.gateway import params_parse, prompt_tokens_estimate
+
+    n, max_tokens = 5, 10
+    messages = [{"role": "user", "content": "one call"}]
+    prompt = prompt_tokens_estimate(params_parse(json.dumps({"model": CHEAP, "messages": messages}).encode()).messages)
+    upstream_reset["openai"].answer = Answer(["ok"], input_tokens=prompt, output_tokens=max_tokens)
+    org = orgs["d"]
+    with django_db_blocker.unblock():
+        price = price_for(kind="model", key=CHEAP)
+        per_call = (prompt * price.input_per_million + max_tokens * price.output_per_million) / 1_000_000
+        balance = BillingAccount.objects.get(pk=org.pk).credits
+        credit_debit(organization=org, amount=balance - n * per_call, key=f"v1-test-drain-{org.pk}")
+
+    def call(i: int) -> int:
+        try:
+            client((gateway, second_gateway)[i % 2], keys["d"]).chat.completions.create(
+                model=CHEAP, messages=messages, max_tokens=max_tokens)
+            return 200
+        except openai.APIStatusError as error:
+            return error.status_code
+
+    with ThreadPoolExecutor(max_workers=4 * n) as pool:
+        statuses = list(pool.map(call, range(4 * n)))
+    assert statuses.count(200) == n and statuses.count(402) == 3 * n, statuses
+    with django_db_blocker.unblock():
+        final = BillingAccount.objects.get(pk=org.pk).credits
+        assert final == 0 and final == ledger_sum(organization=org)
+        assert UsageEvent.objects.filter(organization=org, api_key_id=keys["d"].key.pk).count() == n
