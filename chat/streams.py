@@ -81,7 +81,12 @@ class StreamHub:
             await pipe.execute()
 
     async def _read_loop(self, client) -> None:
+        task = asyncio.current_task()
         while not self.closed:  # idles on the control stream alone; lives as long as the event loop
+            if task.cancelling():
+                # redis-py awaits asyncio.wait_for, which on Python 3.11 can swallow a cancellation
+                # (CPython gh-86296): without this the loop outlives its event loop's shutdown.
+                raise asyncio.CancelledError
             streams = {self.control: self.control_cursor, **self.cursors}
             try:
                 replies = await client.xread(streams, block=BLOCK_MS, count=500)
@@ -161,8 +166,10 @@ async def answer_events(key: str, after: str = "0-0") -> AsyncIterator[bytes]:
                 yield b": reconnect\n\n"  # the browser resumes from its Last-Event-ID
                 return
             try:
-                entry_id, fields = await asyncio.wait_for(
-                    queue.get(), timeout=min(remaining, settings.CHAT_SSE_KEEPALIVE_SECONDS))
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation (the client left)
+                # that lands as an entry arrives, and the generator then streams to nobody.
+                async with asyncio.timeout(min(remaining, settings.CHAT_SSE_KEEPALIVE_SECONDS)):
+                    entry_id, fields = await queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
