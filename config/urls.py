@@ -16,6 +16,7 @@ urlpatterns = [
     path("pricing", billing_views.pricing, name="pricing"),
     path("try/", include("chat.urls_trial")),
     path("v1/", include("chat.urls_v1")),
+    path("api/", include("config.api_urls")),
     path("orgs/", tenant_views.org_list, name="org_list"),
     path("orgs/new/", tenant_views.org_create, name="org_create"),
     path("invitations/<str:token>/", tenant_views.invitation_accept_view, name="invitation_accept"),

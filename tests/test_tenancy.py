@@ -7,28 +7,18 @@ import re
 import pytest
 from django.db import connection
 from django.test import Client
-from django.urls import URLPattern, URLResolver, get_resolver
 
 from tenants.audit.models import AuditEvent
 from tenants.middleware import ORG_PATH, TenantMiddleware
+
+from .urlwalk import routes
 
 pytestmark = pytest.mark.django_db
 
 
 def _org_patterns():
-    """(route, callback) for every URL pattern under /o/<org_slug>/."""
-    found = []
-
-    def walk(patterns, prefix):
-        for entry in patterns:
-            route = prefix + str(entry.pattern)
-            if isinstance(entry, URLResolver):
-                walk(entry.url_patterns, route)
-            elif isinstance(entry, URLPattern):
-                found.append((route, entry.callback, entry.default_args, entry.name))
-
-    walk(get_resolver().url_patterns, "")
-    return [item for item in found if item[0].startswith("o/<slug:org_slug>/")]
+    """(route, callback, default args, name) for every URL pattern under /o/<org_slug>/."""
+    return [(r.route, r.callback, r.default_args, r.name) for r in routes("o/<slug:org_slug>/")]
 
 
 def test_every_org_view_carries_the_membership_guard():

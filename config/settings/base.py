@@ -49,6 +49,8 @@ SHARED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "allauth",
     "allauth.account",
@@ -361,7 +363,25 @@ CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "NUM_PROXIES": TRUSTED_PROXY_COUNT,
+}
+# OpenAPI (drf-spectacular): /api/schema/, docs at /api/docs/ from our static files (sidecar).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Prumo API",
+    "DESCRIPTION": "The organization API (/api/v1/) and the OpenAI-compatible endpoints (/v1/).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.openapi.api_schema_postprocess",
+    ],
 }
 
 # Rate limits (django-ratelimit counters live in the global Redis cache). Plans set the API's

@@ -1,0 +1,165 @@
+"""The DRF API's base: who is calling, for which organization, with which rights; pagination.
+
+Every organization-scoped API view subclasses `OrgAPIView` (a test walks the URL patterns to
+check it). Two ways in:
+
+- `Authorization: Bearer prm_…` (an organization API key). The tenant middleware already
+  resolved the key's organization and set its schema; `X-Organization` is optional and must
+  name that same organization (else 404). A key's rights are its scopes: `read` allows safe
+  methods on every endpoint, `chat` allows reading and writing threads and messages.
+- A browser session (DRF's SessionAuthentication, so unsafe methods need the CSRF token). A
+  session has no organization of its own: the caller names it with `X-Organization: <slug>`;
+  a slug that does not exist and one the user is not a member of both answer 404. Rights are
+  the member's role: viewers read only, members write, some endpoints (API keys, members)
+  need an admin.
+
+A key is not a person, but threads belong to one (`Thread.user`): a key acts as the member who
+created it, or, when that person is gone (or the key came from a command), as the
+organization's first owner. It then sees and writes exactly that member's threads: whoever
+creates a key with the `chat` scope delegates their own conversations to it.
+"""
+
+from __future__ import annotations
+
+from django.db import connection
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.generics import GenericAPIView
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+from rest_framework.request import Request
+
+from accounts.models import User
+from config.observability import organization_var
+from tenants.api_keys import KeyAuth, bearer_token
+from tenants.models import ApiKey, Membership, Organization, Role
+from tenants.selectors import membership_for
+
+ORGANIZATION_HEADER = "X-Organization"
+
+
+def api_key_principal(auth: KeyAuth) -> User | None:
+    """The member a key acts as: its creator while still a member, else the first owner."""
+    creator_id = ApiKey.objects.filter(pk=auth.key_id).values_list("created_by_id", flat=True).first()
+    members = Membership.objects.filter(organization_id=auth.organization_id).select_related("user")
+    membership = members.filter(user_id=creator_id).first() if creator_id else None
+    if membership is None:
+        membership = members.filter(role=Role.OWNER).order_by("created_at", "id").first()
+    return membership.user if membership else None
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """The key the tenant middleware resolved (`request.api_key`); a Bearer token that is not a valid key is 401."""
+
+    def authenticate(self, request: Request):
+        auth: KeyAuth | None = getattr(request._request, "api_key", None)
+        if auth is None:
+            if bearer_token(request._request):
+                raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
+            return None
+        user = api_key_principal(auth)
+        if user is None:
+            raise exceptions.AuthenticationFailed("This API key's organization has no owner.")
+        return user, auth
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes unauthenticated calls 401 (with WWW-Authenticate) rather than 403.
+        return 'Bearer realm="api"'
+
+
+class OrgAccess(BasePermission):
+    """Keys by scope, session users by role, as the view declares (see `OrgAPIView`)."""
+
+    def has_permission(self, request: Request, view: OrgAPIView) -> bool:
+        if not (request.user and request.user.is_authenticated):
+            return False
+        if not hasattr(view, request.method.lower()):
+            return True  # the view answers 405: a method it lacks needs no right
+        safe = request.method in SAFE_METHODS
+        if isinstance(request.auth, KeyAuth):
+            scopes = view.key_read_scopes if safe else view.key_write_scopes
+            if not scopes & request.auth.scopes:
+                needed = ", ".join(sorted(scopes)) or "none: keys cannot do this"
+                self.message = f"This API key lacks the scope for this call ({needed})."
+                return False
+            return True
+        role = view.read_role if safe else view.write_role
+        if not request.membership.has_role(role):
+            self.message = f"Your role in this organization does not allow this call (needs {role} or above)."
+            return False
+        return True
+
+
+class CursorPage(CursorPagination):
+    """Newest first; `?cursor=` from `next`/`previous`, `?page_size=` up to 100."""
+
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+class OrgAPIView(GenericAPIView):
+    """Base of every organization-scoped API view: authentication, organization, rights, schema.
+
+    Subclasses set `key_read_scopes`/`key_write_scopes` (API keys) and `read_role`/`write_role`
+    (session members). After authentication `request.tenant` is the organization (with a session,
+    a saved row; with a key, its id, slug and schema only), the connection uses its schema, and
+    `request.membership` is the session user's membership (None for keys). `public` is restored
+    when the view returns or raises.
+    """
+
+    authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
+    permission_classes = [OrgAccess]
+    pagination_class = CursorPage
+    key_read_scopes: frozenset[str] = frozenset({"read"})
+    key_write_scopes: frozenset[str] = frozenset()
+    read_role: str = Role.VIEWER
+    write_role: str = Role.MEMBER
+
+    def dispatch(self, request, *args, **kwargs):
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            connection.set_schema_to_public()
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)
+        if request.user is not None and request.user.is_authenticated:
+            self.organization_enter(request)
+
+    def organization_enter(self, request: Request) -> None:
+        slug = request.headers.get(ORGANIZATION_HEADER, "").strip()
+        if isinstance(request.auth, KeyAuth):
+            if slug and slug != request.auth.slug:
+                raise exceptions.NotFound()
+            tenant, membership = request._request.tenant, None
+        else:
+            if not slug:
+                raise exceptions.ValidationError(
+                    {"detail": f"Send the '{ORGANIZATION_HEADER}: <slug>' header to choose the organization."})
+            tenant = Organization.objects.filter(slug=slug).first()
+            membership = membership_for(user=request.user, organization=tenant) if tenant else None
+            if membership is None:
+                raise exceptions.NotFound()  # the same answer whether it does not exist or is not theirs
+        request._request.tenant = tenant
+        request._request.membership = membership
+        connection.set_tenant(tenant)
+        organization_var.set(tenant.slug)
+
+    def query_params(self, serializer_class) -> dict:
+        """The query string validated by `serializer_class` (400 with field errors otherwise)."""
+        serializer = serializer_class(data=self.request.query_params)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def body(self, serializer_class) -> dict:
+        """The request body validated by `serializer_class` (400 with field errors otherwise)."""
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def page(self, queryset, serializer_class):
+        """One cursor page of `queryset`, serialized."""
+        rows = self.paginate_queryset(queryset)
+        return self.get_paginated_response(serializer_class(rows, many=True).data)

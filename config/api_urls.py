@@ -1,0 +1,46 @@
+"""The DRF API (/api/v1/...), its OpenAPI schema (/api/schema/) and docs page (/api/docs/).
+
+Every view under v1/ is an `OrgAPIView` (config.api); tests/test_api.py checks it.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest, JsonResponse
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.views import SpectacularAPIView
+
+from billing import api as billing_api
+from chat import api as chat_api
+from tenants import api as tenants_api
+
+from .openapi import ApiDocsView
+
+v1 = [
+    path("threads/", chat_api.ThreadListView.as_view(), name="api_threads"),
+    path("threads/<int:thread_id>/", chat_api.ThreadDetailView.as_view(), name="api_thread"),
+    path("threads/<int:thread_id>/messages/", chat_api.MessageListView.as_view(), name="api_messages"),
+    path("threads/<int:thread_id>/messages/<int:message_id>/", chat_api.MessageDetailView.as_view(),
+         name="api_message"),
+    path("billing/balance/", billing_api.BalanceView.as_view(), name="api_balance"),
+    path("billing/ledger/", billing_api.LedgerView.as_view(), name="api_ledger"),
+    path("billing/usage/", billing_api.UsageView.as_view(), name="api_usage"),
+    path("organization/", tenants_api.OrganizationView.as_view(), name="api_organization"),
+    path("members/", tenants_api.MemberListView.as_view(), name="api_members"),
+    path("api-keys/", tenants_api.ApiKeyListView.as_view(), name="api_keys"),
+]
+
+
+
+@csrf_exempt  # it changes nothing; without this a POST would get the CSRF failure page
+def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    # API clients get JSON for a path that matches nothing (e.g. a non-numeric id), not the site's page.
+    return JsonResponse({"detail": "Not found."}, status=404)
+
+
+urlpatterns = [
+    path("v1/", include(v1)),
+    path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
+    path("docs/", ApiDocsView.as_view(), name="api_docs"),
+    re_path(r"^(?P<rest>.*)$", api_not_found),
+]

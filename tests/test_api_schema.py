@@ -1,0 +1,197 @@
+"""The OpenAPI schema (/api/schema/), its docs page (/api/docs/), and Schemathesis over /api/v1.
+
+Schemathesis takes the schema drf-spectacular generates, generates requests for every /api/v1
+operation, sends them with an API key of org A (scopes `chat` and `read`) to the app in process
+(its WSGI integration), and checks that no answer is a 5xx and that every status code, content
+type and body is one the schema declares.
+Examples are few and derandomized, so the run is short and the same every time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.test import Client
+from django_tenants.utils import schema_context
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.validation import validate_schema
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from chat.models import Message
+from chat.services import thread_create
+from config.wsgi import application
+from tenants.api_keys import api_key_create
+from tenants.audit.services import Actor
+
+pytestmark = pytest.mark.django_db
+
+DEMO = "demo/prumo-demo"
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _schema(client: Client) -> dict:
+    response = client.get("/api/schema/?format=json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def test_schema_is_valid_openapi_and_covers_every_endpoint():
+    schema = _schema(Client())
+    validate_schema(schema)
+    paths = schema["paths"]
+    assert {"/api/v1/threads/", "/api/v1/threads/{thread_id}/", "/api/v1/threads/{thread_id}/messages/",
+            "/api/v1/threads/{thread_id}/messages/{message_id}/", "/api/v1/billing/balance/",
+            "/api/v1/billing/ledger/", "/api/v1/billing/usage/", "/api/v1/organization/", "/api/v1/members/",
+            "/api/v1/api-keys/", "/v1/models", "/v1/chat/completions"} <= set(paths)
+    threads = paths["/api/v1/threads/"]["get"]
+    assert threads["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "PaginatedThreadList")
+    assert {"401", "403", "404"} <= set(threads["responses"])
+    assert threads["security"] == [{"apiKey": []}, {"cookieAuth": [], "organizationHeader": []}]
+    assert schema["components"]["securitySchemes"]["organizationHeader"]["name"] == "X-Organization"
+    assert "key_hash" not in str(schema["components"]["schemas"]["ApiKey"])
+    assert schema["components"]["schemas"]["Balance"]["properties"]["credits"]["type"] == "string"
+
+
+def test_schema_documents_the_openai_compatible_endpoints():
+    schema = _schema(Client())
+    completions = schema["paths"]["/v1/chat/completions"]["post"]
+    body = completions["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    request = schema["components"]["schemas"]["ChatCompletionRequest"]
+    assert request["required"] == ["model", "messages"] and "stream" in request["properties"]
+    ok = completions["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"]["$ref"].endswith("/ChatCompletion") and "text/event-stream" in ok
+    for code in ("400", "401", "402", "403", "404", "429", "503"):
+        assert completions["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/OpenAIError"), code
+    envelope = schema["components"]["schemas"]["OpenAIError"]["properties"]["error"]
+    assert set(envelope["properties"]) == {"message", "type", "param", "code"}
+    models = schema["paths"]["/v1/models"]["get"]["responses"]
+    assert models["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ModelList")
+    assert models["401"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+
+
+def test_docs_page_has_no_inline_script_or_style_and_its_assets_are_ours():
+    client = Client()
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == []  # every script has a src
+    assert "<style" not in html and " style=" not in html
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert all(source.startswith("/") for source in sources), sources  # nothing from another origin
+    for source in sources:
+        asset = client.get(source)
+        assert asset.status_code == 200, source
+    init = client.get("/api/docs/?script=")
+    assert init["Content-Type"].startswith("application/javascript") and "/api/schema/" in init.content.decode()
+
+
+@pytest.mark.browser
+def test_docs_page_renders_in_a_browser_without_csp_violations(live_server_process):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run browser tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(base_url=live_server_process.url)
+            page.set_default_timeout(15_000)
+            violations, errors = [], []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.expose_function("cspViolation", lambda directive, uri: violations.append((directive, uri)))
+            page.add_init_script("document.addEventListener('securitypolicyviolation',"
+                                 " (e) => window.cspViolation(e.violatedDirective, e.blockedURI));")
+            page.goto("/api/docs/")
+            page.get_by_text("/api/v1/threads/", exact=True).first.wait_for()
+            page.get_by_text("/v1/chat/completions", exact=True).first.wait_for()
+            assert violations == []
+            assert [text for text in errors if "Content Security Policy" in text] == []
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------- Schemathesis
+
+
+@pytest.fixture
+def in_process_wsgi():
+    """Django's WSGI app in the test's transaction: keep it from closing the connection per request.
+
+    (Django's own test client does the same: outside autocommit, close_old_connections would close
+    the connection, and the test's transaction with it.)
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield application
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def api_key(tenant_world):
+    org = tenant_world["a"]["org"]
+    return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read"], actor=Actor.system(),
+                          user=tenant_world["a"]["member"]).raw
+
+
+@pytest.fixture
+def conversation(tenant_world):
+    """A thread of the key's member with a question and a (pending) answer, for the id-taking operations."""
+    org, member = tenant_world["a"]["org"], tenant_world["a"]["member"]
+    with schema_context(org.schema_name):
+        thread = thread_create(user=member, model_id=DEMO)
+        question = Message.objects.create(thread=thread, role=Message.Role.USER, content="Hello?")
+        answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+                                        model_id=DEMO)
+    return {"thread_id": thread.pk, "message_id": [question.pk, answer.pk]}
+
+
+def _aim_at_real_objects(case, conversation: dict) -> None:
+    """Generated ids almost never exist: point about half of the integer ones at the conversation."""
+    parameters = case.path_parameters or {}
+    for name, real in conversation.items():
+        value = parameters.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value % 2 == 0:
+            parameters[name] = real[value % 4 // 2] if isinstance(real, list) else real
+
+
+def _api_v1_schema():
+    """The document /api/schema/ serves (built without a request: collection has no database)."""
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    loaded = schemathesis.openapi.from_dict(document).include(path_regex=r"^/api/v1/")
+    loaded.app = application  # requests go to the WSGI app in process
+    return loaded
+
+
+# pytest 9 broke schemathesis' lazy `from_fixture` schemas (it sets `node._nodeid`): load it eagerly.
+schema = _api_v1_schema()
+
+
+@schema.parametrize()
+@settings(max_examples=25, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_api_conforms_to_its_schema(case, api_key, conversation, in_process_wsgi):
+    _aim_at_real_objects(case, conversation)
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {api_key}"},
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+    )
