@@ -183,9 +183,17 @@ class Prepared:
     tokens_counted: int  # toward the tokens-per-minute limit, up front
 
 
+def _api_entitlements(organization: Organization):
+    entitlements = entitlements_for(organization)
+    if not entitlements.api_access:
+        raise GatewayError(403, "Your plan does not include API access. Upgrade on the billing page to use "
+                           "API keys.", type="permission_error", code="plan_without_api_access")
+    return entitlements
+
+
 def models_for(auth: KeyAuth) -> list[ModelOption]:
     organization = Organization(pk=auth.organization_id, schema_name=auth.schema_name, slug=auth.slug)
-    return model_options(entitlements=entitlements_for(organization), own_keys=provider_keys_for(organization))
+    return model_options(entitlements=_api_entitlements(organization), own_keys=provider_keys_for(organization))
 
 
 def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
@@ -195,7 +203,7 @@ def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
     if model is None:
         raise GatewayError(404, f"The model '{params.model}' does not exist. GET /v1/models lists yours.",
                            param="model", code="model_not_found")
-    entitlements = entitlements_for(organization)
+    entitlements = _api_entitlements(organization)
     own_keys = provider_keys_for(organization)
     if not entitlements.allows_model_tier(model.tier):
         raise GatewayError(403, f"Your plan does not include '{model.id}'. Upgrade to use it.",

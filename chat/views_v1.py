@@ -55,9 +55,9 @@ async def models(request: HttpRequest) -> HttpResponse:
         if request.method != "GET":
             raise GatewayError(405, "Use GET.", code="method_not_allowed")
         auth = _auth(request, "chat")
+        options = await sync_to_async(gateway.models_for)(auth)
     except GatewayError as error:
         return _overhead(error.response(), started)
-    options = await sync_to_async(gateway.models_for)(auth)
     data = [{"id": o.id, "object": "model", "created": 0, "owned_by": o.model.provider} for o in options]
     return _overhead(JsonResponse({"object": "list", "data": data}), started)
 

@@ -30,6 +30,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from accounts.models import User
+from billing.selectors import entitlements_for
 from config.observability import organization_var
 from tenants.api_keys import KeyAuth, bearer_token
 from tenants.models import ApiKey, Membership, Organization, Role
@@ -67,6 +68,9 @@ class ApiKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+PLAN_WITHOUT_API = "Your plan does not include API access. Upgrade on the billing page to use API keys."
+
+
 class OrgAccess(BasePermission):
     """Keys by scope, session users by role, as the view declares (see `OrgAPIView`)."""
 
@@ -77,6 +81,9 @@ class OrgAccess(BasePermission):
             return True  # the view answers 405: a method it lacks needs no right
         safe = request.method in SAFE_METHODS
         if isinstance(request.auth, KeyAuth):
+            if not entitlements_for(request._request.tenant).api_access:
+                self.message = PLAN_WITHOUT_API
+                return False
             scopes = view.key_read_scopes if safe else view.key_write_scopes
             if not scopes & request.auth.scopes:
                 needed = ", ".join(sorted(scopes)) or "none: keys cannot do this"

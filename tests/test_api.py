@@ -12,7 +12,7 @@ from django.test import Client
 from django_tenants.utils import schema_context
 
 from billing.ledger import credit_grant
-from billing.models import BillingAccount, DailyUsage
+from billing.models import BillingAccount, DailyUsage, Plan
 from chat.models import Message, Thread
 from chat.redis import sync_client
 from config.api import OrgAPIView, api_key_principal
@@ -54,6 +54,19 @@ def clean_redis():
 @pytest.fixture(autouse=True)
 def fast_demo(settings):
     settings.CHAT_DEMO_DELAY = 0
+
+
+@pytest.fixture(autouse=True)
+def plans_with_api_access(org_a, org_b):
+    """Keys work only on plans with API access (Free has none): Starter for both, in this test's transaction."""
+    starter = Plan.objects.get(code="starter")
+    BillingAccount.objects.filter(pk__in=[org_a.pk, org_b.pk]).update(plan=starter)
+
+
+def test_keys_of_a_plan_without_api_access_are_refused(client, org_a, keys):
+    BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="free"))
+    response = client.get("/api/v1/billing/balance/", HTTP_AUTHORIZATION=f"Bearer {keys['read']}")
+    assert response.status_code == 403 and "does not include API access" in response.json()["detail"]
 
 
 @pytest.fixture
@@ -348,7 +361,7 @@ def test_usage_rollups_filtered_by_range_and_kind(keys, org_a, org_b, tenant_wor
 def test_organization_members_and_key_metadata(keys, org_a, client_for):
     client, auth = Client(), bearer(keys["read"])
     assert client.get("/api/v1/organization/", **auth).json() == {"name": org_a.name, "slug": org_a.slug,
-                                                                   "plan": "free"}
+                                                                   "plan": "starter"}
     members = client.get("/api/v1/members/", **auth).json()["results"]
     assert {(m["email"], m["role"]) for m in members} >= {("owner-a@example.com", "owner"),
                                                           ("viewer-a@example.com", "viewer")}

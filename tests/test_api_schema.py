@@ -147,7 +147,10 @@ def in_process_wsgi():
 
 @pytest.fixture
 def api_key(tenant_world):
+    from billing.models import BillingAccount, Plan
+
     org = tenant_world["a"]["org"]
+    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))  # keys need API access
     return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read"], actor=Actor.system(),
                           user=tenant_world["a"]["member"]).raw
 

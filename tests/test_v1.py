@@ -53,9 +53,14 @@ def orgs(tenant_world, django_db_blocker):
     with django_db_blocker.unblock():
         made = {key: organization_create(user=tenant_world["a"]["owner"], name=f"V1 {key} {uuid.uuid4().hex[:6]}",
                                          actor=Actor.system("tests"))
-                for key in ("a", "b", "c", "d")}
-        # Org A is on Starter (60 requests/min: room for this module); B and C stay on Free (10/min).
+                for key in ("a", "b", "c", "d", "free")}
+        # A: Starter (60 requests/min, room for this module). B and C: a small plan with API access
+        # (10 requests, 20,000 tokens a minute). D: Business. "free" keeps Free, which has no API access.
+        small = Plan.objects.create(code=f"v1-small-{uuid.uuid4().hex[:6]}", name="Small API", model_tiers=["basic"],
+                                    requests_per_minute=10, tokens_per_minute=20_000, max_upload_mb=5,
+                                    audit_retention_days=7, api_access=True, is_public=False)
         BillingAccount.objects.filter(pk=made["a"].pk).update(plan=Plan.objects.get(code="starter"))
+        BillingAccount.objects.filter(pk__in=[made["b"].pk, made["c"].pk]).update(plan=small)
         BillingAccount.objects.filter(pk=made["d"].pk).update(plan=Plan.objects.get(code="business"))
     yield made
     with django_db_blocker.unblock():
@@ -66,6 +71,7 @@ def orgs(tenant_world, django_db_blocker):
             org.delete()
             with connection.cursor() as cursor:
                 cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        small.delete()
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +85,7 @@ def keys(orgs, django_db_blocker):
             "c1": api_key_create(organization=orgs["c"], name="v1 c1", scopes=["chat"], actor=Actor.system()),
             "c2": api_key_create(organization=orgs["c"], name="v1 c2", scopes=["chat"], actor=Actor.system()),
             "d": api_key_create(organization=orgs["d"], name="v1 d", scopes=["chat"], actor=Actor.system()),
+            "free": api_key_create(organization=orgs["free"], name="v1 free", scopes=["chat"], actor=Actor.system()),
         }
 
 
@@ -175,6 +182,14 @@ def test_errors_use_openais_envelope(gateway, keys):
     assert raised.value.code == "insufficient_scope"
 
 
+def test_a_plan_without_api_access_is_refused(gateway, keys):
+    for call in (lambda sdk: sdk.models.list(),
+                 lambda sdk: sdk.chat.completions.create(model=CHEAP, messages=[{"role": "user", "content": "x"}])):
+        with pytest.raises(openai.PermissionDeniedError) as raised:
+            call(client(gateway, keys["free"]))
+        assert raised.value.code == "plan_without_api_access"
+
+
 def test_not_enough_credits_is_402(gateway, keys, orgs, django_db_blocker):
     org_b = orgs["b"]
     with django_db_blocker.unblock():
@@ -226,7 +241,7 @@ def test_success_carries_the_rate_limit_headers(gateway, keys, upstream_reset):
 
 
 def test_the_plan_limit_is_exact_across_server_processes(gateway, second_gateway, keys, upstream_reset):
-    """Free plan: 10 requests a minute for the organization, whichever key and server they use."""
+    """10 requests a minute for the organization, whichever key and server they use."""
     from concurrent.futures import ThreadPoolExecutor
 
     def call(i: int) -> tuple[int, dict]:
@@ -248,7 +263,7 @@ def test_the_plan_limit_is_exact_across_server_processes(gateway, second_gateway
 
 
 def test_a_request_over_the_token_limit_is_refused(gateway, keys, upstream_reset):
-    with pytest.raises(openai.RateLimitError) as raised:  # Free: 20,000 tokens a minute
+    with pytest.raises(openai.RateLimitError) as raised:  # 20,000 tokens a minute
         client(gateway, keys["b"]).chat.completions.create(
             model=CHEAP, messages=[{"role": "user", "content": "x " * 50_000}], max_tokens=10)
     assert raised.value.code == "rate_limit_exceeded" and raised.value.type == "tokens"
