@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from billing.selectors import entitlements_for
 from chat.views_trial import trial_claim_for_request
 
 from .api_keys import api_key_create, api_key_revoke
@@ -232,7 +233,9 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                                  actor=Actor.from_request(request))
         form = ApiKeyForm()
     keys = ApiKey.objects.filter(organization=request.tenant).select_related("created_by")
-    response = render(request, "tenants/api_keys.html", {"form": form, "keys": keys, "new_key": new_key})
+    context = {"form": form, "keys": keys, "new_key": new_key,
+               "api_access": entitlements_for(request.tenant).api_access}
+    response = render(request, "tenants/api_keys.html", context)
     response["Cache-Control"] = "no-store"  # the page may hold a secret
     return response
 

@@ -34,6 +34,7 @@ def test_admin_creates_a_key_that_is_shown_once_and_stored_as_a_hash(client_for,
     assert key.scopes == ["chat", "read"] and key.expires_at > timezone.now() + timedelta(days=29)
     listing = client.get(f"/o/{org_a.slug}/settings/api-keys/").content.decode()
     assert raw not in listing and key.display_prefix in listing
+    assert 'data-testid="no-api-access"' in listing  # org A is on Free, which has no API access
 
 
 def test_members_cannot_see_or_create_keys(client_for, org_a):
