@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import connection
 
 from .catalog.selectors import ModelOption, provider_keys_for
 from .context import context_build
@@ -28,7 +29,15 @@ from .models import Message
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
 from .redis import async_client, sync_client
 from .routing import Served, route_stream
-from .services import ChatError, answer_finish, cancel_key, candidates_for, current_organization, option_get
+from .services import (
+    PENDING_SET,
+    ChatError,
+    answer_finish,
+    cancel_key,
+    candidates_for,
+    current_organization,
+    option_get,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +88,10 @@ async def generation_stream(*, key: str, candidates: list[ModelOption], request:
         last_flush = time.monotonic()
         async for event in route_stream(candidates, request, own_keys=own_keys):
             if isinstance(event, TextDelta):
+                first = not outcome.text_parts
                 outcome.text_parts.append(event.text)
                 pending.append(event.text)
-                if time.monotonic() - last_flush >= flush_every:
+                if first or time.monotonic() - last_flush >= flush_every:  # the first words go out at once
                     await flush()
                     last_flush = time.monotonic()
             elif isinstance(event, Served):
@@ -140,6 +150,7 @@ def stream_end(key: str, status: str) -> None:
         pipe.xadd(key, {"t": "end", "status": status})
         pipe.expire(key, STREAM_TTL)
         pipe.zrem(ACTIVE_SET, key)
+        pipe.zrem(PENDING_SET, key)
         pipe.delete(cancel_key(key))
         pipe.execute()
 
@@ -170,7 +181,10 @@ def answer_generate(answer_id: int) -> None:
         if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
             answer_recover(answer)
         return
-    sync_client().zadd(ACTIVE_SET, {key: time.time()})
+    with sync_client().pipeline(transaction=True) as pipe:
+        pipe.zadd(ACTIVE_SET, {key: time.time()})
+        pipe.zrem(PENDING_SET, key)
+        pipe.execute()
     if sync_client().exists(cancel_key(key)):
         answer_finish(answer_id=answer_id, status=Message.Status.STOPPED, text="")
         stream_end(key, Message.Status.STOPPED)
@@ -184,10 +198,13 @@ def answer_generate(answer_id: int) -> None:
         return
     messages, _estimate = context_build(thread=answer.thread, answer=answer, model=option.model)
     request = ChatRequest(model=option.model.provider_model, messages=messages, max_tokens=answer.max_tokens)
-    outcome = asyncio.run(_stream_and_close(
-        key=key, candidates=candidates_for(organization, option), request=request,
-        own_keys=provider_keys_for(organization),
-    ))
+    candidates, own_keys = candidates_for(organization, option), provider_keys_for(organization)
+    # No database work while the answer streams: give the connection back instead of holding one
+    # per running answer (Django reconnects, with the schema, for answer_finish). Not inside a
+    # transaction (eager tasks in tests): closing would abort it.
+    if not connection.in_atomic_block:
+        connection.close()
+    outcome = asyncio.run(_stream_and_close(key=key, candidates=candidates, request=request, own_keys=own_keys))
     usage = outcome.usage
     final = answer_finish(
         answer_id=answer_id, status=outcome.status, text=outcome.text,
@@ -221,3 +238,12 @@ def answer_recover(answer: Message) -> None:
     if final is not None:
         logger.warning("chat answer %s interrupted: worker lost", answer.pk)
     stream_end(key, Message.Status.INTERRUPTED)
+
+
+def answer_never_started(answer: Message) -> None:
+    """Its task was lost before a worker claimed it: close it as failed and give the hold back."""
+    final = answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="",
+                          error="The answer could not start. Ask again.")
+    if final is not None:
+        logger.warning("chat answer %s never started", answer.pk)
+    stream_end(answer.stream_key, Message.Status.FAILED)

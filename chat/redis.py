@@ -8,6 +8,7 @@ blocking reads, a 100-connection async pool cuts stream 101, and each new connec
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from functools import cache
 
@@ -29,6 +30,11 @@ def sync_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=SOCKET_TIMEOUT, **_CLIENT_OPTIONS)
 
 
+def client_name() -> str:
+    """Chat's connections name themselves after their process: CLIENT LIST tells whose they are."""
+    return f"prumo-chat-{os.getpid()}"
+
+
 def async_client() -> aioredis.Redis:
     """This event loop's client over a bounded pool: callers wait for a connection instead of failing."""
     loop = asyncio.get_running_loop()
@@ -36,7 +42,7 @@ def async_client() -> aioredis.Redis:
     if client is None:
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.REDIS_URL, max_connections=settings.CHAT_REDIS_MAX_CONNECTIONS, timeout=30,
-            socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, **_CLIENT_OPTIONS,
+            socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, client_name=client_name(), **_CLIENT_OPTIONS,
         )
         client = _async_clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
@@ -44,7 +50,7 @@ def async_client() -> aioredis.Redis:
 
 def async_reader() -> aioredis.Redis:
     """A client with its own single connection, for a long blocking read outside the shared pool."""
-    return aioredis.Redis.from_url(settings.REDIS_URL, single_connection_client=True,
+    return aioredis.Redis.from_url(settings.REDIS_URL, single_connection_client=True, client_name=client_name(),
                                    socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5, **_CLIENT_OPTIONS)
 
 

@@ -8,6 +8,7 @@ it: content, usage and cost in one transaction, billed at the model that served.
 from __future__ import annotations
 
 import secrets
+import time
 from decimal import ROUND_UP, Decimal
 
 from django.conf import settings
@@ -145,9 +146,14 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     return answer
 
 
+PENDING_SET = "chat:pending"
+
+
 def _generation_enqueue(answer_id: int, schema: str) -> None:
     from .tasks import generation_run
 
+    # Until a worker claims it: an answer whose task is lost is closed by the reaper, never left pending.
+    sync_client().zadd(PENDING_SET, {f"chat:gen:{schema}:{answer_id}": time.time()})
     generation_run.apply_async(args=[answer_id], headers={"_schema_name": schema})
 
 
@@ -249,7 +255,8 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
     Token counts are the provider's; when it never said (a stop, a crash, a cut stream) they are
     estimated from the prompt and the text produced, so partial answers pay for what they used.
     """
-    answer = Message.objects.select_for_update().select_related("thread").filter(pk=answer_id).first()
+    # Lock the answer only: FOR UPDATE on the joined thread would also lock it (see billing.ledger._close).
+    answer = Message.objects.select_for_update(of=("self",)).select_related("thread").filter(pk=answer_id).first()
     if answer is None or answer.status not in Message.ACTIVE:
         return None
     organization = current_organization()

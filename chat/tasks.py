@@ -7,17 +7,20 @@ from collections import defaultdict
 
 from celery import shared_task
 from django.conf import settings
+from django.db import OperationalError
 from django_tenants.utils import schema_context
 
-from .generation import ACTIVE_SET, answer_generate, answer_recover
+from .generation import ACTIVE_SET, answer_generate, answer_never_started, answer_recover
 from .models import Message
 from .redis import sync_client
+from .services import PENDING_SET
 from .titles import thread_title_write
 
 
-@shared_task(acks_late=True)
+@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def generation_run(answer_id: int) -> None:
-    """Stream one answer. A redelivery after a crash closes it as interrupted instead of re-running it."""
+    """Stream one answer. A redelivery after a crash closes it as interrupted instead of re-running it;
+    a database that refuses connections is retried (claiming the answer is idempotent)."""
     answer_generate(answer_id)
 
 
@@ -37,12 +40,21 @@ def trial_answer(visitor: str, answer_id: int, model_id: str) -> None:
 
 @shared_task(acks_late=True, ignore_result=True)
 def generations_reap() -> int:
-    """Beat: close answers whose generation stopped heartbeating (its worker died). Returns how many."""
+    """Beat: close answers whose worker died (no heartbeat) or whose task never started. Returns how many."""
     client = sync_client()
     deadline = time.time() - settings.CHAT_HEARTBEAT_TIMEOUT
     stale = client.zrangebyscore(ACTIVE_SET, "-inf", deadline)
     by_schema: dict[str, list[tuple[str, int]]] = defaultdict(list)
     closed = 0
+    never_started = client.zrangebyscore(PENDING_SET, "-inf", time.time() - settings.CHAT_PENDING_TIMEOUT)
+    for key in never_started:
+        _prefix, _gen, schema, answer_id = key.split(":")
+        with schema_context(schema):
+            answer = Message.objects.filter(pk=int(answer_id), status=Message.Status.PENDING).first()
+            if answer is not None:
+                answer_never_started(answer)
+                closed += 1
+        client.zrem(PENDING_SET, key)
     for key in stale:
         _prefix, kind, owner, answer_id = key.split(":")
         if kind == "trial":

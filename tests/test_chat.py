@@ -481,3 +481,23 @@ def test_a_refused_question_keeps_its_files_for_the_retry(client_for, org_a, pro
     retried = send(client_for("a"), org_a, "What is the answer?", attachments=attachment.token)
     assert retried.status_code == 302
     assert "The answer is 7." in providers["openai"].last.body["messages"][-1]["content"]
+
+
+def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, tenant_world, settings):
+    from billing.ledger import credit_reserve
+    from chat.services import PENDING_SET
+
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
+        Message.objects.create(thread=thread, role="user", content="anyone?")
+        answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
+                                        max_tokens=100)
+        key, billing_key = answer.stream_key, answer.billing_key
+    credit_reserve(organization=org_a, amount=Decimal("1"), key=billing_key)
+    sync_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    assert tasks.generations_reap() == 1
+    with schema_context(org_a.schema_name):
+        answer.refresh_from_db()
+    assert answer.status == "failed" and "could not start" in answer.error
+    assert CreditReservation.objects.get(key=billing_key).status == "released"
+    assert sync_client().zscore(PENDING_SET, key) is None
