@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # DJANGO_SETTINGS_MODULE (for Celery) that would leak into the command.
 EMBED := $(PY) config/embedded.py --
 
-.PHONY: install run serve test migrate pending drift bench-tenants messages lint clean
+.PHONY: install run serve test migrate pending drift bench-tenants bench-streams messages lint clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -55,6 +55,9 @@ drift: install
 
 bench-tenants: install
 	$(EMBED) $(PY) bench/tenants.py --orgs 1000
+
+bench-streams: install
+	$(PY) bench/streams.py
 
 messages: install
 	$(PY) manage.py makemessages -l pt_BR --no-location --no-obsolete --ignore=.venv --ignore=staticfiles --ignore=.data --ignore=bench --ignore=tests
