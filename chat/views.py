@@ -39,6 +39,13 @@ def _int(value, default: int) -> int:
         return default
 
 
+def _thread_or_404(request: HttpRequest, thread_id: int):
+    thread = selectors.thread_get(user=request.user, thread_id=thread_id)
+    if thread is None:
+        raise Http404
+    return thread
+
+
 def _composer_context(request: HttpRequest, *, thread=None, text: str = "", error: str = "",
                       credits_short: bool = False, pending=()) -> dict:
     options = _options(request)
@@ -64,9 +71,7 @@ def thread_sidebar(request: HttpRequest) -> HttpResponse:
 
 @org_member_required
 def thread_detail(request: HttpRequest, thread_id: int) -> HttpResponse:
-    thread = selectors.thread_get(user=request.user, thread_id=thread_id)
-    if thread is None:
-        raise Http404
+    thread = _thread_or_404(request, thread_id)
     rows = list(selectors.message_list(thread=thread))
     context = {"thread": thread, "chat_messages": rows, "last_question_id": _last_question_id(rows),
                "current_thread_id": thread.pk, **_sidebar(request), **_composer_context(request, thread=thread)}
@@ -143,17 +148,7 @@ def thread_new(request: HttpRequest) -> HttpResponse:
 @org_member_required
 @require_POST
 def message_create(request: HttpRequest, thread_id: int) -> HttpResponse:
-    thread = selectors.thread_get(user=request.user, thread_id=thread_id)
-    if thread is None:
-        raise Http404
-    return _send(request, thread, new_thread=False)
-
-
-def _thread_or_404(request: HttpRequest, thread_id: int):
-    thread = selectors.thread_get(user=request.user, thread_id=thread_id)
-    if thread is None:
-        raise Http404
-    return thread
+    return _send(request, _thread_or_404(request, thread_id), new_thread=False)
 
 
 def _rerun(request: HttpRequest, thread_id: int, run) -> HttpResponse:

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
-from .openai import describe, kind_for_status, retry_after, tls_context
+from .base import ChatRequest, Event, Finish, ProviderError, TextDelta, Usage
+from .http import HttpxAdapter, describe, kind_for_status, retry_after
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "PROHIBITED_CONTENT": "content_filter",
@@ -46,22 +46,8 @@ def retry_delay(error: dict) -> float | None:
     return None
 
 
-class GeminiAdapter(ProviderAdapter):
+class GeminiAdapter(HttpxAdapter):
     name = "gemini"
-
-    _client: httpx.AsyncClient | None = None
-
-    def client(self) -> httpx.AsyncClient:
-        # Made on first use, inside the event loop that will use its connections.
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect),
-                                             verify=tls_context())
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         system = "\n\n".join(message.content for message in request.messages if message.role == "system")

@@ -14,28 +14,14 @@ from typing import Any
 
 import httpx
 
-from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
-from .openai import describe, kind_for_status, retry_after, tls_context
+from .base import ChatRequest, Event, Finish, ProviderError, TextDelta, Usage
+from .http import HttpxAdapter, describe, kind_for_status, retry_after
 
 DONE_REASONS = {"stop": "stop", "length": "length"}
 
 
-class OllamaAdapter(ProviderAdapter):
+class OllamaAdapter(HttpxAdapter):
     name = "ollama"
-
-    _client: httpx.AsyncClient | None = None
-
-    def client(self) -> httpx.AsyncClient:
-        # Made on first use, inside the event loop that will use its connections.
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect),
-                                             verify=tls_context())
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         messages = []

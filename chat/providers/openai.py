@@ -7,73 +7,19 @@ decision. Every SDK and transport exception is turned into a `ProviderError`.
 from __future__ import annotations
 
 import base64
-import email.utils
-import functools
 import json
-import ssl
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import openai
 
 from .base import ChatMessage, ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
+from .http import describe, kind_for_status, retry_after, tls_context
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
 # A 429 with these codes is an exhausted account, not a burst: this key will not work later either.
 QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
-
-
-# HTTP helpers that every adapter uses (the other adapter modules import them from here).
-
-def kind_for_status(status: int) -> str:
-    """The ProviderError kind for an HTTP error status; 402 (DeepSeek's "Insufficient Balance") is a key problem."""
-    if status in (401, 402, 403):
-        return ProviderError.AUTH
-    if status == 429:
-        return ProviderError.RATE_LIMITED
-    if status == 408:
-        return ProviderError.TIMEOUT
-    if 400 <= status < 500:
-        return ProviderError.BAD_REQUEST
-    if status >= 500:
-        return ProviderError.UNAVAILABLE
-    return ProviderError.PROTOCOL
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
-    try:
-        if headers.get("retry-after-ms"):
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def describe(error: BaseException) -> str:
-    """`Type: message` of the transport error behind an SDK's generic "Connection error."."""
-    cause = error.__cause__ or error
-    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
-
-
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One TLS context for every adapter's HTTP client: each new one loads the CA bundle (~20 ms of CPU),
-    which hundreds of concurrent streams cannot afford on the event loop."""
-    return httpx.create_ssl_context()
 
 
 def message_param(message: ChatMessage) -> dict[str, Any]:
