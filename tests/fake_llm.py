@@ -143,6 +143,8 @@ class FakeProvider:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = 60  # an idle keep-alive connection is dropped after a minute
+            # Small writes (headers, then each chunk) must not wait for delayed ACKs (~40 ms each).
+            disable_nagle_algorithm = True
 
             def do_POST(self):
                 fake._handle(self)
