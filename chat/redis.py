@@ -55,7 +55,11 @@ def async_reader() -> aioredis.Redis:
 
 
 async def async_client_close() -> None:
-    """Close this loop's client (for one-shot loops such as a Celery task's `asyncio.run`)."""
+    """Close what this loop opened: its Redis client and its shared provider adapters (for one-shot
+    loops such as a Celery task's `asyncio.run`)."""
+    from .providers import adapters_close
+
+    await adapters_close()
     client = _async_clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from .catalog.selectors import ModelOption
-from .providers import ChatRequest, ProviderError, StreamError, adapter_for
+from .providers import ChatRequest, ProviderError, StreamError, adapter_shared
 from .redis import async_client
 
 
@@ -74,12 +74,12 @@ async def route_stream(candidates: list[ModelOption], request: ChatRequest, *,
             continue
         started = False
         try:
-            async with adapter_for(option.model.provider, api_key=own_keys.get(option.model.provider)) as adapter:
-                async for event in adapter.stream(replace(request, model=option.model.provider_model)):
-                    if not started:
-                        started = True
-                        yield Served(option)
-                    yield event
+            adapter = adapter_shared(option.model.provider, api_key=own_keys.get(option.model.provider))
+            async for event in adapter.stream(replace(request, model=option.model.provider_model)):
+                if not started:
+                    started = True
+                    yield Served(option)
+                yield event
             await breaker.record_success()
             return
         except ProviderError as error:

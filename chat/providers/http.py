@@ -69,8 +69,10 @@ class HttpxAdapter(ProviderAdapter):
     def client(self) -> httpx.AsyncClient:
         # Made on first use, inside the event loop that will use its connections.
         if self._client is None:
+            # Shared by every call of an event loop: as many connections as the OpenAI SDK allows.
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeouts.read, connect=self.timeouts.connect),
-                                             verify=tls_context())
+                                             verify=tls_context(),
+                                             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
         return self._client
 
     async def aclose(self) -> None:
