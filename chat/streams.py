@@ -146,6 +146,11 @@ def _encode(entry_id: str, fields: dict) -> bytes:
     return sse("end", {"status": fields.get("status", "")}, entry_id)
 
 
+async def answer_final(status: str) -> AsyncIterator[bytes]:
+    """The stream of an answer that is already final: its end (the page shows it from the database)."""
+    yield sse("end", {"status": status})
+
+
 async def answer_events(key: str, after: str = "0-0") -> AsyncIterator[bytes]:
     """SSE bytes for the stream `key`, from just after `after`, until its end entry (or the time limit)."""
     after = after if _valid_id(after) else "0-0"

@@ -15,8 +15,9 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
+from django_tenants.utils import schema_context
 
 from accounts.models import User
 from billing.models import Plan
@@ -203,28 +204,26 @@ def trial_message(visitor: str, answer_id: int) -> TrialMessage | None:
 
 def trial_claim(*, visitor: str, organization: Organization, user: User) -> Thread | None:
     """Move the visitor's finished trial conversation into `organization` as the user's thread (once)."""
-    client = sync_client()
     rows = [m for m in trial_messages(visitor) if not m.is_active]
-    if not rows or not client.delete(_log_key(visitor)):
+    if not rows:
         return None
     option = trial_option()
     model_id = option.id if option else ""
-    previous = connection.schema_name
-    connection.set_schema(organization.schema_name)
-    try:
-        with transaction.atomic():
-            thread = Thread.objects.create(user=user, model_id=model_id, title=_title(rows))
-            now = timezone.now()
-            Message.objects.bulk_create([
-                Message(thread=thread, role=m.role, content=m.content, status=m.status, created_at=now,
-                        model_id=model_id if m.role == "assistant" else "",
-                        served_model_id=model_id if m.role == "assistant" else "",
-                        output_tokens=tokens_estimate(m.content) if m.role == "assistant" else 0,
-                        usage_estimated=m.role == "assistant")
-                for m in rows
-            ])
-    finally:
-        connection.set_schema(previous)
+    with schema_context(organization.schema_name), transaction.atomic():
+        thread = Thread.objects.create(user=user, model_id=model_id, title=_title(rows))
+        now = timezone.now()
+        Message.objects.bulk_create([
+            Message(thread=thread, role=m.role, content=m.content, status=m.status, created_at=now,
+                    model_id=model_id if m.role == "assistant" else "",
+                    served_model_id=model_id if m.role == "assistant" else "",
+                    output_tokens=tokens_estimate(m.content) if m.role == "assistant" else 0,
+                    usage_estimated=m.role == "assistant")
+            for m in rows
+        ])
+        # Last, so a failed insert loses nothing; only one claim can delete the log (the others roll back).
+        if not sync_client().delete(_log_key(visitor)):
+            transaction.set_rollback(True)
+            return None
     return thread
 
 

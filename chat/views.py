@@ -18,7 +18,7 @@ from tenants.guards import org_member_required
 from . import selectors, services
 from .files import FileRefused
 from .models import Message
-from .streams import answer_events, sse
+from .streams import answer_events, answer_final
 
 
 def _options(request: HttpRequest):
@@ -239,10 +239,6 @@ def attachment_download(request: HttpRequest, token: str) -> FileResponse:
     return response
 
 
-async def _final(status: str):
-    yield sse("end", {"status": status})
-
-
 def _stream_target(schema: str, user, message_id: int) -> tuple[str, str] | None:
     with schema_context(schema):
         message = selectors.message_get(user=user, message_id=message_id)
@@ -263,7 +259,7 @@ async def message_stream(request: HttpRequest, message_id: int) -> StreamingHttp
         after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
         events = answer_events(key, after)
     else:  # already final: the page shows it from the database
-        events = _final(status)
+        events = answer_final(status)
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-transform"
     response["X-Accel-Buffering"] = "no"  # nginx and friends: do not buffer

@@ -14,7 +14,7 @@ from tenants.audit.services import client_ip
 
 from . import trial
 from .models import Message
-from .streams import answer_events, sse
+from .streams import answer_events, answer_final
 
 SALT = "prumo-trial"
 
@@ -63,10 +63,6 @@ def trial_message(request: HttpRequest, answer_id: int) -> HttpResponse:
     return render(request, "chat/_trial_message.html", {"message": message})
 
 
-async def _final(status: str):
-    yield sse("end", {"status": status})
-
-
 async def trial_stream(request: HttpRequest, answer_id: int) -> StreamingHttpResponse:
     visitor = visitor_of(request)
     message = await sync_to_async(trial.trial_message)(visitor, answer_id) if visitor else None
@@ -76,7 +72,7 @@ async def trial_stream(request: HttpRequest, answer_id: int) -> StreamingHttpRes
         after = request.headers.get("Last-Event-ID") or "0-0"
         events = answer_events(trial.stream_key(visitor, answer_id), after)
     else:
-        events = _final(message.status)
+        events = answer_final(message.status)
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-transform"
     response["X-Accel-Buffering"] = "no"

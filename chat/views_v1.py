@@ -62,6 +62,13 @@ async def models(request: HttpRequest) -> HttpResponse:
     return _overhead(JsonResponse({"object": "list", "data": data}), started)
 
 
+def _usage(prepared, usage, text: str) -> dict:
+    """OpenAI's usage object: the provider's counts, or our estimate when it never said."""
+    prompt = usage.input_tokens if usage else prepared.prompt_tokens
+    completion = usage.output_tokens if usage else gateway.tokens_estimate(text)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
 def _chunk(prepared, model: str, delta: dict, finish: str | None = None) -> bytes:
     body = {"id": prepared.completion_id, "object": "chat.completion.chunk", "created": prepared.created,
             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -109,14 +116,12 @@ async def _complete(prepared, auth, started: float) -> HttpResponse:
     await sync_to_async(gateway.settle)(
         prepared, auth=auth, served=served.id, text=text, input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None)
-    prompt = usage.input_tokens if usage else prepared.prompt_tokens
-    completion = usage.output_tokens if usage else gateway.tokens_estimate(text)
     body = {
         "id": prepared.completion_id, "object": "chat.completion", "created": prepared.created, "model": served.id,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                      "finish_reason": gateway.finish_reason(finish) if failure is None else "length",
                      "logprobs": None}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "usage": _usage(prepared, usage, text),
     }
     return _overhead(JsonResponse(body), started, upstream, prepared)
 
@@ -155,12 +160,9 @@ async def _stream(prepared, auth, params):
             output_tokens=usage.output_tokens if usage else None)
         settled = True
         if params.include_usage:
-            prompt = usage.input_tokens if usage else prepared.prompt_tokens
-            completion = usage.output_tokens if usage else gateway.tokens_estimate(text)
             body = {"id": prepared.completion_id, "object": "chat.completion.chunk", "created": prepared.created,
                     "model": served.id, "choices": [],
-                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                              "total_tokens": prompt + completion}}
+                    "usage": _usage(prepared, usage, text)}
             yield f"data: {json.dumps(body)}\n\n".encode()
         yield b"data: [DONE]\n\n"
     finally:

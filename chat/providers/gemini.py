@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from .base import ChatRequest, Event, Finish, ProviderError, TextDelta, Usage
-from .http import HttpxAdapter, describe, kind_for_status, retry_after
+from .http import HttpxAdapter, kind_for_status, retry_after
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
                   "RECITATION": "content_filter", "PROHIBITED_CONTENT": "content_filter",
@@ -105,16 +105,8 @@ class GeminiAdapter(HttpxAdapter):
                                 yield TextDelta(part["text"])
                         if candidate.get("finishReason"):
                             finish = FINISH_REASONS.get(candidate["finishReason"], "other")
-        except httpx.TimeoutException as error:
-            raise self.error(ProviderError.TIMEOUT, "No answer within the read timeout.") from error
-        except httpx.TransportError as error:
-            if started:
-                raise self.error(ProviderError.INTERRUPTED, f"The stream broke off: {describe(error)}") from error
-            raise self.error(ProviderError.UNAVAILABLE, f"Cannot connect: {describe(error)}") from error
-        except (ValueError, TypeError, AttributeError) as error:
-            raise self.error(ProviderError.PROTOCOL, f"Malformed chunk: {error}") from error
-        except httpx.HTTPError as error:
-            raise self.error(ProviderError.PROTOCOL, repr(error)) from error
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as error:
+            raise self.stream_error(error, started=started) from error
         if finish is None:
             raise self.error(ProviderError.INTERRUPTED, "The stream ended without a finish reason.")
         yield Usage(input_tokens=usage.get("promptTokenCount") or 0,

@@ -79,3 +79,15 @@ class HttpxAdapter(ProviderAdapter):
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    def stream_error(self, error: Exception, *, started: bool) -> ProviderError:
+        """What an httpx or parsing error while reading a stream means (after `started`, a cut answer)."""
+        if isinstance(error, httpx.TimeoutException):
+            return self.error(ProviderError.TIMEOUT, "No answer within the read timeout.")
+        if isinstance(error, httpx.TransportError):
+            if started:
+                return self.error(ProviderError.INTERRUPTED, f"The stream broke off: {describe(error)}")
+            return self.error(ProviderError.UNAVAILABLE, f"Cannot connect: {describe(error)}")
+        if isinstance(error, ValueError | TypeError | AttributeError):
+            return self.error(ProviderError.PROTOCOL, f"Malformed data in the stream: {error}")
+        return self.error(ProviderError.PROTOCOL, repr(error))

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from .base import ChatRequest, Event, Finish, ProviderError, TextDelta, Usage
-from .http import HttpxAdapter, describe, kind_for_status, retry_after
+from .http import HttpxAdapter, kind_for_status, retry_after
 
 DONE_REASONS = {"stop": "stop", "length": "length"}
 
@@ -69,16 +69,8 @@ class OllamaAdapter(HttpxAdapter):
                     if chunk.get("done"):
                         done = chunk
                         break
-        except httpx.TimeoutException as error:
-            raise self.error(ProviderError.TIMEOUT, "No answer within the read timeout.") from error
-        except httpx.TransportError as error:
-            if started:
-                raise self.error(ProviderError.INTERRUPTED, f"The stream broke off: {describe(error)}") from error
-            raise self.error(ProviderError.UNAVAILABLE, f"Cannot connect: {describe(error)}") from error
-        except (ValueError, TypeError, AttributeError) as error:
-            raise self.error(ProviderError.PROTOCOL, f"Malformed line: {error}") from error
-        except httpx.HTTPError as error:
-            raise self.error(ProviderError.PROTOCOL, repr(error)) from error
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as error:
+            raise self.stream_error(error, started=started) from error
         if done is None:
             raise self.error(ProviderError.INTERRUPTED, "The stream ended before `done`.")
         yield Usage(input_tokens=done.get("prompt_eval_count") or 0, output_tokens=done.get("eval_count") or 0)
