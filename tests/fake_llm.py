@@ -10,6 +10,12 @@ providers fail: `fake.fail_next(AUTH)`, `RATE_LIMIT` (with `retry-after`), `SERV
 `CUT` (the connection closes mid-answer), `STREAM_ERROR` (an error event after the first
 chunk, as when a provider is overloaded mid-answer) or `STATUS` (any status and body).
 
+An answer can call tools: `fake.tool_call_next("get_weather", {"city": "Lisboa"})` makes the
+next answer one call (finish "tool_calls"), streamed as the provider streams calls (OpenAI's
+`delta.tool_calls` and Anthropic's `input_json_delta` in several argument fragments, Gemini's
+whole `functionCall` part, Ollama's `message.tool_calls`); `fake.answer_next(Answer(...,
+tool_calls=[FakeToolCall(...), ...]))` scripts any one answer.
+
     with FakeOpenAI(Answer(["Hello", " world"], input_tokens=9, output_tokens=2)) as fake:
         ...  # point the adapter at fake.url; then fake.requests[-1].body["model"]
 
@@ -28,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,11 +54,36 @@ MODES = frozenset({AUTH, RATE_LIMIT, SERVER_ERROR, HANG_BEFORE, HANG_AFTER_FIRST
                    STATUS})
 
 ERROR_STATUS = {AUTH: 401, RATE_LIMIT: 429, SERVER_ERROR: 500}
+# Failures that send the beginning of the answer (and so use up an `answer_next`).
+PARTIAL_ANSWERS = frozenset({HANG_AFTER_FIRST, MALFORMED, CUT, STREAM_ERROR})
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class FakeToolCall:
+    """A function call a fake's answer makes."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=_call_id)  # sent by the providers that name calls (OpenAI, Anthropic)
+
+    @property
+    def arguments_json(self) -> str:
+        return json.dumps(self.arguments)
+
+
+def _fragments(text: str, count: int = 3) -> list[str]:
+    """`text` in up to `count` consecutive pieces, as providers stream a call's arguments."""
+    size = max(1, -(-len(text) // count))
+    return [text[start:start + size] for start in range(0, len(text), size)] or [""]
 
 
 @dataclass
 class Answer:
-    """What a fake answers: `pieces` streamed one chunk each, then usage and finish.
+    """What a fake answers: `pieces` streamed one chunk each, then `tool_calls` (if any), usage and finish.
 
     `finish` is either a normalized reason ("stop", "length", "content_filter", "tool_calls"),
     which each fake translates into its provider's own word, or a provider's own word, sent as is.
@@ -63,6 +95,7 @@ class Answer:
     finish: str = "stop"
     cache_read_tokens: int = 0  # part of input_tokens that came from a prompt cache
     reasoning_tokens: int = 0  # part of output_tokens spent thinking
+    tool_calls: list[FakeToolCall] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -130,6 +163,7 @@ class FakeProvider:
         self.chunk_delay = chunk_delay  # seconds between chunks (streaming benchmarks)
         self.requests: list[Received] = []
         self._failures: deque[Failure] = deque()
+        self._answers: deque[Answer] = deque()  # answers for the next requests, before `answer`
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -195,6 +229,20 @@ class FakeProvider:
         with self._lock:
             self._failures.extend([failure] * times)
 
+    def answer_next(self, answer: Answer) -> None:
+        """Answer the next request with `answer` (or its beginning, when `fail_next` cuts it), then go back
+        to `self.answer`. A request failed before any answer leaves it for the one after."""
+        with self._lock:
+            self._answers.append(answer)
+
+    def tool_call_next(self, name: str, arguments: dict[str, Any], *, call_id: str | None = None,
+                       pieces: list[str] | None = None) -> FakeToolCall:
+        """Make the next answer a call of the function `name` (after the text `pieces`, if any)."""
+        call = FakeToolCall(name, arguments, call_id or _call_id())
+        self.answer_next(Answer(pieces=list(pieces or []), input_tokens=self.answer.input_tokens,
+                                output_tokens=self.answer.output_tokens, finish="tool_calls", tool_calls=[call]))
+        return call
+
     @property
     def count(self) -> int:
         with self._lock:
@@ -206,10 +254,11 @@ class FakeProvider:
             return self.requests[-1]
 
     def reset(self) -> None:
-        """Forget received requests and pending failures."""
+        """Forget received requests, pending failures and scripted answers."""
         with self._lock:
             self.requests.clear()
             self._failures.clear()
+            self._answers.clear()
 
     # Protocol (subclasses)
 
@@ -259,7 +308,9 @@ class FakeProvider:
         with self._lock:
             self.requests.append(request)
             failure = self._failures.popleft() if self._failures else None
-            answer = self.answer
+            # A failure before any answer (an error status, silence) leaves the scripted answer for the next request.
+            answered = failure is None or failure.mode in PARTIAL_ANSWERS
+            answer = self._answers.popleft() if self._answers and answered else self.answer
         try:
             self._answer(handler, request, failure, answer)
         except (_Disconnected, OSError):
@@ -407,6 +458,12 @@ class FakeOpenAI(FakeProvider):
         keep_alive = b": keep-alive\n\n"
         text = [(keep_alive if index % 2 else b"") + _sse(chunk({"content": piece}))
                 for index, piece in enumerate(answer.pieces)]
+        for position, call in enumerate(answer.tool_calls):
+            # The first fragment names the call; the next ones carry pieces of its arguments.
+            text.append(_sse(chunk({"tool_calls": [{"index": position, "id": call.id, "type": "function",
+                                                   "function": {"name": call.name, "arguments": ""}}]})))
+            text += [_sse(chunk({"tool_calls": [{"index": position, "function": {"arguments": fragment}}]}))
+                     for fragment in _fragments(call.arguments_json)]
         tail = [_sse(chunk({}, self.finish(answer)))]
         if include_usage:
             tail.append(keep_alive + _sse({**base, "choices": [], "usage": self._usage(answer)}))
@@ -417,12 +474,22 @@ class FakeOpenAI(FakeProvider):
             error=_sse(self.error_body(500, "The server had an error while processing your request.")),
         )
 
+    @staticmethod
+    def _message(answer: Answer) -> dict:
+        message = {"role": "assistant", "content": answer.text, "refusal": None}
+        if answer.tool_calls:
+            message["content"] = answer.text or None
+            message["tool_calls"] = [{"id": call.id, "type": "function",
+                                      "function": {"name": call.name, "arguments": call.arguments_json}}
+                                     for call in answer.tool_calls]
+        return message
+
     def complete(self, request: Received, params: dict, answer: Answer) -> dict:
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model_of(request, params),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text, "refusal": None},
-                         "logprobs": None, "finish_reason": self.finish(answer)}],
+            "choices": [{"index": 0, "message": self._message(answer), "logprobs": None,
+                         "finish_reason": self.finish(answer)}],
             "usage": self._usage(answer),
         }
 
@@ -460,27 +527,45 @@ class FakeAnthropic(FakeProvider):
         start = self._message(request, params, answer, content=[], stop_reason=None, output_tokens=1)
         text = [_sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
                      "content_block_delta") for piece in answer.pieces]
+        head = [_sse({"type": "message_start", "message": start}, "message_start")]
+        # A text block first (index 0), unless a tool call answer has no text; then one block per call.
+        if answer.pieces or not answer.tool_calls:
+            head.append(_sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                             "content_block_start"))
+            close_text = [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop")]
+        else:
+            close_text = []
+        head.append(_sse({"type": "ping"}, "ping"))
+        tail = [
+            _sse({"type": "message_delta", "delta": {"stop_reason": self.finish(answer), "stop_sequence": None},
+                  "usage": {"output_tokens": answer.output_tokens}}, "message_delta"),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
+        if answer.tool_calls:
+            text += close_text
+            for index, call in enumerate(answer.tool_calls, start=len(close_text)):
+                text.append(_sse({"type": "content_block_start", "index": index, "content_block": {
+                    "type": "tool_use", "id": call.id, "name": call.name, "input": {}}}, "content_block_start"))
+                # The first input_json_delta is empty, and the only one of a call without arguments.
+                fragments = ["", *_fragments(call.arguments_json)] if call.arguments else [""]
+                text += [_sse({"type": "content_block_delta", "index": index,
+                               "delta": {"type": "input_json_delta", "partial_json": fragment}}, "content_block_delta")
+                         for fragment in fragments]
+                text.append(_sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        else:
+            tail = close_text + tail
         return Stream(
-            head=[
-                _sse({"type": "message_start", "message": start}, "message_start"),
-                _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                     "content_block_start"),
-                _sse({"type": "ping"}, "ping"),
-            ],
-            text=text,
-            tail=[
-                _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-                _sse({"type": "message_delta", "delta": {"stop_reason": self.finish(answer), "stop_sequence": None},
-                      "usage": {"output_tokens": answer.output_tokens}}, "message_delta"),
-                _sse({"type": "message_stop"}, "message_stop"),
-            ],
+            head=head, text=text, tail=tail,
             malformed=b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": \n\n',
             error=_sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"),
         )
 
     def complete(self, request: Received, params: dict, answer: Answer) -> dict:
-        return self._message(request, params, answer, content=[{"type": "text", "text": answer.text}],
-                             stop_reason=self.finish(answer), output_tokens=answer.output_tokens)
+        content = [{"type": "text", "text": answer.text}] if answer.text or not answer.tool_calls else []
+        content += [{"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+                    for call in answer.tool_calls]
+        return self._message(request, params, answer, content=content, stop_reason=self.finish(answer),
+                             output_tokens=answer.output_tokens)
 
 
 class FakeGemini(FakeProvider):
@@ -517,24 +602,35 @@ class FakeGemini(FakeProvider):
             usage["totalTokenCount"] = answer.input_tokens + answer.output_tokens
         return usage
 
-    def _chunk(self, text: str, answer: Answer, *, finish: str | None = None) -> dict:
-        candidate: dict = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    def _chunk(self, text: str, answer: Answer, *, finish: str | None = None,
+               calls: Sequence[FakeToolCall] = ()) -> dict:
+        parts = [{"functionCall": {"name": call.name, "args": call.arguments}} for call in calls] or [{"text": text}]
+        candidate: dict = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish:
             candidate["finishReason"] = finish
         return {"candidates": [candidate], "usageMetadata": self._usage(answer, final=bool(finish)),
                 "modelVersion": "fake", "responseId": "fake-response"}
 
     def stream(self, request: Received, params: dict, answer: Answer) -> Stream:
+        text = [_sse(self._chunk(piece, answer)) for piece in answer.pieces]
+        tail = [_sse(self._chunk("", answer, finish=self.finish(answer)))]
+        if answer.tool_calls:
+            # Gemini sends calls whole, without ids, in one chunk that also says STOP.
+            text.append(_sse(self._chunk("", answer, finish=self.finish(answer), calls=answer.tool_calls)))
+            tail = []
         return Stream(
             head=[],
-            text=[_sse(self._chunk(piece, answer)) for piece in answer.pieces],
-            tail=[_sse(self._chunk("", answer, finish=self.finish(answer)))],
+            text=text,
+            tail=tail,
             malformed=b'data: {"candidates": [{"content": {"parts": [{"text": \n\n',
             error=_sse(self.error_body(503, "The model is overloaded. Please try again later.")),
         )
 
     def complete(self, request: Received, params: dict, answer: Answer) -> dict:
-        return self._chunk(answer.text, answer, finish=self.finish(answer))
+        chunk = self._chunk(answer.text, answer, finish=self.finish(answer), calls=answer.tool_calls)
+        if answer.tool_calls and answer.text:
+            chunk["candidates"][0]["content"]["parts"].insert(0, {"text": answer.text})
+        return chunk
 
 
 class FakeOllama(FakeProvider):
@@ -542,7 +638,7 @@ class FakeOllama(FakeProvider):
 
     name = "ollama"
     content_type = "application/x-ndjson"
-    FINISH = {"stop": "stop", "length": "length"}
+    FINISH = {"stop": "stop", "length": "length", "tool_calls": "stop"}  # Ollama says stop after calls too
 
     def route(self, path: str) -> dict | None:
         return {} if path == "/api/chat" else None
@@ -554,9 +650,14 @@ class FakeOllama(FakeProvider):
     def error_body(self, status: int, message: str) -> Any:
         return {"error": message}
 
-    def _line(self, request: Received, params: dict, content: str, **fields) -> dict:
+    def _line(self, request: Received, params: dict, content: str, *, calls: Sequence[FakeToolCall] = (),
+              **fields) -> dict:
+        message: dict = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = [{"function": {"index": index, "name": call.name, "arguments": call.arguments}}
+                                     for index, call in enumerate(calls)]
         return {"model": self.model_of(request, params), "created_at": "2025-01-01T00:00:00.000000Z",
-                "message": {"role": "assistant", "content": content}, **fields}
+                "message": message, **fields}
 
     def _final(self, request: Received, params: dict, answer: Answer, content: str) -> dict:
         return self._line(request, params, content, done=True, done_reason=self.finish(answer),
@@ -564,17 +665,23 @@ class FakeOllama(FakeProvider):
                           prompt_eval_duration=1000, eval_count=answer.output_tokens, eval_duration=1000)
 
     def stream(self, request: Received, params: dict, answer: Answer) -> Stream:
+        text = [json.dumps(self._line(request, params, piece, done=False)).encode() + b"\n" for piece in answer.pieces]
+        if answer.tool_calls:
+            # Whole calls, arguments as an object, in one line of their own.
+            text.append(json.dumps(self._line(request, params, "", calls=answer.tool_calls, done=False)).encode()
+                        + b"\n")
         return Stream(
             head=[],
-            text=[json.dumps(self._line(request, params, piece, done=False)).encode() + b"\n"
-                  for piece in answer.pieces],
+            text=text,
             tail=[json.dumps(self._final(request, params, answer, "")).encode() + b"\n"],
             malformed=b'{"model": "broken", "message": {"content": \n',
             error=json.dumps({"error": "an error was encountered while running the model"}).encode() + b"\n",
         )
 
     def complete(self, request: Received, params: dict, answer: Answer) -> dict:
-        return self._final(request, params, answer, answer.text)
+        final = self._final(request, params, answer, answer.text)
+        final["message"] = self._line(request, params, answer.text, calls=answer.tool_calls)["message"]
+        return final
 
 
 FAKES: dict[str, type[FakeProvider]] = {

@@ -24,13 +24,16 @@ from .base import (
     StreamError,
     TextDelta,
     Timeouts,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    tool_calls_assemble,
 )
 
 __all__ = [
     "ADAPTERS", "ChatMessage", "ChatRequest", "Event", "Finish", "ImagePart", "ProviderAdapter", "ProviderError",
-    "StreamError", "TextDelta", "Timeouts", "Usage", "adapter_for", "adapter_shared", "adapters_close",
-    "provider_configured",
+    "StreamError", "TextDelta", "Timeouts", "ToolCall", "ToolCallDelta", "Usage", "adapter_for", "adapter_shared",
+    "adapters_close", "provider_configured", "tool_calls_assemble",
 ]
 
 # Provider -> adapter class. DeepSeek (and any OpenAI-compatible API) speaks OpenAI's protocol.

@@ -1,6 +1,8 @@
 """Anthropic's Messages API through the official SDK.
 
-The system prompt goes in `system=`, images are base64 `image` blocks. Input tokens come from
+The system prompt goes in `system=`, images are base64 `image` blocks. OpenAI-shaped tools become
+Anthropic tools; the history's tool calls `tool_use` blocks and tool results `tool_result` blocks in
+a user turn; a streamed `tool_use` block becomes `ToolCallDelta`s. Input tokens come from
 `message_start` (plus prompt-cache tokens, billed as input too); output tokens are cumulative in
 each `message_delta`, so the last value counts. The SDK does not retry (`max_retries=0`), and
 lets transport errors inside a stream through raw: both are mapped to `ProviderError` here.
@@ -18,7 +20,17 @@ import anthropic
 import anyio
 import httpx2
 
-from .base import ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
+from .base import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    ProviderAdapter,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
 from .http import describe, kind_for_status, retry_after, tls_context
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -28,6 +40,10 @@ STREAM_ERROR_KINDS = {"rate_limit_error": ProviderError.RATE_LIMITED, "authentic
                       "permission_error": ProviderError.AUTH, "invalid_request_error": ProviderError.BAD_REQUEST,
                       "request_too_large": ProviderError.BAD_REQUEST, "not_found_error": ProviderError.BAD_REQUEST}
 TRANSPORT_ERRORS = (httpx2.TransportError, anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError)
+# OpenAI fields Anthropic has no equivalent for; sent, they would be refused as unknown. `response_format`
+# is one: Claude has no JSON mode that works on every model, so JSON must be asked for in the prompt.
+DROPPED = ("response_format", "seed", "presence_penalty", "frequency_penalty")
+TOOL_CHOICE_TYPES = frozenset({"auto", "any", "tool", "none"})
 
 
 def content_param(text: str, images) -> str | list[dict[str, Any]]:
@@ -41,6 +57,40 @@ def content_param(text: str, images) -> str | list[dict[str, Any]]:
     if text:
         blocks.append({"type": "text", "text": text})
     return blocks
+
+
+def tool_param(tool: Any) -> Any:
+    """An OpenAI function tool as an Anthropic tool; any other tool (Anthropic's own) as is."""
+    if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict)):
+        return tool
+    function = tool["function"]
+    result = {"name": function.get("name", ""),
+              "input_schema": function.get("parameters") or {"type": "object", "properties": {}}}
+    if function.get("description"):
+        result["description"] = function["description"]
+    return result
+
+
+def tool_choice_param(choice: Any, *, parallel: bool | None) -> dict[str, Any] | None:
+    """OpenAI's `tool_choice` (and `parallel_tool_calls`) as Anthropic's; None leaves Anthropic's default."""
+    result: dict[str, Any] | None = None
+    if choice == "auto":
+        result = {"type": "auto"}
+    elif choice == "required":
+        result = {"type": "any"}
+    elif choice == "none":
+        result = {"type": "none"}
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        result = {"type": "tool", "name": choice["function"].get("name", "")}
+    elif isinstance(choice, dict) and choice.get("type") in TOOL_CHOICE_TYPES:
+        result = dict(choice)  # already Anthropic's
+    if parallel is False and (result or {}).get("type", "auto") != "none":
+        result = {"type": "auto", **(result or {}), "disable_parallel_tool_use": True}
+    return result
+
+
+def has_tool_turns(messages: list[ChatMessage]) -> bool:
+    return any(message.tool_calls or message.role == "tool" for message in messages)
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -68,24 +118,59 @@ class AnthropicAdapter(ProviderAdapter):
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": message.role, "content": content_param(message.content, message.images)}
-                         for message in request.messages if message.role != "system"],
+            "messages": self.messages_param(request.messages),
             "stream": True,
         }
         if system:
             params["system"] = system
         if request.stop:
             params["stop_sequences"] = list(request.stop)
+        extra = {name: value for name, value in request.extra.items() if name not in DROPPED}
+        tools = [tool_param(tool) for tool in extra.pop("tools", None) or ()]
+        tool_choice = tool_choice_param(extra.pop("tool_choice", None), parallel=extra.pop("parallel_tool_calls", None))
+        if tools and tool_choice == {"type": "none"} and not has_tool_turns(request.messages):
+            tools, tool_choice = [], None  # "none" sends no tools, unless the history's tool_use blocks need them
+        if tools:
+            params["tools"] = tools
+            if tool_choice:
+                params["tool_choice"] = tool_choice
+        user = extra.pop("user", None)
+        if isinstance(user, str) and user and "metadata" not in extra:
+            params["metadata"] = {"user_id": user}
         # Not keyword arguments of this SDK version, but still fields of the API.
         body: dict[str, Any] = {}
         if request.temperature is not None:
             body["temperature"] = request.temperature
         if request.top_p is not None:
             body["top_p"] = request.top_p
-        body.update(request.extra)
+        body.update(extra)
         if body:
             params["extra_body"] = body
         return params
+
+    def messages_param(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = []
+        for message in messages:
+            if message.role == "system":
+                continue
+            if message.role == "tool":
+                block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
+                if message.content:
+                    block["content"] = message.content
+                previous = result[-1] if result else None
+                if previous and previous["role"] == "user" and isinstance(previous["content"], list) and all(
+                        part.get("type") == "tool_result" for part in previous["content"]):
+                    previous["content"].append(block)  # one user turn answers all of a turn's calls
+                else:
+                    result.append({"role": "user", "content": [block]})
+            elif message.tool_calls:
+                blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+                blocks += [{"type": "tool_use", "id": call.id, "name": call.name, "input": self.tool_arguments(call)}
+                           for call in message.tool_calls]
+                result.append({"role": "assistant", "content": blocks})
+            else:
+                result.append({"role": message.role, "content": content_param(message.content, message.images)})
+        return result
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
@@ -93,6 +178,9 @@ class AnthropicAdapter(ProviderAdapter):
         started = stopped = False
         input_tokens = output_tokens = 0
         finish = "other"
+        # Content block index -> tool call index: text blocks count in Anthropic's indexes, not in OpenAI's.
+        tool_blocks: dict[int, int] = {}
+        with_arguments: set[int] = set()
         try:
             events = await self.client().messages.create(**self.params(request))
             started = True
@@ -102,10 +190,27 @@ class AnthropicAdapter(ProviderAdapter):
                     if kind == "message_start":
                         input_tokens = _input_tokens(event.message.usage) or input_tokens
                         output_tokens = event.message.usage.output_tokens or output_tokens
+                    elif kind == "content_block_start" and getattr(event.content_block, "type", None) == "tool_use":
+                        block = event.content_block
+                        arguments = json.dumps(block.input, ensure_ascii=False) if getattr(block, "input", None) else ""
+                        tool_blocks[event.index] = len(tool_blocks)
+                        if arguments:
+                            with_arguments.add(event.index)
+                        yield ToolCallDelta(index=tool_blocks[event.index], id=block.id, name=block.name,
+                                            arguments=arguments)
                     elif kind == "content_block_delta":
-                        text = getattr(event.delta, "text", None) if event.delta.type == "text_delta" else None
-                        if text:
-                            yield TextDelta(text)
+                        delta_type = getattr(event.delta, "type", None)
+                        if delta_type == "text_delta" and event.delta.text:
+                            yield TextDelta(event.delta.text)
+                        elif delta_type == "input_json_delta" and event.index in tool_blocks:
+                            if event.delta.partial_json:
+                                with_arguments.add(event.index)
+                                yield ToolCallDelta(index=tool_blocks[event.index], id=None, name=None,
+                                                    arguments=event.delta.partial_json)
+                    elif kind == "content_block_stop" and event.index in tool_blocks:
+                        if event.index not in with_arguments:
+                            # A call without arguments streams none; OpenAI's clients expect a JSON object.
+                            yield ToolCallDelta(index=tool_blocks[event.index], id=None, name=None, arguments="{}")
                     elif kind == "message_delta":
                         if event.delta.stop_reason:
                             finish = STOP_REASONS.get(event.delta.stop_reason, "other")

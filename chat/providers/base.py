@@ -1,14 +1,18 @@
 """The one interface every provider adapter implements, and its normalized events.
 
-An adapter turns a `ChatRequest` into an async stream of events: `TextDelta`s as the
-provider sends them, then exactly one `Usage` (the provider's own token counts) and one
-`Finish`. Anything that goes wrong raises `ProviderError` with a `kind` the router uses to
-decide what to do (fall back, cool down, give up); adapters never retry themselves.
+An adapter turns a `ChatRequest` into an async stream of events: `TextDelta`s (and, when the
+model calls tools, `ToolCallDelta`s) as the provider sends them, then exactly one `Usage` (the
+provider's own token counts) and one `Finish`. Tools, `tool_choice` and `response_format` come
+in OpenAI's shape in `ChatRequest.extra`; each adapter translates them to its provider's.
+Anything that goes wrong raises `ProviderError` with a `kind` the router uses to decide what to
+do (fall back, cool down, give up); adapters never retry themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +24,42 @@ class ImagePart:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model asked for: in an assistant turn of the history, or assembled from
+    an answer's `ToolCallDelta`s (`tool_calls_assemble`)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+    def arguments_object(self) -> dict[str, Any]:
+        """The arguments as a JSON object (`{}` when empty); ValueError when they are not one."""
+        if not self.arguments.strip():
+            return {}
+        value = json.loads(self.arguments)
+        if not isinstance(value, dict):
+            raise ValueError(f"the arguments of tool call {self.id!r} are not a JSON object")
+        return value
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
     images: tuple[ImagePart, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a "tool" turn: the result of this call
+
+
+def tool_names_by_id(messages: Iterable[ChatMessage]) -> dict[str, str]:
+    """Tool call id -> function name, over the history's assistant turns (for providers whose tool
+    results name the function instead of the call)."""
+    return {call.id: call.name for message in messages for call in message.tool_calls}
+
+
+def tool_call_id_new() -> str:
+    """An id for a call from a provider that does not name its calls (Gemini, Ollama)."""
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass(frozen=True)
@@ -34,7 +70,8 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
-    # Passed through untouched to providers that support them (tools, tool_choice, response_format).
+    # OpenAI's own fields (tools, tool_choice, response_format, user, …): sent as is to OpenAI's protocol,
+    # translated (or dropped) by the other adapters; fields they do not know pass through untouched.
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,6 +84,17 @@ class Timeouts:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A fragment of a tool call, as OpenAI streams them: the first fragment of call `index`
+    carries its `id` and `name`, the next ones only append to its `arguments` (JSON text)."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -67,7 +115,21 @@ class StreamError:
     error: ProviderError
 
 
-Event = TextDelta | Usage | Finish | StreamError
+Event = TextDelta | ToolCallDelta | Usage | Finish | StreamError
+
+
+def tool_calls_assemble(events: Iterable[Any]) -> tuple[ToolCall, ...]:
+    """The complete tool calls that `ToolCallDelta`s among `events` add up to, by index."""
+    calls: dict[int, dict[str, Any]] = {}
+    for event in events:
+        if not isinstance(event, ToolCallDelta):
+            continue
+        call = calls.setdefault(event.index, {"id": None, "name": None, "arguments": []})
+        call["id"] = call["id"] or event.id
+        call["name"] = call["name"] or event.name
+        call["arguments"].append(event.arguments)
+    return tuple(ToolCall(id=call["id"] or "", name=call["name"] or "", arguments="".join(call["arguments"]))
+                 for _index, call in sorted(calls.items()))
 
 
 class ProviderError(Exception):
@@ -113,7 +175,7 @@ class ProviderAdapter:
         self.provider = provider or self.name  # "deepseek" reuses the OpenAI adapter
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        """Text deltas as they arrive, then one `Usage` and one `Finish`; raises ProviderError."""
+        """Text and tool call deltas as they arrive, then one `Usage` and one `Finish`; raises ProviderError."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -127,3 +189,11 @@ class ProviderAdapter:
 
     def error(self, kind: str, message: str, **kwargs) -> ProviderError:
         return ProviderError(kind, message, provider=self.provider, **kwargs)
+
+    def tool_arguments(self, call: ToolCall) -> dict[str, Any]:
+        """A history tool call's arguments as an object, for providers that want one (not JSON text)."""
+        try:
+            return call.arguments_object()
+        except ValueError as error:
+            raise self.error(ProviderError.BAD_REQUEST,
+                             f"Tool call {call.id!r}: its arguments are not a JSON object.") from error

@@ -2,7 +2,8 @@
 
 It lets a fresh checkout (or a test) chat end to end without any provider key. The text is a
 pure function of the last user message, so the same question always gets the same answer;
-each word (with its trailing whitespace) is one delta and counts as one output token.
+each word (with its trailing whitespace) is one delta and counts as one output token. It
+ignores tools (`extra`): it never calls one, and answers a history with tool turns like any other.
 """
 
 from __future__ import annotations

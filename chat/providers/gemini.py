@@ -3,6 +3,10 @@
 No SDK: the REST stream is small, and httpx gives us the same timeout and error handling as
 the other adapters. The stream has no end marker besides a candidate's `finishReason`, so a
 stream that ends without one was cut. `usageMetadata` repeats in chunks; the last one counts.
+
+OpenAI-shaped tools become `functionDeclarations`, the history's tool calls `functionCall` parts
+and tool results `functionResponse` parts. Gemini sends each call whole, without an id: each
+becomes one complete `ToolCallDelta` with an id of ours.
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ from typing import Any
 
 import httpx
 
-from .base import ChatRequest, Event, Finish, ProviderError, TextDelta, Usage
+from .base import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    tool_call_id_new,
+    tool_names_by_id,
+)
 from .http import HttpxAdapter, kind_for_status, retry_after
 
 FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
@@ -24,6 +39,17 @@ FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_fil
                   "MALFORMED_FUNCTION_CALL": "other"}
 # Gemini answers a wrong API key with 400 INVALID_ARGUMENT; the reason tells it apart.
 AUTH_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"})
+# The JSON Schema keywords Gemini's `Schema` knows; it refuses the request over any other
+# (`additionalProperties`, `$schema`, `$ref`, `const`, …).
+SCHEMA_KEYS = frozenset({"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+                         "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
+                         "pattern", "example", "anyOf", "propertyOrdering", "default", "items", "minimum",
+                         "maximum"})
+# Schemas that lose their meaning without these are not sent as a `responseSchema` (JSON mode only).
+SCHEMA_REFERENCES = frozenset({"$ref", "$defs", "definitions", "allOf", "oneOf", "not"})
+TOOL_CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# OpenAI fields Gemini has no equivalent for (penalties are refused by most Gemini models).
+DROPPED = ("user", "presence_penalty", "frequency_penalty", "parallel_tool_calls")
 
 
 def parts(text: str, images) -> list[dict[str, Any]]:
@@ -34,6 +60,95 @@ def parts(text: str, images) -> list[dict[str, Any]]:
     if text or not result:
         result.append({"text": text})
     return result
+
+
+def schema_for_gemini(schema: Any) -> Any:
+    """A JSON Schema reduced to the subset Gemini accepts (recursively; property names are kept)."""
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in SCHEMA_KEYS:
+            continue
+        if key == "properties" and isinstance(value, dict):
+            value = {name: schema_for_gemini(item) for name, item in value.items()}
+        elif key == "items":
+            value = schema_for_gemini(value)
+        elif key == "anyOf" and isinstance(value, list):
+            value = [schema_for_gemini(item) for item in value]
+        elif key == "enum" and isinstance(value, list):
+            value = [item if isinstance(item, str) else json.dumps(item) for item in value]  # Gemini's are strings
+        elif key == "type" and isinstance(value, list):
+            # JSON Schema's `["string", "null"]`: Gemini has one type and `nullable`.
+            types = [kind for kind in value if kind != "null"]
+            if len(types) != len(value):
+                result["nullable"] = True
+            value = types[0] if types else "string"
+        result[key] = value
+    return result
+
+
+def schema_has_references(schema: Any) -> bool:
+    if isinstance(schema, list):
+        return any(schema_has_references(item) for item in schema)
+    if not isinstance(schema, dict):
+        return False
+    if SCHEMA_REFERENCES & schema.keys():
+        return True
+    return any(schema_has_references(list(value.values()) if key == "properties" and isinstance(value, dict)
+                                     else value) for key, value in schema.items())
+
+
+def function_declaration(function: dict) -> dict[str, Any]:
+    declaration = {"name": function.get("name", "")}
+    if function.get("description"):
+        declaration["description"] = function["description"]
+    parameters = function.get("parameters")
+    # Gemini refuses an object schema without properties: a function without arguments has no `parameters`.
+    if isinstance(parameters, dict) and parameters.get("properties"):
+        declaration["parameters"] = schema_for_gemini(parameters)
+    return declaration
+
+
+def tools_param(tools: list) -> list[Any]:
+    """OpenAI function tools as one `functionDeclarations` tool; other tools (Gemini's own) as they are."""
+    functions, native = [], []
+    for tool in tools:
+        if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
+            functions.append(function_declaration(tool["function"]))
+        else:
+            native.append(tool)
+    return ([{"functionDeclarations": functions}] if functions else []) + native
+
+
+def tool_config(choice: Any) -> dict[str, Any] | None:
+    if isinstance(choice, str) and choice in TOOL_CHOICE_MODES:
+        return {"functionCallingConfig": {"mode": TOOL_CHOICE_MODES[choice]}}
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name")]}}
+    return None
+
+
+def response_config(response_format: Any) -> dict[str, Any]:
+    """OpenAI's `response_format` as generationConfig fields."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return {"responseMimeType": "application/json"}
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict) and not schema_has_references(schema):
+            return {"responseMimeType": "application/json", "responseSchema": schema_for_gemini(schema)}
+        return {"responseMimeType": "application/json"}
+    return {}
+
+
+def tool_response(content: str) -> dict[str, Any]:
+    """A tool's result as a `functionResponse.response` object: its JSON when it is JSON, else its text."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        value = content
+    return {"content": value}
 
 
 def retry_delay(error: dict) -> float | None:
@@ -58,19 +173,52 @@ class GeminiAdapter(HttpxAdapter):
             config["topP"] = request.top_p
         if request.stop:
             config["stopSequences"] = list(request.stop)
-        body: dict[str, Any] = {
-            "contents": [{"role": "model" if message.role == "assistant" else "user",
-                          "parts": parts(message.content, message.images)}
-                         for message in request.messages if message.role != "system"],
-            "generationConfig": config,
-        }
+        body: dict[str, Any] = {"contents": self.contents(request.messages), "generationConfig": config}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
-        extra = dict(request.extra)
+        extra = {name: value for name, value in request.extra.items() if name not in DROPPED}
+        tools = tools_param(extra.pop("tools", None) or [])
+        choice = tool_config(extra.pop("tool_choice", None))
+        if tools:
+            body["tools"] = tools
+            if choice:
+                body["toolConfig"] = choice
+        config.update(response_config(extra.pop("response_format", None)))
+        if "seed" in extra:
+            config["seed"] = extra.pop("seed")
         if isinstance(extra.get("generationConfig"), dict):
             config.update(extra.pop("generationConfig"))
-        body.update(extra)  # tools, toolConfig, safetySettings, cachedContent…
+        body.update(extra)  # Gemini's own: toolConfig, safetySettings, cachedContent…
         return body
+
+    def contents(self, messages: list[ChatMessage]) -> list[dict[str, Any]]:
+        names = tool_names_by_id(messages)
+        contents: list[dict[str, Any]] = []
+        for message in messages:
+            if message.role == "system":
+                continue
+            if message.role == "tool":
+                # Gemini pairs a result with its call by function name, not by id.
+                name = names.get(message.tool_call_id or "")
+                if name is None:
+                    raise self.error(ProviderError.BAD_REQUEST,
+                                     f"Tool result for {message.tool_call_id!r} follows no call with that id.")
+                part = {"functionResponse": {"name": name, "response": tool_response(message.content)}}
+                previous = contents[-1] if contents else None
+                if previous and previous["role"] == "user" and all("functionResponse" in item
+                                                                   for item in previous["parts"]):
+                    previous["parts"].append(part)  # one user turn answers all of a turn's calls
+                else:
+                    contents.append({"role": "user", "parts": [part]})
+            elif message.tool_calls:
+                items: list[dict[str, Any]] = [{"text": message.content}] if message.content else []
+                items += [{"functionCall": {"name": call.name, "args": self.tool_arguments(call)}}
+                          for call in message.tool_calls]
+                contents.append({"role": "model", "parts": items})
+            else:
+                contents.append({"role": "model" if message.role == "assistant" else "user",
+                                 "parts": parts(message.content, message.images)})
+        return contents
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
@@ -79,6 +227,7 @@ class GeminiAdapter(HttpxAdapter):
         started = False
         finish: str | None = None
         usage: dict = {}
+        calls = 0
         try:
             async with self.client().stream(
                 "POST", url, params={"alt": "sse"}, json=self.body(request),
@@ -103,12 +252,20 @@ class GeminiAdapter(HttpxAdapter):
                         for part in (candidate.get("content") or {}).get("parts") or ():
                             if part.get("text") and not part.get("thought"):
                                 yield TextDelta(part["text"])
+                            elif isinstance(part.get("functionCall"), dict):
+                                call = part["functionCall"]
+                                yield ToolCallDelta(index=calls, id=call.get("id") or tool_call_id_new(),
+                                                    name=call.get("name", ""),
+                                                    arguments=json.dumps(call.get("args") or {}, ensure_ascii=False))
+                                calls += 1
                         if candidate.get("finishReason"):
                             finish = FINISH_REASONS.get(candidate["finishReason"], "other")
         except (httpx.HTTPError, ValueError, TypeError, AttributeError) as error:
             raise self.stream_error(error, started=started) from error
         if finish is None:
             raise self.error(ProviderError.INTERRUPTED, "The stream ended without a finish reason.")
+        if calls and finish == "stop":
+            finish = "tool_calls"  # Gemini says STOP: the answer is its calls
         yield Usage(input_tokens=usage.get("promptTokenCount") or 0,
                     output_tokens=(usage.get("candidatesTokenCount") or 0) + (usage.get("thoughtsTokenCount") or 0))
         yield Finish(finish)

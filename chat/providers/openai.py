@@ -13,7 +13,18 @@ from typing import Any
 
 import openai
 
-from .base import ChatMessage, ChatRequest, Event, Finish, ProviderAdapter, ProviderError, TextDelta, Usage
+from .base import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    ProviderAdapter,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    tool_call_id_new,
+)
 from .http import describe, kind_for_status, retry_after, tls_context
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
@@ -23,6 +34,13 @@ QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 
 
 def message_param(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id or "", "content": message.content}
+    if message.tool_calls:
+        return {"role": message.role, "content": message.content or None, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]}
     if not message.images:
         return {"role": message.role, "content": message.content}
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
@@ -83,6 +101,7 @@ class OpenAIAdapter(ProviderAdapter):
         started = False
         finish: str | None = None
         usage: Usage | None = None
+        calls_seen: set[int] = set()
         try:
             chunks = await self.client().chat.completions.create(**self.params(request))
             started = True
@@ -97,6 +116,8 @@ class OpenAIAdapter(ProviderAdapter):
                         text = getattr(choice.delta, "content", None) if choice.delta is not None else None
                         if text:
                             yield TextDelta(text)
+                        for call in getattr(choice.delta, "tool_calls", None) or ():
+                            yield self.tool_call_delta(call, calls_seen)
                         if choice.finish_reason:
                             finish = FINISH_REASONS.get(choice.finish_reason, "other")
             finally:
@@ -122,6 +143,16 @@ class OpenAIAdapter(ProviderAdapter):
             raise self.error(ProviderError.INTERRUPTED, "The stream ended without usage.")
         yield usage
         yield Finish(finish)
+
+    @staticmethod
+    def tool_call_delta(call, calls_seen: set[int]) -> ToolCallDelta:
+        function = call.function
+        call_id = call.id
+        if call.index not in calls_seen:
+            calls_seen.add(call.index)
+            call_id = call_id or tool_call_id_new()  # some OpenAI-compatible servers leave it out
+        return ToolCallDelta(index=call.index, id=call_id, name=function.name if function else None,
+                             arguments=(function.arguments if function else None) or "")
 
     def status_error(self, error: openai.APIStatusError) -> ProviderError:
         status = error.status_code
