@@ -13,6 +13,11 @@ check it). Two ways in:
   the member's role: viewers read only, members write, some endpoints (API keys, members)
   need an admin.
 
+Calls with a key count against the plan's requests per minute, per key and per organization
+(billing.ratelimits, shared with /v1): over the limit they get 429 with `Retry-After`, and
+every key-authenticated answer carries `x-ratelimit-{limit,remaining,reset}-requests`. Session
+calls are the web UI's and are not counted against the plan.
+
 A key is not a person, but threads belong to one (`Thread.user`): a key acts as the member who
 created it, or, when that person is gone (or the key came from a command), as the
 organization's first owner. It then sees and writes exactly that member's threads: whoever
@@ -21,8 +26,13 @@ creates a key with the `chat` scope delegates their own conversations to it.
 
 from __future__ import annotations
 
+from copy import deepcopy
+from typing import Any
+
 from django.db import connection
-from rest_framework import exceptions
+from django.utils.translation import gettext as _
+from drf_spectacular.openapi import AutoSchema
+from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.generics import GenericAPIView
 from rest_framework.pagination import CursorPagination
@@ -30,7 +40,8 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from accounts.models import User
-from billing.selectors import entitlements_for
+from billing.ratelimits import Limit, rate_limit_take
+from billing.selectors import Entitlements, entitlements_for
 from config.observability import organization_var
 from tenants.api_keys import KeyAuth, bearer_token
 from tenants.models import ApiKey, Membership, Organization, Role
@@ -68,6 +79,32 @@ class ApiKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
+def key_entitlements(request: Request) -> Entitlements:
+    """The plan entitlements of a key's organization, read once per request."""
+    if not hasattr(request, "_key_entitlements"):
+        request._key_entitlements = entitlements_for(request._request.tenant)
+    return request._key_entitlements
+
+
+class RateLimited(exceptions.APIException):
+    """429 with `{"detail", "code": "rate_limit_exceeded"}`; DRF's handler adds `Retry-After` from `wait`."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, limit: Limit) -> None:
+        self.wait = limit.retry_after
+        what = _("tokens") if limit.exceeded == "tokens" else _("requests")
+        detail = _("Rate limit reached for %(what)s per minute on your plan. Try again in %(seconds)s s.") % {
+            "what": what, "seconds": self.wait}
+        super().__init__({"detail": detail, "code": self.default_code})
+
+
+def rate_limit_headers(limit: Limit) -> dict[str, str]:
+    """The requests trio of `Limit.headers()` (the API counts requests, not tokens)."""
+    return {name: value for name, value in limit.headers().items() if name.endswith("-requests")}
+
+
 PLAN_WITHOUT_API = "Your plan does not include API access. Upgrade on the billing page to use API keys."
 
 
@@ -81,7 +118,7 @@ class OrgAccess(BasePermission):
             return True  # the view answers 405: a method it lacks needs no right
         safe = request.method in SAFE_METHODS
         if isinstance(request.auth, KeyAuth):
-            if not entitlements_for(request._request.tenant).api_access:
+            if not key_entitlements(request).api_access:
                 self.message = PLAN_WITHOUT_API
                 return False
             scopes = view.key_read_scopes if safe else view.key_write_scopes
@@ -106,6 +143,33 @@ class CursorPage(CursorPagination):
     max_page_size = 100
 
 
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": ("integer", "The plan's requests per minute (API keys only)."),
+    "x-ratelimit-remaining-requests": ("integer", "Requests left in this minute, for the key and its organization."),
+    "x-ratelimit-reset-requests": ("string", "When this minute's window ends, e.g. `42s` or `1m0s`."),
+}
+RATE_LIMITED_RESPONSE = {
+    "description": "Over the plan's requests per minute (API keys only); retry after `Retry-After` seconds.",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}},
+}
+
+
+class OrgAPISchema(AutoSchema):
+    """Every operation may answer 429 to a key, and answers to keys carry the rate-limit headers."""
+
+    def get_operation(self, *args, **kwargs) -> dict[str, Any] | None:
+        operation = super().get_operation(*args, **kwargs)
+        if operation is not None:
+            responses = operation["responses"]
+            responses.setdefault("429", deepcopy(RATE_LIMITED_RESPONSE))
+            for response in responses.values():
+                headers = response.setdefault("headers", {})
+                for name, (kind, description) in RATE_LIMIT_HEADERS.items():
+                    headers.setdefault(name, {"schema": {"type": kind}, "description": description})
+        return operation
+
+
 class OrgAPIView(GenericAPIView):
     """Base of every organization-scoped API view: authentication, organization, rights, schema.
 
@@ -113,12 +177,15 @@ class OrgAPIView(GenericAPIView):
     (session members). After authentication `request.tenant` is the organization (with a session,
     a saved row; with a key, its id, slug and schema only), the connection uses its schema, and
     `request.membership` is the session user's membership (None for keys). `public` is restored
-    when the view returns or raises.
+    when the view returns or raises. A key's call is counted against its plan's rate limit right
+    after authentication, so refused calls count too (except on a plan without API access,
+    which `OrgAccess` refuses).
     """
 
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
     permission_classes = [OrgAccess]
     pagination_class = CursorPage
+    schema = OrgAPISchema()
     key_read_scopes: frozenset[str] = frozenset({"read"})
     key_write_scopes: frozenset[str] = frozenset()
     read_role: str = Role.VIEWER
@@ -132,8 +199,22 @@ class OrgAPIView(GenericAPIView):
 
     def perform_authentication(self, request: Request) -> None:
         super().perform_authentication(request)
+        if isinstance(request.auth, KeyAuth):
+            self.plan_rate_limit_take(request)
         if request.user is not None and request.user.is_authenticated:
             self.organization_enter(request)
+
+    def plan_rate_limit_take(self, request: Request) -> None:
+        """Count this call for the key and its organization; 429 when either is over the plan's limit."""
+        entitlements = key_entitlements(request)
+        if not entitlements.api_access:
+            return
+        limit = rate_limit_take(organization_id=request.auth.organization_id, key_id=request.auth.key_id,
+                                requests_per_minute=entitlements.requests_per_minute,
+                                tokens_per_minute=entitlements.tokens_per_minute, tokens=0)
+        self.headers.update(rate_limit_headers(limit))  # finalize_response puts them on every answer
+        if not limit.allowed:
+            raise RateLimited(limit)
 
     def organization_enter(self, request: Request) -> None:
         slug = request.headers.get(ORGANIZATION_HEADER, "").strip()

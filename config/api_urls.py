@@ -22,14 +22,19 @@ v1 = [
     path("threads/<int:thread_id>/messages/", chat_api.MessageListView.as_view(), name="api_messages"),
     path("threads/<int:thread_id>/messages/<int:message_id>/", chat_api.MessageDetailView.as_view(),
          name="api_message"),
+    path("threads/<int:thread_id>/messages/<int:message_id>/stop/", chat_api.MessageStopView.as_view(),
+         name="api_message_stop"),
+    path("threads/<int:thread_id>/regenerate/", chat_api.ThreadRegenerateView.as_view(), name="api_regenerate"),
+    path("threads/<int:thread_id>/edit/", chat_api.ThreadEditLastView.as_view(), name="api_edit_last"),
+    path("threads/<int:thread_id>/attachments/", chat_api.AttachmentListView.as_view(), name="api_attachments"),
     path("billing/balance/", billing_api.BalanceView.as_view(), name="api_balance"),
     path("billing/ledger/", billing_api.LedgerView.as_view(), name="api_ledger"),
     path("billing/usage/", billing_api.UsageView.as_view(), name="api_usage"),
     path("organization/", tenants_api.OrganizationView.as_view(), name="api_organization"),
     path("members/", tenants_api.MemberListView.as_view(), name="api_members"),
     path("api-keys/", tenants_api.ApiKeyListView.as_view(), name="api_keys"),
+    path("api-keys/<int:key_id>/revoke/", tenants_api.ApiKeyRevokeView.as_view(), name="api_v1_key_revoke"),
 ]
-
 
 
 @csrf_exempt  # it changes nothing; without this a POST would get the CSRF failure page

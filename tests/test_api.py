@@ -13,6 +13,7 @@ from django_tenants.utils import schema_context
 
 from billing.ledger import credit_grant
 from billing.models import BillingAccount, DailyUsage, Plan
+from billing.ratelimits import _keys as rate_limit_keys
 from chat.models import Message, Thread
 from chat.redis import sync_client
 from config.api import OrgAPIView, api_key_principal
@@ -56,11 +57,19 @@ def fast_demo(settings):
     settings.CHAT_DEMO_DELAY = 0
 
 
+def rate_limits_reset(*orgs) -> None:
+    """Organization rate counters outlive a test's transaction (they are in Redis): start each test at zero."""
+    client = sync_client()
+    for org in orgs:
+        client.delete(*rate_limit_keys(org.pk, 0))
+
+
 @pytest.fixture(autouse=True)
 def plans_with_api_access(org_a, org_b):
     """Keys work only on plans with API access (Free has none): Starter for both, in this test's transaction."""
     starter = Plan.objects.get(code="starter")
     BillingAccount.objects.filter(pk__in=[org_a.pk, org_b.pk]).update(plan=starter)
+    rate_limits_reset(org_a, org_b)
 
 
 def test_keys_of_a_plan_without_api_access_are_refused(client, org_a, keys):

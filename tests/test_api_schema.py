@@ -56,7 +56,10 @@ def test_schema_is_valid_openapi_and_covers_every_endpoint():
     assert {"/api/v1/threads/", "/api/v1/threads/{thread_id}/", "/api/v1/threads/{thread_id}/messages/",
             "/api/v1/threads/{thread_id}/messages/{message_id}/", "/api/v1/billing/balance/",
             "/api/v1/billing/ledger/", "/api/v1/billing/usage/", "/api/v1/organization/", "/api/v1/members/",
-            "/api/v1/api-keys/", "/v1/models", "/v1/chat/completions"} <= set(paths)
+            "/api/v1/api-keys/", "/v1/models", "/v1/chat/completions",
+            "/api/v1/threads/{thread_id}/regenerate/", "/api/v1/threads/{thread_id}/edit/",
+            "/api/v1/threads/{thread_id}/messages/{message_id}/stop/", "/api/v1/threads/{thread_id}/attachments/",
+            "/api/v1/api-keys/{key_id}/revoke/"} <= set(paths)
     threads = paths["/api/v1/threads/"]["get"]
     assert threads["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "PaginatedThreadList")
@@ -65,6 +68,18 @@ def test_schema_is_valid_openapi_and_covers_every_endpoint():
     assert schema["components"]["securitySchemes"]["organizationHeader"]["name"] == "X-Organization"
     assert "key_hash" not in str(schema["components"]["schemas"]["ApiKey"])
     assert schema["components"]["schemas"]["Balance"]["properties"]["credits"]["type"] == "string"
+    # Keys are rate limited: every operation documents the 429 and the headers.
+    limited = threads["responses"]["429"]
+    assert limited["content"]["application/json"]["schema"]["$ref"].endswith("/ApiError")
+    assert "Retry-After" in limited["headers"]
+    assert {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests"} <= set(threads["responses"]["200"]["headers"])
+    threads_filters = {parameter["name"] for parameter in threads["parameters"]}
+    assert {"search", "pinned", "cursor", "page_size"} <= threads_filters
+    upload = paths["/api/v1/threads/{thread_id}/attachments/"]["post"]["requestBody"]["content"]
+    assert list(upload) == ["multipart/form-data"]
+    created = paths["/api/v1/api-keys/"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
+    assert "key" in schema["components"]["schemas"][created["$ref"].rsplit("/", 1)[1]]["properties"]
 
 
 def test_schema_documents_the_openai_compatible_endpoints():
@@ -151,6 +166,8 @@ def api_key(tenant_world):
 
     org = tenant_world["a"]["org"]
     BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))  # keys need API access
+    # Room for every generated call (the plan's 60 a minute would answer most of them 429); rolled back after.
+    Plan.objects.filter(code="starter").update(requests_per_minute=1_000_000)
     return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read"], actor=Actor.system(),
                           user=tenant_world["a"]["member"]).raw
 
@@ -192,7 +209,8 @@ schema = _api_v1_schema()
 @settings(max_examples=25, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
-def test_api_conforms_to_its_schema(case, api_key, conversation, in_process_wsgi):
+def test_api_conforms_to_its_schema(case, api_key, conversation, in_process_wsgi, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path  # generated uploads that pass land here, not in the working tree
     _aim_at_real_objects(case, conversation)
     case.call_and_validate(
         headers={"Authorization": f"Bearer {api_key}"},
