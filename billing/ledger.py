@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
-from django.utils import timezone
 
 from accounts.models import User
 from tenants.models import Organization
@@ -136,42 +135,101 @@ def credit_adjust(*, organization: Organization, amount: Decimal, reason: str, u
     return movement
 
 
+# The hold and its settlement are each one SQL statement (the /v1 gateway runs them on its
+# async connection pool too): the balance moves only if it covers the hold, and the
+# reservation and its ledger entries are written with it or not at all.
+RESERVE_SQL = f"""
+WITH account AS (
+    UPDATE {BillingAccount._meta.db_table} SET credits = credits - %(amount)s::numeric, updated_at = now()
+    WHERE organization_id = %(organization)s AND credits >= %(amount)s::numeric
+      AND NOT EXISTS (SELECT 1 FROM {CreditReservation._meta.db_table} WHERE key = %(key)s::text)
+    RETURNING credits
+), reservation AS (
+    INSERT INTO {CreditReservation._meta.db_table} (organization_id, key, amount, status, created_at)
+    SELECT %(organization)s::bigint, %(key)s::text, %(amount)s::numeric, 'open', now() FROM account
+    RETURNING id, created_at
+), entry AS (
+    INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
+        reservation_id, description, created_by_id, metadata, created_at)
+    SELECT %(organization)s::bigint, 'reserve', -%(amount)s::numeric, account.credits,
+        %(key)s::text || ':reserve', reservation.id, %(description)s::text, %(user)s::bigint, '{{}}'::jsonb,
+        reservation.created_at
+    FROM account, reservation
+)
+SELECT id, created_at FROM reservation
+"""
+
+# Closing: `actual` NULL releases the whole hold, a number settles it (release, then debit).
+CLOSE_SQL = f"""
+WITH reservation AS (
+    UPDATE {CreditReservation._meta.db_table}
+    SET status = CASE WHEN %(actual)s::numeric IS NULL THEN 'released' ELSE 'settled' END,
+        actual = %(actual)s::numeric, closed_at = now()
+    WHERE id = %(reservation)s AND status = 'open'
+    RETURNING id, organization_id, key, amount
+), account AS (
+    UPDATE {BillingAccount._meta.db_table} AS a
+    SET credits = a.credits + r.amount - coalesce(%(actual)s::numeric, 0), updated_at = now()
+    FROM reservation r WHERE a.organization_id = r.organization_id
+    RETURNING a.credits
+), entries AS (
+    INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
+        reservation_id, description, metadata, created_at)
+    SELECT r.organization_id, v.kind, v.amount, v.balance_after, r.key || v.suffix, r.id, '', '{{}}'::jsonb, now()
+    FROM reservation r, account a CROSS JOIN LATERAL (VALUES
+        (1, 'release', r.amount, a.credits + coalesce(%(actual)s::numeric, 0), ':release'),
+        (2, 'debit', -%(actual)s::numeric, a.credits, ':debit')
+    ) AS v(position, kind, amount, balance_after, suffix)
+    WHERE v.kind = 'release' OR %(actual)s::numeric > 0
+    ORDER BY v.position
+)
+SELECT credits FROM account
+"""
+
+
+def reserve_params(*, organization_id: int, amount: Decimal, key: str, description: str = "",
+                   user_id: int | None = None) -> dict:
+    return {"organization": organization_id, "amount": amount, "key": key, "description": description[:255],
+            "user": user_id}
+
+
 def credit_reserve(*, organization: Organization, amount: Decimal, key: str, description: str = "",
                    user: User | None = None) -> CreditReservation:
-    """Hold the most a piece of work can cost; settle or release it afterwards."""
+    """Hold the most a piece of work can cost; settle or release it afterwards.
+
+    Raises InsufficientCredits when the balance does not cover it; a retry with the same key
+    returns the first hold.
+    """
     amount = _positive(amount)
-    with transaction.atomic():
-        reservation, created = CreditReservation.objects.get_or_create(
-            key=key, defaults={"organization": organization, "amount": amount}
-        )
-        if not created:
-            if (reservation.organization_id, reservation.amount) != (organization.pk, amount):
+    params = reserve_params(organization_id=organization.pk, amount=amount, key=key, description=description,
+                            user_id=user.pk if user else None)
+    for first_try in (True, False):
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(RESERVE_SQL, params)
+                row = cursor.fetchone()
+        except IntegrityError:
+            row = None  # the same key committed concurrently: the lookup below finds it
+        if row is not None:
+            return CreditReservation(pk=row[0], organization=organization, key=key, amount=amount,
+                                     created_at=row[1])
+        existing = CreditReservation.objects.filter(key=key).first()
+        if existing is not None:
+            if (existing.organization_id, existing.amount) != (organization.pk, amount):
                 raise IdempotencyConflict(f"reservation {key!r} exists with other terms")
-            return reservation
-        _move(organization=organization, kind=CreditEntry.Kind.RESERVE, amount=-amount, key=f"{key}:reserve",
-              description=description, user=user, reservation=reservation)
-    return reservation
+            return existing
+        balance = BillingAccount.objects.filter(pk=organization.pk).values_list("credits", flat=True).first()
+        if balance is not None or not first_try:
+            raise InsufficientCredits(balance=balance or ZERO, required=amount)
+        billing_account_ensure(organization)  # the organization's first movement: create its account, retry
+    raise AssertionError("unreachable")
 
 
 def _close(reservation: CreditReservation, *, actual: Decimal | None) -> CreditReservation:
-    with transaction.atomic():
-        # Lock the reservation only: FOR UPDATE on the joined organization row would deadlock with
-        # concurrent ledger inserts, which take a key-share lock on it through their foreign key.
-        locked = (CreditReservation.objects.select_for_update(of=("self",)).select_related("organization")
-                  .get(pk=reservation.pk))
-        if locked.status != CreditReservation.Status.OPEN:
-            return locked  # already settled or released: a retry
-        organization = locked.organization
-        _move(organization=organization, kind=CreditEntry.Kind.RELEASE, amount=locked.amount,
-              key=f"{locked.key}:release", reservation=locked)
-        if actual:
-            _move(organization=organization, kind=CreditEntry.Kind.DEBIT, amount=-actual,
-                  key=f"{locked.key}:debit", reservation=locked)
-        locked.status = CreditReservation.Status.SETTLED if actual is not None else CreditReservation.Status.RELEASED
-        locked.actual = actual
-        locked.closed_at = timezone.now()
-        locked.save(update_fields=["status", "actual", "closed_at"])
-    return locked
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(CLOSE_SQL, {"reservation": reservation.pk, "actual": actual})
+    # Closed now, or already (a retry): either way the row says how.
+    return CreditReservation.objects.get(pk=reservation.pk)
 
 
 def credit_settle(*, reservation: CreditReservation, actual: Decimal) -> CreditReservation:

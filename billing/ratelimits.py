@@ -9,12 +9,14 @@ part is given back when the call ends.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cache
 
-import redis
 from django.conf import settings
-from redis.driver_info import DriverInfo
+from redis.exceptions import NoScriptError
+
+from config.redis_shared import redis_client
 
 WINDOW_SECONDS = 60
 
@@ -66,14 +68,19 @@ return -1
 
 
 @cache
-def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5,
-                                driver_info=DriverInfo(name=None, lib_version=None))
-
-
-@cache
 def _script(source: str):
-    return _client().register_script(source)
+    return redis_client().register_script(source)
+
+
+_SHA = {source: hashlib.sha1(source.encode()).hexdigest() for source in (_CHECK, _GIVE_BACK)}
+
+
+async def _run_async(client, source: str, keys: list[str], args: list) -> list | int:
+    """EVALSHA on an async client, loading the script the first time a server has not seen it."""
+    try:
+        return await client.evalsha(_SHA[source], len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(source, len(keys), *keys, *args)
 
 
 def _reset(ms: int) -> str:
@@ -116,14 +123,27 @@ def _keys(organization_id: int, key_id: int) -> list[str]:
             f"rl:tok:org:{organization_id}"]
 
 
-def rate_limit_take(*, organization_id: int, key_id: int, requests_per_minute: int, tokens_per_minute: int,
-                    tokens: int) -> Limit:
-    """Count one request of `tokens` tokens if the key and the organization both have room."""
-    allowed, reason, req_used, req_reset, tok_used, tok_reset = _script(_CHECK)(
-        keys=_keys(organization_id, key_id), args=[requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
+def _limit(result: list, requests_per_minute: int, tokens_per_minute: int) -> Limit:
+    allowed, reason, req_used, req_reset, tok_used, tok_reset = (int(value) for value in result)
     return Limit(allowed=bool(allowed), exceeded={0: "", 1: "requests", 2: "tokens"}[reason],
                  requests_limit=requests_per_minute, requests_used=req_used, requests_reset_ms=req_reset,
                  tokens_limit=tokens_per_minute, tokens_used=tok_used, tokens_reset_ms=tok_reset)
+
+
+def rate_limit_take(*, organization_id: int, key_id: int, requests_per_minute: int, tokens_per_minute: int,
+                    tokens: int) -> Limit:
+    """Count one request of `tokens` tokens if the key and the organization both have room."""
+    result = _script(_CHECK)(keys=_keys(organization_id, key_id),
+                             args=[requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
+    return _limit(result, requests_per_minute, tokens_per_minute)
+
+
+async def rate_limit_take_async(client, *, organization_id: int, key_id: int, requests_per_minute: int,
+                                tokens_per_minute: int, tokens: int) -> Limit:
+    """`rate_limit_take` on an async Redis client (the /v1 gateway's)."""
+    result = await _run_async(client, _CHECK, _keys(organization_id, key_id),
+                              [requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
+    return _limit(result, requests_per_minute, tokens_per_minute)
 
 
 def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> None:
@@ -132,7 +152,12 @@ def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> N
         _script(_GIVE_BACK)(keys=_keys(organization_id, key_id)[2:], args=[tokens])
 
 
-def ip_limited(ip: str) -> int | None:
+async def rate_limit_give_back_async(client, *, organization_id: int, key_id: int, tokens: int) -> None:
+    if tokens > 0:
+        await _run_async(client, _GIVE_BACK, _keys(organization_id, key_id)[2:], [tokens])
+
+
+async def ip_limited_async(client, ip: str) -> int | None:
     """Count an unauthenticated call from `ip`; the seconds to wait when over the limit, else None."""
-    ttl = _script(_IP)(keys=[f"rl:ip:{ip}"], args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS])
+    ttl = int(await client.eval(_IP, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS))
     return None if ttl < 0 else max(1, -(-ttl // 1000))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -34,33 +34,60 @@ class Cost:
     price: Price
 
 
+def credits_for(*, input_per_million: Decimal, output_per_million: Decimal, per_unit: Decimal = Decimal(0),
+                input_tokens: int = 0, output_tokens: int = 0, units: int = 0) -> Decimal:
+    """What usage costs at the given unit prices, rounded to the ledger's quantum."""
+    credits = (Decimal(input_tokens) * input_per_million / MILLION
+               + Decimal(output_tokens) * output_per_million / MILLION + Decimal(units) * per_unit)
+    return credits.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_UP)
+
+
 def usage_cost(*, kind: str, key: str, input_tokens: int = 0, output_tokens: int = 0, units: int = 0,
                at=None) -> Cost:
     """What a piece of usage costs at the prices in force (`at`, now by default)."""
     price = price_for(kind=kind, key=key, at=at)
     if price is None:
         raise UnknownPrice(f"no {kind} price for {key!r}")
-    credits = (Decimal(input_tokens) * price.input_per_million / MILLION
-               + Decimal(output_tokens) * price.output_per_million / MILLION
-               + Decimal(units) * price.per_unit)
-    return Cost(credits=credits.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_UP), price=price)
+    credits = credits_for(input_per_million=price.input_per_million, output_per_million=price.output_per_million,
+                          per_unit=price.per_unit, input_tokens=input_tokens, output_tokens=output_tokens,
+                          units=units)
+    return Cost(credits=credits, price=price)
+
+
+# One event per (organization, request id): a retried request writes nothing more. The /v1
+# gateway runs this statement on its async pool, in the same round trip as its settlement.
+USAGE_INSERT_SQL = f"""
+INSERT INTO {UsageEvent._meta.db_table} (organization_id, user_id, api_key_id, kind, key, input_tokens,
+    output_tokens, units, credits, input_per_million, output_per_million, per_unit, request_id, occurred_at)
+VALUES (%(organization)s, %(user)s, %(api_key)s, %(kind)s, %(key)s, %(input_tokens)s, %(output_tokens)s,
+    %(units)s, %(credits)s, %(input_per_million)s, %(output_per_million)s, %(per_unit)s, %(request_id)s,
+    %(occurred_at)s)
+ON CONFLICT (organization_id, request_id) DO NOTHING
+"""
+
+
+def usage_params(*, organization_id: int, kind: str, key: str, request_id: str, credits: Decimal,
+                 input_per_million: Decimal, output_per_million: Decimal, per_unit: Decimal = Decimal(0),
+                 user_id: int | None = None, api_key_id: int | None = None, input_tokens: int = 0,
+                 output_tokens: int = 0, units: int = 0, occurred_at=None) -> dict:
+    return {"organization": organization_id, "user": user_id, "api_key": api_key_id, "kind": kind, "key": key,
+            "input_tokens": input_tokens, "output_tokens": output_tokens, "units": units, "credits": credits,
+            "input_per_million": input_per_million, "output_per_million": output_per_million, "per_unit": per_unit,
+            "request_id": request_id, "occurred_at": occurred_at or timezone.now()}
 
 
 def usage_record(*, organization: Organization, kind: str, key: str, request_id: str, credits: Decimal,
                  price: Price, user: User | None = None, api_key_id: int | None = None, input_tokens: int = 0,
                  output_tokens: int = 0, units: int = 0, occurred_at=None) -> UsageEvent:
     """Write the usage event of one request, once: a retry with the same request id returns it."""
-    fields = {
-        "user": user, "api_key_id": api_key_id, "kind": kind, "key": key, "input_tokens": input_tokens,
-        "output_tokens": output_tokens, "units": units, "credits": credits,
-        "input_per_million": price.input_per_million, "output_per_million": price.output_per_million,
-        "per_unit": price.per_unit, "occurred_at": occurred_at or timezone.now(),
-    }
-    try:
-        with transaction.atomic():
-            return UsageEvent.objects.create(organization=organization, request_id=request_id, **fields)
-    except IntegrityError:
-        return UsageEvent.objects.get(organization=organization, request_id=request_id)
+    params = usage_params(organization_id=organization.pk, kind=kind, key=key, request_id=request_id,
+                          credits=credits, input_per_million=price.input_per_million,
+                          output_per_million=price.output_per_million, per_unit=price.per_unit,
+                          user_id=user.pk if user else None, api_key_id=api_key_id, input_tokens=input_tokens,
+                          output_tokens=output_tokens, units=units, occurred_at=occurred_at)
+    with connection.cursor() as cursor:
+        cursor.execute(USAGE_INSERT_SQL, params)
+    return UsageEvent.objects.get(organization=organization, request_id=request_id)
 
 
 ROLLUP_LOCK = 7_301_001  # pg_advisory_xact_lock key: one rollup at a time

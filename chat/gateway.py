@@ -1,5 +1,11 @@
 """The OpenAI-compatible gateway's logic: parse a chat completion request, price and hold it,
-answer it through the router, settle and meter it. Views (chat.views_v1) stay thin.
+settle and meter it. The ASGI front (chat.v1) stays thin.
+
+Built for overhead: nothing here touches Django's ORM on the way to the provider. The
+catalog, prices, plan and provider keys of an organization come from a per-process snapshot
+(`GatewayConfig`) that is rebuilt when a Redis version changes; the rate limit is one Redis
+script; the credit hold and the settlement (with the usage event) are one SQL statement
+each, on an async connection pool.
 
 Errors are `GatewayError`s rendered in OpenAI's envelope
 (`{"error": {"message", "type", "param", "code"}}`) with OpenAI's status codes.
@@ -13,25 +19,33 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import ROUND_UP, Decimal
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import JsonResponse
+from django.db import close_old_connections, transaction
+from django.utils import timezone
 
-from billing.ledger import InsufficientCredits, credit_release, credit_reserve, credit_settle
+from billing.ledger import CLOSE_SQL, RESERVE_SQL, InsufficientCredits, credit_release, credit_reserve, reserve_params
 from billing.models import CreditReservation, UsageEvent
-from billing.ratelimits import Limit, rate_limit_give_back, rate_limit_take
-from billing.selectors import entitlements_for
-from billing.usage import CREDIT_QUANTUM, UnknownPrice, usage_cost, usage_record
+from billing.ratelimits import Limit, rate_limit_give_back_async, rate_limit_take_async
+from billing.selectors import Entitlements, entitlements_for
+from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
+from config.db_async import async_pool
 from tenants.api_keys import KeyAuth
-from tenants.models import Organization
+from tenants.models import ApiKey, Organization
 
-from .catalog.selectors import ModelOption, model_options, model_resolve, provider_keys_for
+from .catalog.models import Model
+from .catalog.selectors import ModelOption, model_options, provider_keys_for
 from .files import tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
+from .providers.base import ToolCall
+from .redis import async_client, sync_client
 
-PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty")
+PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
+               "parallel_tool_calls")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 
 
@@ -44,12 +58,6 @@ class GatewayError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JsonResponse:
-        response = JsonResponse(self.body(), status=self.status)
-        for name, value in self.headers.items():
-            response[name] = value
-        return response
 
 
 def invalid(message: str, param: str | None, code: str | None = None) -> GatewayError:
@@ -92,6 +100,22 @@ def _image(url: str, param: str) -> ImagePart:
         raise invalid("The image's base64 data is not valid.", param, "invalid_image_url") from None
 
 
+def _tool_calls(raw: Any, param: str) -> tuple[ToolCall, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise invalid(f"'{param}' must be a list of tool calls.", param)
+    calls = []
+    for j, call in enumerate(raw):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(function, dict) or not isinstance(call.get("id"), str)
+                or not isinstance(function.get("name"), str) or not isinstance(function.get("arguments", ""), str)):
+            raise invalid(f"'{param}[{j}]' must be {{'id', 'type': 'function', 'function': {{'name', 'arguments'}}}}.",
+                          f"{param}[{j}]")
+        calls.append(ToolCall(id=call["id"], name=function["name"], arguments=function.get("arguments", "")))
+    return tuple(calls)
+
+
 def _message(raw: Any, index: int) -> ChatMessage:
     param = f"messages[{index}]"
     if not isinstance(raw, dict):
@@ -99,13 +123,17 @@ def _message(raw: Any, index: int) -> ChatMessage:
     role = raw.get("role")
     if role == "developer":
         role = "system"
-    if role not in ("system", "user", "assistant"):
-        raise invalid(f"'{param}.role' must be one of system, developer, user, assistant.", f"{param}.role")
+    if role not in ("system", "user", "assistant", "tool"):
+        raise invalid(f"'{param}.role' must be one of system, developer, user, assistant, tool.", f"{param}.role")
+    tool_calls = _tool_calls(raw.get("tool_calls"), f"{param}.tool_calls") if role == "assistant" else ()
+    tool_call_id = raw.get("tool_call_id")
+    if role == "tool" and not isinstance(tool_call_id, str):
+        raise invalid(f"'{param}.tool_call_id' is required in tool messages.", f"{param}.tool_call_id")
     content = raw.get("content")
     if content is None and role == "assistant":
         content = ""
     if isinstance(content, str):
-        return ChatMessage(role=role, content=content)
+        return ChatMessage(role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id)
     if not isinstance(content, list):
         raise invalid(f"'{param}.content' must be a string or a list of content parts.", f"{param}.content")
     texts, images = [], []
@@ -119,7 +147,8 @@ def _message(raw: Any, index: int) -> ChatMessage:
         else:
             raise invalid(f"'{part_param}' is not a supported content part (text, or image_url in user messages).",
                           part_param)
-    return ChatMessage(role=role, content="\n".join(texts), images=tuple(images))
+    return ChatMessage(role=role, content="\n".join(texts), images=tuple(images), tool_calls=tool_calls,
+                       tool_call_id=tool_call_id)
 
 
 def params_parse(raw_body: bytes) -> CompletionParams:
@@ -163,18 +192,80 @@ def params_parse(raw_body: bytes) -> CompletionParams:
 
 def prompt_tokens_estimate(messages: list[ChatMessage]) -> int:
     """What the prompt is counted as before the provider says (holds and token limits use it)."""
-    return sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images) for m in messages)
+    return sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images)
+               + sum(tokens_estimate(c.name + c.arguments) for c in m.tool_calls) for m in messages)
+
+
+# What the gateway knows about an organization, per process. A change to the catalog, prices,
+# plans, an organization's plan or its provider keys sets a new CONFIG_VERSION_KEY (chat.signals)
+# and every process rebuilds on its next call; CONFIG_MAX_AGE bounds the rest (a price whose
+# `effective_from` arrives, a Redis that lost the key).
+CONFIG_VERSION_KEY = "gw:config:v"
+CONFIG_MAX_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    version: str | None
+    built_at: float
+    entitlements: Entitlements
+    own_keys: dict[str, str]
+    names: dict[str, Model]  # every active model by id and by alias
+    options: dict[str, ModelOption]  # what the plan allows and a configured provider can serve, priced
+
+    def candidates(self, model: Model) -> list[ModelOption]:
+        """The model and its fallbacks this organization can use, in order."""
+        return [self.options[i] for i in (model.id, *model.fallbacks) if i in self.options]
+
+
+def gateway_config_build(organization_id: int, version: str | None) -> GatewayConfig:
+    close_old_connections()  # this runs outside Django's request cycle: drop a broken or expired connection
+    organization = Organization(pk=organization_id)
+    entitlements = entitlements_for(organization)
+    own_keys = provider_keys_for(organization)
+    models = list(Model.objects.filter(is_active=True).prefetch_related("aliases"))
+    names = {model.id: model for model in models}
+    for model in models:
+        for alias in model.aliases.all():
+            names.setdefault(alias.alias, model)
+    options = {option.id: option for option in model_options(entitlements=entitlements, own_keys=own_keys)}
+    return GatewayConfig(version=version, built_at=time.monotonic(), entitlements=entitlements, own_keys=own_keys,
+                         names=names, options=options)
+
+
+_configs: dict[int, GatewayConfig] = {}
+
+
+async def gateway_config(organization_id: int, version: str | None) -> GatewayConfig:
+    """The organization's snapshot for the current version (built in a thread when stale)."""
+    config = _configs.get(organization_id)
+    if config is None or config.version != version or time.monotonic() - config.built_at > CONFIG_MAX_AGE:
+        config = await sync_to_async(gateway_config_build)(organization_id, version)
+        _configs[organization_id] = config
+    return config
+
+
+def gateway_config_bump() -> None:
+    """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one)."""
+    sync_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
+
+
+def api_access_check(config: GatewayConfig) -> None:
+    if not config.entitlements.api_access:
+        raise GatewayError(403, "Your plan does not include API access. Upgrade on the billing page to use "
+                           "API keys.", type="permission_error", code="plan_without_api_access")
 
 
 @dataclass
 class Prepared:
     """A request that passed every check, with its worst case held."""
 
-    organization: Organization
+    auth: KeyAuth
     candidates: list[ModelOption]
     request: ChatRequest
     own_keys: dict[str, str]
-    reservation: CreditReservation | None
+    reservation_id: int | None
+    hold: Decimal
     billing_key: str
     prompt_tokens: int
     completion_id: str
@@ -183,33 +274,33 @@ class Prepared:
     tokens_counted: int  # toward the tokens-per-minute limit, up front
 
 
-def _api_entitlements(organization: Organization):
-    entitlements = entitlements_for(organization)
-    if not entitlements.api_access:
-        raise GatewayError(403, "Your plan does not include API access. Upgrade on the billing page to use "
-                           "API keys.", type="permission_error", code="plan_without_api_access")
-    return entitlements
+async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> int:
+    """Reserve `amount` in one statement; the ledger's general path explains a refusal (402)."""
+    pool = await async_pool()
+    async with pool.connection() as connection:
+        cursor = await connection.execute(RESERVE_SQL, reserve_params(
+            organization_id=auth.organization_id, amount=amount, key=key, description=description))
+        row = await cursor.fetchone()
+    if row is not None:
+        return row[0]
+    # Not covered, or the organization's first movement (no account row yet): the ledger decides.
+    reservation = await sync_to_async(credit_reserve)(organization=Organization(pk=auth.organization_id),
+                                                      amount=amount, key=key, description=description)
+    return reservation.pk
 
 
-def models_for(auth: KeyAuth) -> list[ModelOption]:
-    organization = Organization(pk=auth.organization_id, schema_name=auth.schema_name, slug=auth.slug)
-    return model_options(entitlements=_api_entitlements(organization), own_keys=provider_keys_for(organization))
-
-
-def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
-    """Resolve the model, check the plan, hold the worst-case cost. Raises GatewayError."""
-    organization = Organization(pk=auth.organization_id, schema_name=auth.schema_name, slug=auth.slug)
-    model = model_resolve(params.model)
+async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig) -> Prepared:
+    """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError."""
+    api_access_check(config)
+    model = config.names.get(params.model)
     if model is None:
         raise GatewayError(404, f"The model '{params.model}' does not exist. GET /v1/models lists yours.",
                            param="model", code="model_not_found")
-    entitlements = _api_entitlements(organization)
-    own_keys = provider_keys_for(organization)
-    if not entitlements.allows_model_tier(model.tier):
+    if not config.entitlements.allows_model_tier(model.tier):
         raise GatewayError(403, f"Your plan does not include '{model.id}'. Upgrade to use it.",
                            param="model", code="model_not_allowed")
-    options = model_options(entitlements=entitlements, own_keys=own_keys, ids=[model.id, *model.fallbacks])
-    if not options or options[0].id != model.id:
+    candidates = config.candidates(model)
+    if not candidates or candidates[0].id != model.id:
         raise GatewayError(503, f"'{model.id}' is not available right now (its provider is not configured).",
                            type="server_error", param="model", code="model_unavailable")
     max_tokens = min(params.max_tokens or settings.CHAT_MAX_OUTPUT_TOKENS, model.max_output_tokens)
@@ -217,68 +308,92 @@ def prepare(auth: KeyAuth, params: CompletionParams) -> Prepared:
     if prompt_tokens + max_tokens > model.context_window:
         raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
-    limit = rate_limit_take(organization_id=organization.pk, key_id=auth.key_id,
-                            requests_per_minute=entitlements.requests_per_minute,
-                            tokens_per_minute=entitlements.tokens_per_minute, tokens=prompt_tokens + max_tokens)
+    redis = async_client()
+    entitlements = config.entitlements
+    limit = await rate_limit_take_async(
+        redis, organization_id=auth.organization_id, key_id=auth.key_id,
+        requests_per_minute=entitlements.requests_per_minute, tokens_per_minute=entitlements.tokens_per_minute,
+        tokens=prompt_tokens + max_tokens)
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",
                            headers={**limit.headers(), "retry-after": str(limit.retry_after)})
-    worst = max(o.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens) for o in options)
+    worst = max(o.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens) for o in candidates)
     worst = worst.quantize(CREDIT_QUANTUM, rounding=ROUND_UP)
     completion_id = uuid.uuid4().hex
-    billing_key = f"v1:{organization.pk}:{completion_id}"
-    reservation = None
+    billing_key = f"v1:{auth.organization_id}:{completion_id}"
+    reservation_id = None
     if worst > 0:
         try:
-            reservation = credit_reserve(organization=organization, amount=worst, key=billing_key,
-                                         description=f"API {model.id}")
-        except InsufficientCredits as error:
-            raise GatewayError(402, f"Not enough credits: this request may cost up to {worst.normalize()} and the "
-                               f"balance is {error.balance.normalize()}.", type="insufficient_quota",
-                               code="insufficient_credits") from None
+            reservation_id = await _hold(auth, worst, billing_key, f"API {model.id}")
+        except BaseException as error:
+            await rate_limit_give_back_async(redis, organization_id=auth.organization_id, key_id=auth.key_id,
+                                             tokens=prompt_tokens + max_tokens)
+            if isinstance(error, InsufficientCredits):
+                raise GatewayError(402, f"Not enough credits: this request may cost up to {worst.normalize()} and "
+                                   f"the balance is {error.balance.normalize()}.", type="insufficient_quota",
+                                   code="insufficient_credits", headers=limit.headers()) from None
+            raise
     request = ChatRequest(model=model.provider_model, messages=params.messages, max_tokens=max_tokens,
                           temperature=params.temperature, top_p=params.top_p, stop=params.stop, extra=params.extra)
-    return Prepared(organization=organization, candidates=options, request=request, own_keys=own_keys,
-                    reservation=reservation, billing_key=billing_key, prompt_tokens=prompt_tokens,
-                    completion_id=f"chatcmpl-{completion_id}", created=int(time.time()), limit=limit,
-                    tokens_counted=prompt_tokens + max_tokens)
+    return Prepared(auth=auth, candidates=candidates, request=request, own_keys=config.own_keys,
+                    reservation_id=reservation_id, hold=worst if reservation_id else Decimal(0),
+                    billing_key=billing_key, prompt_tokens=prompt_tokens, completion_id=f"chatcmpl-{completion_id}",
+                    created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens)
 
 
-def settle(prepared: Prepared, *, auth: KeyAuth, served: str, text: str, input_tokens: int | None,
-           output_tokens: int | None) -> Decimal:
-    """Charge what the call used (the provider's counts, or an estimate of what was produced) and meter it."""
+LAST_USED_SQL = f"UPDATE {ApiKey._meta.db_table} SET last_used_at = now() WHERE id = %(key)s"
+
+
+async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, input_tokens: int | None,
+                 output_tokens: int | None, text: str = "", touch_key: bool = False) -> Decimal:
+    """Charge what the call used (the provider's counts, or an estimate of what was produced), meter it
+    and give the unused tokens back: one database round trip, after the client has its answer."""
     if input_tokens is None or output_tokens is None:
-        input_tokens = prepared.prompt_tokens if text else 0
+        input_tokens = prepared.prompt_tokens if produced else 0
         output_tokens = tokens_estimate(text)
-    credits, price = Decimal(0), None
-    try:
-        cost = usage_cost(kind=UsageEvent.Kind.MODEL, key=served, input_tokens=input_tokens,
-                          output_tokens=output_tokens)
-        credits, price = cost.credits, cost.price
-    except UnknownPrice:
-        pass
-    reservation = prepared.reservation
-    if reservation is not None:
-        credits = min(credits, reservation.amount)
-        if credits > 0:
-            credit_settle(reservation=reservation, actual=credits)
-        else:
-            credit_release(reservation=reservation)
-    if price is not None and (input_tokens or output_tokens):
-        usage_record(organization=prepared.organization, kind=UsageEvent.Kind.MODEL, key=served,
-                     request_id=prepared.billing_key, credits=credits, price=price, api_key_id=auth.key_id,
-                     input_tokens=input_tokens, output_tokens=output_tokens)
-    rate_limit_give_back(organization_id=prepared.organization.pk, key_id=auth.key_id,
-                         tokens=prepared.tokens_counted - input_tokens - output_tokens)
+    credits = credits_for(input_per_million=served.input_per_million, output_per_million=served.output_per_million,
+                          input_tokens=input_tokens, output_tokens=output_tokens)
+    credits = min(credits, prepared.hold)
+    auth = prepared.auth
+    pool = await async_pool()
+    # One pipeline, one Sync: PostgreSQL runs the statements up to a Sync as one implicit transaction,
+    # so the hold closes and the usage event is written together or not at all, in one round trip.
+    async with pool.connection() as connection, connection.pipeline():
+        if prepared.reservation_id is not None:
+            await connection.execute(CLOSE_SQL, {"reservation": prepared.reservation_id,
+                                                 "actual": credits if credits > 0 else None})
+        if input_tokens or output_tokens:
+            await connection.execute(USAGE_INSERT_SQL, usage_params(
+                organization_id=auth.organization_id, kind=UsageEvent.Kind.MODEL, key=served.id,
+                request_id=prepared.billing_key, credits=credits, input_per_million=served.input_per_million,
+                output_per_million=served.output_per_million, api_key_id=auth.key_id, input_tokens=input_tokens,
+                output_tokens=output_tokens))
+        if touch_key:
+            await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
+    await rate_limit_give_back_async(async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
+                                     tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
 
 
-def release(prepared: Prepared, *, auth: KeyAuth) -> None:
+async def release(prepared: Prepared, *, touch_key: bool = False) -> None:
     """The call failed before producing anything: the hold and the counted tokens come back."""
-    if prepared.reservation is not None:
-        credit_release(reservation=prepared.reservation)
-    rate_limit_give_back(organization_id=prepared.organization.pk, key_id=auth.key_id, tokens=prepared.tokens_counted)
+    await settle(prepared, served=prepared.candidates[0], produced=False, input_tokens=0, output_tokens=0,
+                 touch_key=touch_key)
+
+
+def holds_reap() -> int:
+    """Release gateway holds left open by a process that died mid-call (the client never got an answer
+    from it, or the settlement after it was lost); returns how many."""
+    cutoff = timezone.now() - timedelta(seconds=settings.GATEWAY_HOLD_TIMEOUT_SECONDS)
+    stale = CreditReservation.objects.filter(status=CreditReservation.Status.OPEN, key__startswith="v1:",
+                                             created_at__lt=cutoff)
+    count = 0
+    for reservation in stale.iterator():
+        with transaction.atomic():
+            credit_release(reservation=reservation)
+        count += 1
+    return count
 
 
 def upstream_error(error: ProviderError) -> GatewayError:

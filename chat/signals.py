@@ -1,14 +1,19 @@
-"""A deleted account takes its conversations and files with it, in every organization."""
+"""A deleted account takes its conversations and files with it, in every organization; a change to
+what the /v1 gateway caches tells every process to rebuild."""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models.signals import pre_delete
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save, pre_delete
 from django.dispatch import receiver
 from django_tenants.utils import schema_context
 
+from billing.models import BillingAccount, Plan, Price
 from tenants.models import Membership
 
+from .catalog.models import Model, ModelAlias, ProviderKey
+from .gateway import gateway_config_bump
 from .models import Attachment, Thread
 from .services import thread_delete
 
@@ -24,3 +29,14 @@ def user_chat_delete(sender, instance, **kwargs) -> None:
             for attachment in Attachment.objects.filter(uploaded_by_id=instance.pk):
                 storage.delete(attachment.file.name)
                 attachment.delete()
+
+
+def _config_changed(sender, **kwargs) -> None:
+    # After the commit: a process rebuilding before it would read the old rows again.
+    transaction.on_commit(gateway_config_bump)
+
+
+# What the /v1 gateway's per-process snapshots hold (chat.gateway.GatewayConfig).
+for _model in (Model, ModelAlias, ProviderKey, Plan, Price, BillingAccount):
+    post_save.connect(_config_changed, sender=_model, dispatch_uid=f"gateway_config_{_model.__name__}_save")
+    post_delete.connect(_config_changed, sender=_model, dispatch_uid=f"gateway_config_{_model.__name__}_delete")

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import OperationalError
 from django_tenants.utils import schema_context
 
+from .gateway import holds_reap
 from .generation import ACTIVE_SET, answer_generate, answer_never_started, answer_recover
 from .models import Message
 from .redis import sync_client
@@ -74,3 +75,9 @@ def generations_reap() -> int:
                 else:
                     client.zrem(ACTIVE_SET, key)
     return closed
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def gateway_holds_reap() -> int:
+    """Beat: release /v1 credit holds left open by a process that died mid-call."""
+    return holds_reap()

@@ -12,7 +12,7 @@ organization_var: ContextVar[str] = ContextVar("organization", default="-")
 user_var: ContextVar[str] = ContextVar("user_id", default="-")
 
 # Accept a caller's id only when it looks like one (no log injection).
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestIDMiddleware:
@@ -23,7 +23,7 @@ class RequestIDMiddleware:
 
     def __call__(self, request):
         incoming = request.headers.get("X-Request-ID", "")
-        request.id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         # Set, not reset at the end: Django logs 4xx/5xx responses after the middleware returns.
         request_id_var.set(request.id)
         organization_var.set("-")

@@ -3,7 +3,7 @@
 - `/api/v1/...` (DRF) is described by drf-spectacular from the views; `api_schema_postprocess`
   adds what it cannot see: the error bodies every operation may answer, the `X-Organization`
   header that a session must send, and the OpenAI-compatible `/v1/models` and
-  `/v1/chat/completions`, which are plain async Django views (chat.views_v1).
+  `/v1/chat/completions`, which chat.v1 serves as its own ASGI app outside Django's handler.
 - `/api/docs/` is Swagger UI from our own static files (drf-spectacular-sidecar), with no inline
   script or style: the init script comes from the view's `?script` URL and the page's styles
   from static/api/docs.css, so the site's strict CSP holds.

@@ -15,7 +15,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("pricing", billing_views.pricing, name="pricing"),
     path("try/", include("chat.urls_trial")),
-    path("v1/", include("chat.urls_v1")),
     path("api/", include("config.api_urls")),
     path("orgs/", tenant_views.org_list, name="org_list"),
     path("orgs/new/", tenant_views.org_create, name="org_create"),

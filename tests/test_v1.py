@@ -26,6 +26,23 @@ from .servers import start_live_server
 CHEAP = "openai/gpt-4.1-mini"
 
 
+def eventually(check, timeout: float = 10.0):
+    """`check()`'s value once it stops raising AssertionError (or DoesNotExist): the gateway settles
+    and meters a call after the client has its answer, so the rows land a moment later."""
+    import time
+
+    from django.core.exceptions import ObjectDoesNotExist
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except (AssertionError, ObjectDoesNotExist):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def upstream():
     openai_fake = FakeOpenAI(Answer(["Hello", " from", " upstream", "."], input_tokens=21, output_tokens=4)).start()
@@ -130,7 +147,8 @@ def test_completion_through_the_official_sdk(gateway, keys, upstream_reset, djan
     assert (sent["temperature"], sent["top_p"], sent["stop"], sent["user"]) == (0.3, 0.9, ["END"], "customer-42")
     assert sent["response_format"] == {"type": "text"}
     with django_db_blocker.unblock():
-        usage = UsageEvent.objects.get(request_id=f"v1:{keys['a'].key.organization_id}:{completion.id[9:]}")
+        usage = eventually(lambda: UsageEvent.objects.get(
+            request_id=f"v1:{keys['a'].key.organization_id}:{completion.id[9:]}"))
     assert (usage.api_key_id, usage.key, usage.input_tokens, usage.output_tokens) == (keys["a"].key.pk, CHEAP, 21, 4)
     assert usage.credits == Decimal("0.00148")  # 21 × 40 + 4 × 160 per million
 
@@ -213,7 +231,11 @@ def test_upstream_failure_is_503_and_the_hold_is_released(gateway, keys, upstrea
     with django_db_blocker.unblock():
         open_holds = CreditReservation.objects.filter(key__startswith=f"v1:{keys['a'].key.organization_id}:",
                                                       status=CreditReservation.Status.OPEN)
-        assert not open_holds.exists()
+
+        def released():
+            assert not open_holds.exists()
+
+        eventually(released)
 
 
 # ---------------------------------------------------------------- plan rate limits
@@ -304,6 +326,113 @@ def test_credits_for_exactly_n_calls_serve_exactly_n_of_4n_concurrent_calls(
         statuses = list(pool.map(call, range(4 * n)))
     assert statuses.count(200) == n and statuses.count(402) == 3 * n, statuses
     with django_db_blocker.unblock():
+        def settled():
+            assert not CreditReservation.objects.filter(organization=org, status="open").exists()
+
+        eventually(settled)
         final = BillingAccount.objects.get(pk=org.pk).credits
         assert final == 0 and final == ledger_sum(organization=org)
         assert UsageEvent.objects.filter(organization=org, api_key_id=keys["d"].key.pk).count() == n
+
+
+# ---------------------------------------------------------------- tools, models, disconnects, holds
+
+
+def test_tool_calls_come_back_in_openais_shape(gateway, keys, upstream_reset):
+    tools = [{"type": "function", "function": {"name": "weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    call = upstream_reset["openai"].tool_call_next("weather", {"city": "Recife"})
+    completion = client(gateway, keys["a"]).chat.completions.create(
+        model=CHEAP, messages=[{"role": "user", "content": "Weather in Recife?"}], tools=tools, tool_choice="auto")
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [made] = choice.message.tool_calls
+    assert (made.id, made.function.name, json.loads(made.function.arguments)) == (call.id, "weather",
+                                                                                  {"city": "Recife"})
+    assert upstream_reset["openai"].last.body["tools"] == tools
+
+    # The follow-up turn carries the call and its result back to the provider, in its wire shape.
+    upstream_reset["openai"].tool_call_next("weather", {"city": "Natal"})
+    stream = client(gateway, keys["a"]).chat.completions.create(
+        model=CHEAP, stream=True, tools=tools,
+        messages=[{"role": "user", "content": "Weather in Recife?"},
+                  {"role": "assistant", "content": None, "tool_calls": [made.model_dump()]},
+                  {"role": "tool", "tool_call_id": made.id, "content": "31 °C, sunny"},
+                  {"role": "user", "content": "And Natal?"}])
+    chunks = list(stream)
+    fragments = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert fragments[0].function.name == "weather" and fragments[0].id
+    assert json.loads("".join(f.function.arguments or "" for f in fragments)) == {"city": "Natal"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    sent = upstream_reset["openai"].last.body["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == made.id and sent[2] == {"role": "tool", "tool_call_id": made.id,
+                                                                      "content": "31 °C, sunny"}
+
+
+def test_a_tool_message_without_its_call_id_names_the_parameter(gateway, keys):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(gateway, keys["a"]).chat.completions.create(
+            model=CHEAP, messages=[{"role": "user", "content": "x"}, {"role": "tool", "content": "result"}])
+    assert raised.value.param == "messages[1].tool_call_id"
+
+
+def test_models_retrieve_by_id_and_alias(gateway, keys):
+    sdk = client(gateway, keys["a"])
+    assert sdk.models.retrieve(CHEAP).id == CHEAP
+    assert sdk.models.retrieve("gpt-4.1-mini").id == CHEAP
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("openai/gpt-5")  # premium: not on this plan
+
+
+def test_a_client_gone_mid_stream_is_billed_for_what_was_produced(gateway, keys, orgs, upstream_reset,
+                                                                    django_db_blocker):
+    import httpx
+
+    fake = upstream_reset["openai"]
+    fake.answer_next(Answer([f"word{i} " for i in range(40)], input_tokens=30, output_tokens=40))
+    fake.chunk_delay = 0.05
+    try:
+        body = {"model": CHEAP, "stream": True, "messages": [{"role": "user", "content": "Talk for a while"}]}
+        with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, timeout=20,
+                          headers={"Authorization": f"Bearer {keys['a'].raw}"}) as response:
+            assert response.status_code == 200
+            completion_id, seen = None, 0
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    completion_id = json.loads(line[6:])["id"]
+                    seen += 1
+                if seen == 4:
+                    break  # leave: the connection closes mid-answer
+    finally:
+        fake.chunk_delay = 0.0
+    key = f"v1:{orgs['a'].pk}:{completion_id.removeprefix('chatcmpl-')}"
+    with django_db_blocker.unblock():
+        hold = eventually(lambda: CreditReservation.objects.get(key=key, status="settled"))
+        usage = UsageEvent.objects.get(request_id=key)
+    assert 0 < usage.output_tokens < 40 and usage.input_tokens > 0  # what was produced, estimated
+    assert 0 < hold.actual == usage.credits < hold.amount
+
+
+def test_holds_of_a_dead_process_are_released_by_the_reaper(orgs, django_db_blocker, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.ledger import credit_reserve
+    from chat.gateway import holds_reap
+
+    org = orgs["a"]
+    with django_db_blocker.unblock():
+        before = BillingAccount.objects.get(pk=org.pk).credits
+        hold = credit_reserve(organization=org, amount=Decimal("1.5"), key=f"v1:{org.pk}:{uuid.uuid4().hex}")
+        fresh = credit_reserve(organization=org, amount=Decimal("1"), key=f"v1:{org.pk}:{uuid.uuid4().hex}")
+        CreditReservation.objects.filter(pk=hold.pk).update(
+            created_at=timezone.now() - timedelta(seconds=settings.GATEWAY_HOLD_TIMEOUT_SECONDS + 1))
+        assert holds_reap() >= 1
+        assert CreditReservation.objects.get(pk=hold.pk).status == "released"
+        assert CreditReservation.objects.get(pk=fresh.pk).status == "open"  # a call may still be running
+        from billing.ledger import credit_release
+
+        credit_release(reservation=fresh)
+        assert BillingAccount.objects.get(pk=org.pk).credits == before

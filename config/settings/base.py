@@ -275,6 +275,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     "meter-report": {"task": "billing.tasks.meter_reports_run", "schedule": 3600.0},
     # Answers whose worker died (no heartbeat) are closed as interrupted and billed for what they produced.
     "chat-generations-reap": {"task": "chat.tasks.generations_reap", "schedule": 15.0},
+    # /v1 credit holds whose process died mid-call go back (GATEWAY_HOLD_TIMEOUT_SECONDS).
+    "gateway-holds-reap": {"task": "chat.tasks.gateway_holds_reap", "schedule": 300.0},
 }
 CELERY_TASK_ROUTES = {
     "chat.tasks.generation_run": {"queue": "generation"},
@@ -392,6 +394,13 @@ API_UNAUTHENTICATED_PER_MINUTE = int(os.environ.get("API_UNAUTHENTICATED_PER_MIN
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "config.views.ratelimited"
 
+# The /v1 gateway (chat.v1): its own async PostgreSQL pool per process (config.db_async), the
+# largest request body it reads, and how long an unsettled hold may stay open before the
+# reaper releases it (a process that died mid-call; longer than any upstream call can take).
+ASYNC_DB_POOL_SIZE = int(os.environ.get("ASYNC_DB_POOL_SIZE", "4"))
+GATEWAY_MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(25 * 1024 * 1024)))
+GATEWAY_HOLD_TIMEOUT_SECONDS = int(os.environ.get("GATEWAY_HOLD_TIMEOUT_SECONDS", "1800"))
+
 # Logging: readable in development, JSON in production (see prod.py).
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
@@ -424,3 +433,32 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# Checks (CNPJ registries)
+# Public registries asked in turn for a company's data (checks.registries); no keys needed.
+CNPJWS_BASE_URL = os.environ.get("CNPJWS_BASE_URL", "https://publica.cnpj.ws")
+BRASILAPI_BASE_URL = os.environ.get("BRASILAPI_BASE_URL", "https://brasilapi.com.br")
+MINHARECEITA_BASE_URL = os.environ.get("MINHARECEITA_BASE_URL", "https://minhareceita.org")
+RECEITAWS_BASE_URL = os.environ.get("RECEITAWS_BASE_URL", "https://receitaws.com.br")
+CHECKS_CONNECT_TIMEOUT = float(os.environ.get("CHECKS_CONNECT_TIMEOUT", "3"))
+# BrasilAPI and minha-receita give up upstream after ~10 s.
+CHECKS_READ_TIMEOUT = float(os.environ.get("CHECKS_READ_TIMEOUT", "12"))
+CHECKS_USER_AGENT = os.environ.get("CHECKS_USER_AGENT", f"Prumo/1.0 (+{SITE_URL})")
+# Requests per window (seconds) for each provider, counted in Redis for the whole deployment
+# (every worker and organization): "3/60", or several windows "1/1,60/60"; empty = no limit.
+# cnpj.ws and ReceitaWS free tiers allow 3 a minute per IP; the others have no published limit.
+CHECKS_RATE_LIMITS = {
+    "cnpjws": os.environ.get("CNPJWS_RATE_LIMIT", "3/60"),
+    "brasilapi": os.environ.get("BRASILAPI_RATE_LIMIT", "1/1,60/60"),
+    "minhareceita": os.environ.get("MINHARECEITA_RATE_LIMIT", "1/1,60/60"),
+    "receitaws": os.environ.get("RECEITAWS_RATE_LIMIT", "3/60"),
+}
+# A 429 without Retry-After pauses that provider this long (seconds), for every worker.
+CHECKS_COOLDOWN_DEFAULT = int(os.environ.get("CHECKS_COOLDOWN_DEFAULT", "60"))
+# Circuit breaker per provider: this many failures (5xx, timeouts) within the window open it
+# for the cooldown; then one probe request decides whether it closes again.
+CHECKS_BREAKER_FAILURES = int(os.environ.get("CHECKS_BREAKER_FAILURES", "3"))
+CHECKS_BREAKER_WINDOW = int(os.environ.get("CHECKS_BREAKER_WINDOW", "60"))
+CHECKS_BREAKER_COOLDOWN = int(os.environ.get("CHECKS_BREAKER_COOLDOWN", "120"))
+# Namespace of the limiter, cooldown and breaker keys in Redis (global, not per organization).
+CHECKS_REDIS_PREFIX = os.environ.get("CHECKS_REDIS_PREFIX", "checks")

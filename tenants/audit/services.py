@@ -48,15 +48,19 @@ class Actor:
 
 def client_ip(request: HttpRequest) -> str | None:
     """The client address, trusting exactly TRUSTED_PROXY_COUNT proxies in front of us."""
+    return client_ip_from(request.META.get("HTTP_X_FORWARDED_FOR", ""), request.META.get("REMOTE_ADDR"))
+
+
+def client_ip_from(forwarded: str, remote: str | None) -> str | None:
+    """`client_ip` from an `X-Forwarded-For` value and the peer's address (for code outside Django)."""
     from django.conf import settings
 
     proxies = settings.TRUSTED_PROXY_COUNT
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if proxies and forwarded:
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if len(hops) >= proxies:
             return hops[-proxies]
-    return request.META.get("REMOTE_ADDR") or None
+    return remote or None
 
 
 def audit_record(

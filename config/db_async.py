@@ -1,0 +1,49 @@
+"""An async PostgreSQL pool (psycopg_pool) per event loop, for the few hot paths that run
+their own SQL without Django's thread hop (the /v1 gateway's hold and settlement).
+
+Connections are autocommit, on Django's default database and its credentials; a statement
+holds a connection only while it runs, so a handful serve a whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+from django.conf import settings
+from django.db import connections
+from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+# psycopg's connection class for new pools (tests count statements with a subclass).
+CONNECTION_CLASS: type[AsyncConnection] = AsyncConnection
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = weakref.WeakKeyDictionary()
+
+
+def _conninfo() -> str:
+    db = connections["default"].settings_dict
+    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
+              "host": db.get("HOST") or None, "port": str(db["PORT"]) if db.get("PORT") else None,
+              "application_name": "prumo-async"}
+    return make_conninfo(**{key: value for key, value in params.items() if value})
+
+
+async def async_pool() -> AsyncConnectionPool:
+    """This event loop's pool, opened on first use."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = AsyncConnectionPool(_conninfo(), connection_class=CONNECTION_CLASS, min_size=1,
+                                   max_size=settings.ASYNC_DB_POOL_SIZE, open=False, kwargs={"autocommit": True},
+                                   name="prumo-async")
+        _pools[loop] = pool
+        await pool.open()
+    return pool
+
+
+async def async_pool_close() -> None:
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()

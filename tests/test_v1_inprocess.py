@@ -1,0 +1,165 @@
+"""/v1 run in this process: chat.v1's ASGI app behind httpx's ASGI transport, the official SDK as
+the client, a fake OpenAI upstream. What one call costs in database round trips, and the
+per-address limit on calls without a valid key."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from contextlib import asynccontextmanager
+
+import httpx
+import openai
+import psycopg
+import pytest
+from django.db import connection
+
+from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, UsageEvent
+from chat import v1
+from chat.gateway import gateway_config_bump
+from chat.redis import async_client_close, sync_client
+from config import db_async
+from tenants.api_keys import api_key_create
+from tenants.audit.services import Actor
+from tenants.services import organization_create
+
+from .fake_llm import Answer, FakeOpenAI
+
+CHEAP = "openai/gpt-4.1-mini"
+
+
+class CountingConnection(psycopg.AsyncConnection):
+    """psycopg's connection, noting each statement and each pipeline (one round trip for all of its
+    statements)."""
+
+    log: list[str] = []
+    pipelined = False
+
+    async def execute(self, *args, **kwargs):
+        CountingConnection.log.append("pipelined statement" if self.pipelined else "statement")
+        return await super().execute(*args, **kwargs)
+
+    @asynccontextmanager
+    async def pipeline(self):
+        CountingConnection.log.append("pipeline")
+        self.pipelined = True
+        try:
+            async with super().pipeline() as pipeline:
+                yield pipeline
+        finally:
+            self.pipelined = False
+
+
+def round_trips(log: list[str]) -> int:
+    return log.count("statement") + log.count("pipeline")
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    fake = FakeOpenAI(Answer(["Counted", " answer"], input_tokens=12, output_tokens=2)).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def api_org(tenant_world, django_db_blocker):
+    """A committed organization on Starter (API access) and a chat key (the pool sees committed rows only)."""
+    with django_db_blocker.unblock():
+        org = organization_create(user=tenant_world["a"]["owner"], name=f"Inproc {uuid.uuid4().hex[:6]}",
+                                  actor=Actor.system("tests"))
+        BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
+        key = api_key_create(organization=org, name="in-process", scopes=["chat"], actor=Actor.system())
+    yield org, key
+    with django_db_blocker.unblock():
+        UsageEvent.objects.filter(organization=org).delete()
+        CreditEntry.objects.filter(organization=org).delete()
+        CreditReservation.objects.filter(organization=org).delete()
+        schema = org.schema_name
+        org.delete()
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+def gateway_settings(settings, upstream, monkeypatch, django_db_blocker):
+    providers = {name: dict(config) for name, config in settings.LLM_PROVIDERS.items()}
+    providers["openai"] = {"base_url": upstream.url, "api_key": "sk-upstream"}
+    settings.LLM_PROVIDERS = providers
+    monkeypatch.setattr(db_async, "CONNECTION_CLASS", CountingConnection)
+    with django_db_blocker.unblock():
+        gateway_config_bump()  # snapshots built under other settings are stale
+    for key in sync_client().scan_iter("chat:breaker:*"):
+        sync_client().delete(key)
+    return settings
+
+
+def sdk(key: str, client_address: str = "127.0.0.1") -> openai.AsyncOpenAI:
+    transport = httpx.ASGITransport(app=v1.application, client=(client_address, 5000))
+    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=key, max_retries=0,
+                              http_client=httpx.AsyncClient(transport=transport))
+
+
+def run(scenario):
+    async def wrapped():
+        try:
+            return await scenario()
+        finally:
+            await db_async.async_pool_close()
+            await async_client_close()
+
+    return asyncio.run(wrapped())
+
+
+def test_a_call_takes_two_database_round_trips(gateway_settings, api_org, django_db_blocker):
+    """One for the credit hold (before the provider is called), one for the settlement with its usage
+    event (after the client has its answer). Key, plan, catalog and prices come from the key cache
+    and the per-process snapshot; rate limits live in Redis."""
+    org, key = api_org
+    messages = [{"role": "user", "content": "Count my round trips"}]
+
+    async def scenario():
+        client = sdk(key.raw)
+        await client.chat.completions.create(model=CHEAP, messages=messages)  # warms the cache and snapshot
+        logs = {}
+        for name, stream in (("plain", False), ("stream", True)):
+            CountingConnection.log = []
+            if stream:
+                chunks = [chunk async for chunk in await client.chat.completions.create(
+                    model=CHEAP, messages=messages, stream=True, stream_options={"include_usage": True})]
+                assert chunks[-1].usage.completion_tokens == 2
+            else:
+                completion = await client.chat.completions.create(model=CHEAP, messages=messages)
+                assert completion.choices[0].message.content == "Counted answer"
+            logs[name] = CountingConnection.log
+        return logs
+
+    with django_db_blocker.unblock():  # the app reads the catalog and plan (once) on Django's ORM
+        logs = run(scenario)
+    for log in logs.values():
+        # The hold; then the settlement (close the hold, write the usage event) in one pipeline.
+        assert log == ["statement", "pipeline", "pipelined statement", "pipelined statement"], log
+        assert round_trips(log) == 2
+    with django_db_blocker.unblock():
+        assert UsageEvent.objects.filter(organization=org, api_key_id=key.key.pk).count() == 3
+        assert not CreditReservation.objects.filter(organization=org, status="open").exists()
+
+
+def test_calls_without_a_valid_key_are_limited_per_address(gateway_settings, django_db_blocker):
+    gateway_settings.API_UNAUTHENTICATED_PER_MINUTE = 3
+    sync_client().delete("rl:ip:192.0.2.55")
+
+    async def scenario():
+        client = sdk("prm_" + "n" * 44, client_address="192.0.2.55")
+        statuses = []
+        for _ in range(5):
+            try:
+                await client.models.list()
+            except openai.APIStatusError as error:
+                statuses.append((error.status_code, error.code, error.response.headers.get("retry-after")))
+        return statuses
+
+    with django_db_blocker.unblock():
+        statuses = run(scenario)
+    assert [status for status, _code, _wait in statuses] == [401, 401, 401, 429, 429]
+    assert statuses[0][1] == "invalid_api_key"
+    assert statuses[-1][1] == "rate_limit_exceeded" and int(statuses[-1][2]) >= 1
