@@ -1,0 +1,206 @@
+"""Shared by every worker and organization, in Redis: per-provider rate limit, 429 cooldown, circuit breaker.
+
+The registries limit us per source IP, i.e. per deployment, so the counters are global
+(never tenant-prefixed). Each decision is one Lua script, atomic across processes, and reads
+the clock from Redis (`TIME`) so workers with skewed clocks agree. Scripts use only commands
+Redis 6.2 has (the embedded server): no `EXPIRE … NX`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from django.conf import settings
+from redis.driver_info import DriverInfo
+
+# Sliding-window log per window: KEYS = one sorted set per window, ARGV = limit1, window_ms1, …, member.
+# Counts the request in every window only if each has room; else returns the ms until one frees.
+_RATE_LIMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local limit, window = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local used = redis.call('ZCARD', key)
+  if used >= limit then
+    local oldest = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+    local frees = tonumber(oldest[2]) + window - now
+    if frees > wait then wait = frees end
+  end
+end
+if wait > 0 then return wait end
+local member = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, member)
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i]))
+end
+return 0
+"""
+
+# Extend (never shorten) a cooldown: KEYS[1], ARGV[1] = ms.
+_COOLDOWN = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], '1', 'PX', ms) end
+return redis.call('PTTL', KEYS[1])
+"""
+
+# KEYS = open, tripped, probe; ARGV[1] = probe ms. Returns {allowed, wait_ms, probing}.
+_BREAKER_ALLOW = """
+local open_ttl = redis.call('PTTL', KEYS[1])
+if open_ttl > 0 then return {0, open_ttl, 0} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {1, 0, 0} end
+if redis.call('SET', KEYS[3], '1', 'NX', 'PX', tonumber(ARGV[1])) then return {1, 0, 1} end
+return {0, math.max(redis.call('PTTL', KEYS[3]), 1), 0}
+"""
+
+# KEYS = failures, open, tripped, probe; ARGV = threshold, window s, cooldown ms, tripped ttl s, retry-after ms.
+_BREAKER_FAILURE = """
+local threshold, window, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tripped_ttl, retry_after = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function trip(ms)
+  redis.call('SET', KEYS[2], '1', 'PX', ms)
+  redis.call('SET', KEYS[3], '1', 'EX', tripped_ttl)
+  redis.call('DEL', KEYS[1], KEYS[4])
+  return 1
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then return trip(math.max(cooldown, retry_after)) end
+local failures = redis.call('INCR', KEYS[1])
+if failures == 1 then redis.call('EXPIRE', KEYS[1], window) end
+if retry_after > 0 then return trip(math.max(cooldown, retry_after)) end
+if failures >= threshold then return trip(cooldown) end
+return 0
+"""
+
+
+@cache
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                driver_info=DriverInfo(name=None, lib_version=None))
+
+
+def redis_client() -> redis.Redis:
+    return _client_for(settings.REDIS_URL)
+
+
+@cache
+def _script(url: str, source: str):
+    return _client_for(url).register_script(source)
+
+
+def _run(source: str, *, keys: list[str], args: list):
+    return _script(settings.REDIS_URL, source)(keys=keys, args=args)
+
+
+def redis_key(provider: str, *parts: str) -> str:
+    return ":".join([settings.CHECKS_REDIS_PREFIX, provider, *parts])
+
+
+def _seconds(ms: int | float) -> float:
+    return max(float(ms), 0.0) / 1000
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+def parse_limits(spec: str | None) -> list[tuple[int, float]]:
+    """ "3/60" → [(3, 60.0)]; "1/1,60/60" → two windows; "" → no limit."""
+    limits = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        count, _, window = part.partition("/")
+        limits.append((int(count), float(window or 60)))
+    return limits
+
+
+def rate_limit_acquire(provider: str) -> float:
+    """Count one request to `provider` if every window has room: 0.0, else the seconds until one has."""
+    limits = parse_limits(settings.CHECKS_RATE_LIMITS.get(provider, ""))
+    if not limits:
+        return 0.0
+    keys = [redis_key(provider, "rl", f"{count}-{int(window * 1000)}") for count, window in limits]
+    args: list = []
+    for count, window in limits:
+        args += [count, int(window * 1000)]
+    args.append(uuid.uuid4().hex)
+    return _seconds(_run(_RATE_LIMIT, keys=keys, args=args))
+
+
+# ---------------------------------------------------------------- 429 cooldown
+
+
+def cooldown_set(provider: str, seconds: float) -> None:
+    """Pause `provider` for every worker for `seconds` (a longer pause already set is kept)."""
+    _run(_COOLDOWN, keys=[redis_key(provider, "cooldown")], args=[max(1, int(seconds * 1000))])
+
+
+def cooldown_remaining(provider: str) -> float:
+    return _seconds(redis_client().pttl(redis_key(provider, "cooldown")))
+
+
+# ---------------------------------------------------------------- circuit breaker
+
+
+@dataclass(frozen=True)
+class BreakerPermit:
+    allowed: bool
+    wait: float = 0.0  # seconds until it may be asked again, when not allowed
+    probing: bool = False  # half-open: this caller's request decides whether the breaker closes
+
+
+class CircuitBreaker:
+    """Per provider, in Redis, with a half-open state.
+
+    Closed: calls go through; CHECKS_BREAKER_FAILURES failures within CHECKS_BREAKER_WINDOW
+    seconds (or one failure carrying a Retry-After) open it. Open: every caller skips the
+    provider for CHECKS_BREAKER_COOLDOWN seconds (or the Retry-After, if longer). Half-open
+    (after the cooldown): one caller, across all workers, gets a probe; a success closes the
+    breaker, a failure opens it for another cooldown; the others keep skipping meanwhile.
+
+    (chat.routing.CircuitBreaker is async and has no half-open probe, hence this small one.)
+    """
+
+    def __init__(self, provider: str):
+        self.provider = provider
+        self.failures_key = redis_key(provider, "breaker", "failures")
+        self.open_key = redis_key(provider, "breaker", "open")
+        self.tripped_key = redis_key(provider, "breaker", "tripped")  # set while open or half-open
+        self.probe_key = redis_key(provider, "breaker", "probe")
+
+    @staticmethod
+    def probe_ms() -> int:
+        """A probe holds the half-open slot at most as long as a request can last."""
+        return int((settings.CHECKS_CONNECT_TIMEOUT + settings.CHECKS_READ_TIMEOUT + 5) * 1000)
+
+    def allow(self) -> BreakerPermit:
+        allowed, wait_ms, probing = _run(_BREAKER_ALLOW, keys=[self.open_key, self.tripped_key, self.probe_key],
+                                         args=[self.probe_ms()])
+        return BreakerPermit(bool(allowed), _seconds(wait_ms), bool(probing))
+
+    def record_failure(self, *, retry_after: float | None = None) -> bool:
+        """Count a failure; True when this opened (or re-opened) the breaker."""
+        tripped_ttl = max(settings.CHECKS_BREAKER_COOLDOWN * 10, 3600)
+        opened = _run(_BREAKER_FAILURE, keys=[self.failures_key, self.open_key, self.tripped_key, self.probe_key],
+                      args=[settings.CHECKS_BREAKER_FAILURES, settings.CHECKS_BREAKER_WINDOW,
+                            int(settings.CHECKS_BREAKER_COOLDOWN * 1000), tripped_ttl,
+                            int((retry_after or 0) * 1000)])
+        return bool(opened)
+
+    def record_success(self) -> None:
+        redis_client().delete(self.failures_key, self.tripped_key, self.probe_key, self.open_key)
+
+    def release_probe(self) -> None:
+        """Give the half-open probe back unused (the request was not sent)."""
+        redis_client().delete(self.probe_key)
+
+    def state(self) -> str:
+        """"closed", "open" or "half_open" (for status pages and tests)."""
+        client = redis_client()
+        if client.exists(self.open_key):
+            return "open"
+        return "half_open" if client.exists(self.tripped_key) else "closed"
