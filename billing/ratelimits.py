@@ -138,12 +138,22 @@ def rate_limit_take(*, organization_id: int, key_id: int, requests_per_minute: i
     return _limit(result, requests_per_minute, tokens_per_minute)
 
 
-async def rate_limit_take_async(client, *, organization_id: int, key_id: int, requests_per_minute: int,
-                                tokens_per_minute: int, tokens: int) -> Limit:
-    """`rate_limit_take` on an async Redis client (the /v1 gateway's)."""
-    result = await _run_async(client, _CHECK, _keys(organization_id, key_id),
-                              [requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
+def rate_limit_queue(pipe, *, organization_id: int, key_id: int, requests_per_minute: int, tokens_per_minute: int,
+                     tokens: int) -> None:
+    """Queue `rate_limit_take`'s script on an async pipeline (the /v1 gateway sends it with other reads);
+    `rate_limit_result` reads its reply. A server that lost its scripts answers NoScriptError:
+    `rate_limit_scripts_load` and send again."""
+    pipe.evalsha(_SHA[_CHECK], 4, *_keys(organization_id, key_id), requests_per_minute, tokens_per_minute, tokens,
+                 WINDOW_SECONDS)
+
+
+def rate_limit_result(result: list, *, requests_per_minute: int, tokens_per_minute: int) -> Limit:
     return _limit(result, requests_per_minute, tokens_per_minute)
+
+
+async def rate_limit_scripts_load(client) -> None:
+    for source in _SHA:
+        await client.script_load(source)
 
 
 def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> None:

@@ -27,10 +27,17 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
+from redis.exceptions import NoScriptError
 
 from billing.ledger import CLOSE_SQL, RESERVE_SQL, InsufficientCredits, credit_release, credit_reserve, reserve_params
 from billing.models import CreditReservation, UsageEvent
-from billing.ratelimits import Limit, rate_limit_give_back_async, rate_limit_take_async
+from billing.ratelimits import (
+    Limit,
+    rate_limit_give_back_async,
+    rate_limit_queue,
+    rate_limit_result,
+    rate_limit_scripts_load,
+)
 from billing.selectors import Entitlements, entitlements_for
 from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
 from config.db_async import async_pool
@@ -43,6 +50,7 @@ from .files import tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
 from .redis import async_client, sync_client
+from .routing import BreakerState, CircuitBreaker
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
                "parallel_tool_calls")
@@ -272,6 +280,7 @@ class Prepared:
     created: int
     limit: Limit
     tokens_counted: int  # toward the tokens-per-minute limit, up front
+    breakers: dict[str, BreakerState]
 
 
 async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> int:
@@ -287,6 +296,32 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
     reservation = await sync_to_async(credit_reserve)(organization=Organization(pk=auth.organization_id),
                                                       amount=amount, key=key, description=description)
     return reservation.pk
+
+
+async def _limit_and_breakers(auth: KeyAuth, entitlements: Entitlements, candidates: list[ModelOption],
+                              tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
+    """Count the call against the plan's limits and read the candidates' circuit breakers: one round trip."""
+    providers = list(dict.fromkeys(option.model.provider for option in candidates))
+    limits = {"requests_per_minute": entitlements.requests_per_minute,
+              "tokens_per_minute": entitlements.tokens_per_minute}
+    redis = async_client()
+    for first_try in (True, False):
+        async with redis.pipeline(transaction=False) as pipe:
+            rate_limit_queue(pipe, organization_id=auth.organization_id, key_id=auth.key_id, tokens=tokens, **limits)
+            for provider in providers:
+                breaker = CircuitBreaker(provider)
+                pipe.exists(breaker.open_key)
+                pipe.get(breaker.failures_key)
+            try:
+                result, *states = await pipe.execute()
+                break
+            except NoScriptError:
+                if not first_try:
+                    raise
+                await rate_limit_scripts_load(redis)  # a restarted Redis forgot the script
+    breakers = {provider: BreakerState(open=bool(states[2 * i]), failures=int(states[2 * i + 1] or 0))
+                for i, provider in enumerate(providers)}
+    return rate_limit_result(result, **limits), breakers
 
 
 async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig) -> Prepared:
@@ -309,11 +344,7 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
         raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
     redis = async_client()
-    entitlements = config.entitlements
-    limit = await rate_limit_take_async(
-        redis, organization_id=auth.organization_id, key_id=auth.key_id,
-        requests_per_minute=entitlements.requests_per_minute, tokens_per_minute=entitlements.tokens_per_minute,
-        tokens=prompt_tokens + max_tokens)
+    limit, breakers = await _limit_and_breakers(auth, config.entitlements, candidates, prompt_tokens + max_tokens)
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",
@@ -339,7 +370,8 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
     return Prepared(auth=auth, candidates=candidates, request=request, own_keys=config.own_keys,
                     reservation_id=reservation_id, hold=worst if reservation_id else Decimal(0),
                     billing_key=billing_key, prompt_tokens=prompt_tokens, completion_id=f"chatcmpl-{completion_id}",
-                    created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens)
+                    created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens,
+                    breakers=breakers)
 
 
 LAST_USED_SQL = f"UPDATE {ApiKey._meta.db_table} SET last_used_at = now() WHERE id = %(key)s"

@@ -29,6 +29,12 @@ BREAKER_KINDS = frozenset({ProviderError.UNAVAILABLE, ProviderError.TIMEOUT, Pro
                            ProviderError.INTERRUPTED, ProviderError.PROTOCOL})
 
 
+@dataclass(frozen=True)
+class BreakerState:
+    open: bool
+    failures: int
+
+
 class CircuitBreaker:
     """Per provider, shared by every process through Redis.
 
@@ -37,12 +43,15 @@ class CircuitBreaker:
     the router skips that provider and goes straight to the fallbacks.
     """
 
-    def __init__(self, provider: str):
+    def __init__(self, provider: str, known: BreakerState | None = None):
         self.provider = provider
         self.failures_key = f"chat:breaker:{provider}:failures"
         self.open_key = f"chat:breaker:{provider}:open"
+        self.known = known  # read by the caller in a round trip it made anyway (the /v1 gateway)
 
     async def is_open(self) -> bool:
+        if self.known is not None:
+            return self.known.open
         return bool(await async_client().exists(self.open_key))
 
     async def record_failure(self, error: ProviderError) -> None:
@@ -57,18 +66,20 @@ class CircuitBreaker:
             await client.set(self.open_key, "1", ex=cooldown)
 
     async def record_success(self) -> None:
-        await async_client().delete(self.failures_key)
+        if self.known is None or self.known.failures:  # nothing to forgive: spare the round trip
+            await async_client().delete(self.failures_key)
 
 
-async def route_stream(candidates: list[ModelOption], request: ChatRequest, *,
-                       own_keys: dict[str, str]) -> AsyncIterator:
+async def route_stream(candidates: list[ModelOption], request: ChatRequest, *, own_keys: dict[str, str],
+                       breakers: dict[str, BreakerState] | None = None) -> AsyncIterator:
     """`Served`, then the serving model's events; a final `StreamError` if nobody could answer.
 
     `request.model` is ignored: each candidate is asked for its own provider model name.
+    `breakers`: the providers' breaker states when the caller has just read them (else read here).
     """
     last_error: ProviderError | None = None
     for option in candidates:
-        breaker = CircuitBreaker(option.model.provider)
+        breaker = CircuitBreaker(option.model.provider, (breakers or {}).get(option.model.provider))
         if await breaker.is_open():
             last_error = ProviderError(ProviderError.UNAVAILABLE, "circuit open", provider=option.model.provider)
             continue

@@ -277,7 +277,8 @@ async def _completions(call: Call, auth: KeyAuth, config: GatewayConfig) -> None
 
 async def _complete(call: Call, prepared: Prepared, answer: Answer) -> None:
     upstream_started = time.perf_counter()
-    async for event in route_stream(prepared.candidates, prepared.request, own_keys=prepared.own_keys):
+    async for event in route_stream(prepared.candidates, prepared.request, own_keys=prepared.own_keys,
+                                    breakers=prepared.breakers):
         answer.take(event)
     call.upstream = time.perf_counter() - upstream_started
     if answer.failure is not None and not answer.produced:
@@ -332,7 +333,8 @@ async def _stream(call: Call, prepared: Prepared, params, answer: Answer) -> Non
         return not gone.is_set()
 
     watcher = asyncio.create_task(watch())
-    events = route_stream(prepared.candidates, prepared.request, own_keys=prepared.own_keys)
+    events = route_stream(prepared.candidates, prepared.request, own_keys=prepared.own_keys,
+                          breakers=prepared.breakers)
     started = False
     try:
         waited = time.perf_counter()

@@ -141,6 +141,12 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 2048  # hundreds of streams connecting at once (benchmarks)
     allow_reuse_address = True
 
+    connections = 0  # accepted so far: keep-alive tests count them
+
+    def process_request(self, request, client_address) -> None:
+        self.connections += 1
+        super().process_request(request, client_address)
+
     def handle_error(self, request, client_address) -> None:
         # A client that timed out or gave up resets its connection: normal here, not worth a traceback.
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -242,6 +248,11 @@ class FakeProvider:
         self.answer_next(Answer(pieces=list(pieces or []), input_tokens=self.answer.input_tokens,
                                 output_tokens=self.answer.output_tokens, finish="tool_calls", tool_calls=[call]))
         return call
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the server started."""
+        return self._server.connections if self._server is not None else 0
 
     @property
     def count(self) -> int:

@@ -484,3 +484,18 @@ def test_demo_through_the_registry(settings):
 
     assert error is None
     assert events[-1] == Finish("length")
+
+
+def test_consecutive_calls_reuse_one_connection(provider, fake):
+    """Each answer is read to the end of its body, so the next call reuses the connection (a new
+    one costs a TCP, and against real providers a TLS, handshake)."""
+    adapter = adapter_for(provider)
+
+    async def three_calls():
+        async with adapter:
+            for _ in range(3):
+                assert [e async for e in adapter.stream(chat_request()) if isinstance(e, Finish)]
+
+    before = fake.connections
+    asyncio.run(three_calls())
+    assert fake.count == 3 and fake.connections - before == 1

@@ -121,8 +121,7 @@ class OllamaAdapter(HttpxAdapter):
                                             name=function.get("name", ""), arguments=arguments)
                         calls += 1
                     if chunk.get("done"):
-                        done = chunk
-                        break
+                        done = chunk  # read on to the body's end: a response left unread closes its connection
         except (httpx.HTTPError, ValueError, TypeError, AttributeError) as error:
             raise self.stream_error(error, started=started) from error
         if done is None:

@@ -1,7 +1,10 @@
-"""OpenAI's Chat Completions API through the official SDK; DeepSeek speaks the same protocol.
+"""OpenAI's Chat Completions API over httpx; DeepSeek (and any OpenAI-compatible API) speaks the same.
 
-The SDK is told not to retry (`max_retries=0`): falling back or retrying is the router's
-decision. Every SDK and transport exception is turned into a `ProviderError`.
+Not through the official SDK: on the /v1 gateway's hot path the SDK's request transforms and
+per-chunk model construction cost ~2.5 ms of CPU a call, more than everything else Prumo does
+(measured with py-spy under bench/gateway.py; bench/RESULTS.md). The protocol is plain JSON
+over server-sent events, read here the way the Gemini and Ollama adapters read theirs. Nothing
+is retried: falling back or retrying is the router's decision.
 """
 
 from __future__ import annotations
@@ -11,21 +14,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import openai
+import httpx
 
 from .base import (
     ChatMessage,
     ChatRequest,
     Event,
     Finish,
-    ProviderAdapter,
     ProviderError,
     TextDelta,
     ToolCallDelta,
     Usage,
     tool_call_id_new,
 )
-from .http import describe, kind_for_status, retry_after, tls_context
+from .http import HttpxAdapter, kind_for_status, retry_after
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -50,25 +52,8 @@ def message_param(message: ChatMessage) -> dict[str, Any]:
     return {"role": message.role, "content": parts}
 
 
-class OpenAIAdapter(ProviderAdapter):
+class OpenAIAdapter(HttpxAdapter):
     name = "openai"
-
-    _client: openai.AsyncOpenAI | None = None
-
-    def client(self) -> openai.AsyncOpenAI:
-        # Made on first use, inside the event loop that will use its connections.
-        if self._client is None:
-            timeout = openai.Timeout(self.timeouts.read, connect=self.timeouts.connect)
-            self._client = openai.AsyncOpenAI(
-                api_key=self.api_key, base_url=self.base_url, max_retries=0, timeout=timeout,
-                http_client=openai.DefaultAsyncHttpxClient(timeout=timeout, verify=tls_context()),
-            )
-        return self._client
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
     @property
     def max_tokens_param(self) -> str:
@@ -90,10 +75,8 @@ class OpenAIAdapter(ProviderAdapter):
             params["top_p"] = request.top_p
         if request.stop:
             params["stop"] = list(request.stop)
-        if request.extra:
-            # Sent as JSON as given (tools, tool_choice, response_format, user, …).
-            params["extra_body"] = dict(request.extra)
-        return params
+        # Sent as given (tools, tool_choice, response_format, user, …); ours win over a clash.
+        return {**request.extra, **params}
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
@@ -103,40 +86,41 @@ class OpenAIAdapter(ProviderAdapter):
         usage: Usage | None = None
         calls_seen: set[int] = set()
         try:
-            chunks = await self.client().chat.completions.create(**self.params(request))
-            started = True
-            try:
-                async for chunk in chunks:
-                    if getattr(chunk, "usage", None) is not None:
-                        usage = Usage(input_tokens=chunk.usage.prompt_tokens or 0,
-                                      output_tokens=chunk.usage.completion_tokens or 0)
-                    for choice in getattr(chunk, "choices", None) or ():
-                        if getattr(choice, "index", 0):
+            async with self.client().stream(
+                "POST", f"{self.base_url.rstrip('/')}/chat/completions", json=self.params(request),
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            ) as response:
+                if response.status_code != 200:
+                    raise self.status_error(response, await response.aread())
+                started = True
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:` lines
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        continue  # read on to the body's end: a response left unread closes its connection
+                    chunk = json.loads(data)
+                    if not isinstance(chunk, dict):
+                        raise ValueError(f"a chunk that is not an object: {data[:80]!r}")
+                    if chunk.get("error"):
+                        # An error in the middle of a stream: the provider gave up on this answer.
+                        raise self.error(ProviderError.UNAVAILABLE,
+                                         f"Error in the stream: {error_message(chunk['error'])}")
+                    if chunk.get("usage"):
+                        usage = Usage(input_tokens=chunk["usage"].get("prompt_tokens") or 0,
+                                      output_tokens=chunk["usage"].get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0):
                             continue
-                        text = getattr(choice.delta, "content", None) if choice.delta is not None else None
-                        if text:
-                            yield TextDelta(text)
-                        for call in getattr(choice.delta, "tool_calls", None) or ():
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield TextDelta(delta["content"])
+                        for call in delta.get("tool_calls") or ():
                             yield self.tool_call_delta(call, calls_seen)
-                        if choice.finish_reason:
-                            finish = FINISH_REASONS.get(choice.finish_reason, "other")
-            finally:
-                await chunks.close()
-        except openai.APIStatusError as error:
-            raise self.status_error(error) from error
-        except openai.APITimeoutError as error:
-            raise self.error(ProviderError.TIMEOUT, "No answer within the read timeout.") from error
-        except openai.APIConnectionError as error:
-            if started:
-                raise self.error(ProviderError.INTERRUPTED, f"The stream broke off: {describe(error)}") from error
-            raise self.error(ProviderError.UNAVAILABLE, f"Cannot connect: {describe(error)}") from error
-        except openai.APIError as error:
-            # An `{"error": …}` chunk in the middle of a stream: the provider gave up on this answer.
-            raise self.error(ProviderError.UNAVAILABLE, f"Error in the stream: {error.message}") from error
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise self.error(ProviderError.PROTOCOL, f"Malformed chunk: {error}") from error
-        except openai.OpenAIError as error:
-            raise self.error(ProviderError.PROTOCOL, str(error)) from error
+                        if choice.get("finish_reason"):
+                            finish = FINISH_REASONS.get(choice["finish_reason"], "other")
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as error:
+            raise self.stream_error(error, started=started) from error
         if finish is None:
             raise self.error(ProviderError.INTERRUPTED, "The stream ended without a finish reason.")
         if usage is None:
@@ -145,20 +129,32 @@ class OpenAIAdapter(ProviderAdapter):
         yield Finish(finish)
 
     @staticmethod
-    def tool_call_delta(call, calls_seen: set[int]) -> ToolCallDelta:
-        function = call.function
-        call_id = call.id
-        if call.index not in calls_seen:
-            calls_seen.add(call.index)
+    def tool_call_delta(call: dict, calls_seen: set[int]) -> ToolCallDelta:
+        function = call.get("function") or {}
+        index = call.get("index", 0)
+        call_id = call.get("id")
+        if index not in calls_seen:
+            calls_seen.add(index)
             call_id = call_id or tool_call_id_new()  # some OpenAI-compatible servers leave it out
-        return ToolCallDelta(index=call.index, id=call_id, name=function.name if function else None,
-                             arguments=(function.arguments if function else None) or "")
+        return ToolCallDelta(index=index, id=call_id, name=function.get("name"),
+                             arguments=function.get("arguments") or "")
 
-    def status_error(self, error: openai.APIStatusError) -> ProviderError:
-        status = error.status_code
-        kind = kind_for_status(status)
-        if error.code in QUOTA_CODES:
-            kind = ProviderError.AUTH
-        return self.error(kind, error.message, status=status,
-                          retry_after=retry_after(error.response.headers) if status == 429 else None)
+    def status_error(self, response: httpx.Response, content: bytes) -> ProviderError:
+        status = response.status_code
+        try:
+            error = json.loads(content).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if isinstance(error, dict):
+            message, code = error_message(error), error.get("code")
+        else:
+            message, code = f"{status}: {content.decode(errors='replace')[:200]}", None
+        kind = ProviderError.AUTH if code in QUOTA_CODES else kind_for_status(status)
+        return self.error(kind, message, status=status,
+                          retry_after=retry_after(response.headers) if status == 429 else None)
 
+
+def error_message(error: Any) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error)
+    return str(error)
