@@ -167,7 +167,13 @@ async def rate_limit_give_back_async(client, *, organization_id: int, key_id: in
         await _run_async(client, _GIVE_BACK, _keys(organization_id, key_id)[2:], [tokens])
 
 
-async def ip_limited_async(client, ip: str) -> int | None:
+def ip_limited(ip: str) -> int | None:
     """Count an unauthenticated call from `ip`; the seconds to wait when over the limit, else None."""
+    ttl = int(_script(_IP)(keys=[f"rl:ip:{ip}"], args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS]))
+    return None if ttl < 0 else max(1, -(-ttl // 1000))
+
+
+async def ip_limited_async(client, ip: str) -> int | None:
+    """`ip_limited` on an async Redis client."""
     ttl = int(await client.eval(_IP, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS))
     return None if ttl < 0 else max(1, -(-ttl // 1000))

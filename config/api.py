@@ -40,10 +40,11 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from accounts.models import User
-from billing.ratelimits import Limit, rate_limit_take
+from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
 from config.observability import organization_var
 from tenants.api_keys import KeyAuth, bearer_token
+from tenants.audit.services import client_ip
 from tenants.models import ApiKey, Membership, Organization, Role
 from tenants.selectors import membership_for
 
@@ -67,6 +68,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         auth: KeyAuth | None = getattr(request._request, "api_key", None)
         if auth is None:
             if bearer_token(request._request):
+                address_limit(request)
                 raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
             return None
         user = api_key_principal(auth)
@@ -77,6 +79,14 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request: Request) -> str:
         # Makes unauthenticated calls 401 (with WWW-Authenticate) rather than 403.
         return 'Bearer realm="api"'
+
+
+def address_limit(request: Request) -> None:
+    """Calls without a valid key or session are limited per client address: guessing keys goes nowhere fast."""
+    wait = ip_limited(client_ip(request._request) or "unknown")
+    if wait is not None:
+        raise RateLimited(wait, _("Too many unauthenticated requests. Try again in %(seconds)s s.") % {
+            "seconds": wait})
 
 
 def key_entitlements(request: Request) -> Entitlements:
@@ -92,12 +102,15 @@ class RateLimited(exceptions.APIException):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_code = "rate_limit_exceeded"
 
-    def __init__(self, limit: Limit) -> None:
-        self.wait = limit.retry_after
-        what = _("tokens") if limit.exceeded == "tokens" else _("requests")
-        detail = _("Rate limit reached for %(what)s per minute on your plan. Try again in %(seconds)s s.") % {
-            "what": what, "seconds": self.wait}
+    def __init__(self, wait: int, detail: str) -> None:
+        self.wait = wait
         super().__init__({"detail": detail, "code": self.default_code})
+
+    @classmethod
+    def plan(cls, limit: Limit) -> RateLimited:
+        what = _("tokens") if limit.exceeded == "tokens" else _("requests")
+        return cls(limit.retry_after, _("Rate limit reached for %(what)s per minute on your plan. "
+                                        "Try again in %(seconds)s s.") % {"what": what, "seconds": limit.retry_after})
 
 
 def rate_limit_headers(limit: Limit) -> dict[str, str]:
@@ -201,6 +214,8 @@ class OrgAPIView(GenericAPIView):
         super().perform_authentication(request)
         if isinstance(request.auth, KeyAuth):
             self.plan_rate_limit_take(request)
+        elif request.user is None or not request.user.is_authenticated:
+            address_limit(request)
         if request.user is not None and request.user.is_authenticated:
             self.organization_enter(request)
 
@@ -214,7 +229,7 @@ class OrgAPIView(GenericAPIView):
                                 tokens_per_minute=entitlements.tokens_per_minute, tokens=0)
         self.headers.update(rate_limit_headers(limit))  # finalize_response puts them on every answer
         if not limit.allowed:
-            raise RateLimited(limit)
+            raise RateLimited.plan(limit)
 
     def organization_enter(self, request: Request) -> None:
         slug = request.headers.get(ORGANIZATION_HEADER, "").strip()

@@ -366,3 +366,18 @@ def test_threads_filter_by_pinned(keys):
     assert len(client.get("/api/v1/threads/", **auth).json()["results"]) == 3
     assert client.get("/api/v1/threads/?pinned=true&search=T1", **auth).json()["results"][0]["id"] == ids[1]
     assert client.get("/api/v1/threads/?pinned=maybe", **auth).status_code == 400
+
+
+def test_calls_without_a_valid_key_or_session_are_limited_per_address(settings):
+    from config.redis_shared import redis_client
+
+    settings.API_UNAUTHENTICATED_PER_MINUTE = 3
+    redis_client().delete("rl:ip:192.0.2.77")
+    anonymous = Client(REMOTE_ADDR="192.0.2.77")
+    statuses = [anonymous.get("/api/v1/threads/", HTTP_AUTHORIZATION="Bearer prm_" + "x" * 44).status_code,
+                anonymous.get("/api/v1/threads/").status_code, anonymous.get("/api/v1/billing/balance/").status_code,
+                anonymous.get("/api/v1/threads/").status_code]
+    assert statuses == [401, 401, 401, 429]
+    limited = anonymous.get("/api/v1/threads/")
+    assert limited.json()["code"] == "rate_limit_exceeded" and int(limited["Retry-After"]) >= 1
+    assert Client(REMOTE_ADDR="192.0.2.78").get("/api/v1/threads/").status_code == 401  # per address
