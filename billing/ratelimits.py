@@ -118,6 +118,11 @@ class Limit:
         }
 
 
+def rate_limit_keys(organization_id: int, key_id: int) -> list[str]:
+    """The counters of a key and its organization (tests reset them: they outlive a test's transaction)."""
+    return _keys(organization_id, key_id)
+
+
 def _keys(organization_id: int, key_id: int) -> list[str]:
     return [f"rl:req:key:{key_id}", f"rl:req:org:{organization_id}", f"rl:tok:key:{key_id}",
             f"rl:tok:org:{organization_id}"]

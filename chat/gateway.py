@@ -25,7 +25,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import connection as db_connection
+from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
@@ -226,8 +227,21 @@ class GatewayConfig:
         return [self.options[i] for i in (model.id, *model.fallbacks) if i in self.options]
 
 
+async def orm_call(function, *args, **kwargs):
+    """`function` on Django's ORM, in a thread, for the gateway's rare slow paths (a snapshot to build, a
+    key not cached yet, a refused hold to explain). Outside Django's request cycle nobody would close
+    that thread's connection, so the call closes it when done."""
+
+    def call():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            db_connection.close()
+
+    return await sync_to_async(call)()
+
+
 def gateway_config_build(organization_id: int, version: str | None) -> GatewayConfig:
-    close_old_connections()  # this runs outside Django's request cycle: drop a broken or expired connection
     organization = Organization(pk=organization_id)
     entitlements = entitlements_for(organization)
     own_keys = provider_keys_for(organization)
@@ -248,7 +262,7 @@ async def gateway_config(organization_id: int, version: str | None) -> GatewayCo
     """The organization's snapshot for the current version (built in a thread when stale)."""
     config = _configs.get(organization_id)
     if config is None or config.version != version or time.monotonic() - config.built_at > CONFIG_MAX_AGE:
-        config = await sync_to_async(gateway_config_build)(organization_id, version)
+        config = await orm_call(gateway_config_build, organization_id, version)
         _configs[organization_id] = config
     return config
 
@@ -293,8 +307,8 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
     if row is not None:
         return row[0]
     # Not covered, or the organization's first movement (no account row yet): the ledger decides.
-    reservation = await sync_to_async(credit_reserve)(organization=Organization(pk=auth.organization_id),
-                                                      amount=amount, key=key, description=description)
+    reservation = await orm_call(credit_reserve, organization=Organization(pk=auth.organization_id),
+                                 amount=amount, key=key, description=description)
     return reservation.pk
 
 

@@ -23,7 +23,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from billing.ratelimits import ip_limited_async
@@ -176,7 +175,7 @@ async def _authenticate(call: Call) -> tuple[KeyAuth, GatewayConfig]:
             pipe.set(used_key(prefix), 1, nx=True, ex=LAST_USED_EVERY)
             entry, version, touched = await pipe.execute()
         if entry is None:  # not cached yet: the middleware's path loads and caches it
-            auth = await sync_to_async(api_key_authenticate)(token)
+            auth = await gateway.orm_call(api_key_authenticate, token)
         else:
             auth = auth_from_entry(token, json.loads(entry))
         call.touch_key = bool(touched) and auth is not None

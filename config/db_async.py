@@ -23,11 +23,12 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool
 
 
 def _conninfo() -> str:
-    db = connections["default"].settings_dict
-    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "password": db.get("PASSWORD") or None,
-              "host": db.get("HOST") or None, "port": str(db["PORT"]) if db.get("PORT") else None,
-              "application_name": "prumo-async"}
-    return make_conninfo(**{key: value for key, value in params.items() if value})
+    """Django's own connection parameters for the default database (OPTIONS included: the embedded
+    PostgreSQL is reached through `?host=<socket dir>`), minus its Python-only ones."""
+    params = connections["default"].get_connection_params()
+    params = {key: value for key, value in params.items() if isinstance(value, str | int) and value != ""}
+    params.pop("prepare_threshold", None)
+    return make_conninfo(**params, application_name="prumo-async")
 
 
 async def async_pool() -> AsyncConnectionPool:

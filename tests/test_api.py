@@ -13,7 +13,7 @@ from django_tenants.utils import schema_context
 
 from billing.ledger import credit_grant
 from billing.models import BillingAccount, DailyUsage, Plan
-from billing.ratelimits import _keys as rate_limit_keys
+from billing.ratelimits import rate_limit_keys
 from chat.models import Message, Thread
 from chat.redis import sync_client
 from config.api import OrgAPIView, api_key_principal

@@ -79,6 +79,13 @@ def orgs(tenant_world, django_db_blocker):
         BillingAccount.objects.filter(pk=made["a"].pk).update(plan=Plan.objects.get(code="starter"))
         BillingAccount.objects.filter(pk__in=[made["b"].pk, made["c"].pk]).update(plan=small)
         BillingAccount.objects.filter(pk=made["d"].pk).update(plan=Plan.objects.get(code="business"))
+    # Organization ids restart with a new test database, Redis counters do not (the embedded Redis keeps
+    # its data between runs): start from zero.
+    from billing.ratelimits import rate_limit_keys
+    from chat.redis import sync_client
+
+    for org in made.values():
+        sync_client().delete(*rate_limit_keys(org.pk, 0))
     yield made
     with django_db_blocker.unblock():
         for org in made.values():
@@ -94,8 +101,11 @@ def orgs(tenant_world, django_db_blocker):
 @pytest.fixture(scope="module")
 def keys(orgs, django_db_blocker):
     """Org A with the chat scope, org A read-only, org B (whose balance a test empties)."""
+    from billing.ratelimits import rate_limit_keys
+    from chat.redis import sync_client
+
     with django_db_blocker.unblock():
-        return {
+        made = {
             "a": api_key_create(organization=orgs["a"], name="v1 tests", scopes=["chat"], actor=Actor.system()),
             "a_read": api_key_create(organization=orgs["a"], name="v1 read", scopes=["read"], actor=Actor.system()),
             "b": api_key_create(organization=orgs["b"], name="v1 b", scopes=["chat"], actor=Actor.system()),
@@ -104,6 +114,9 @@ def keys(orgs, django_db_blocker):
             "d": api_key_create(organization=orgs["d"], name="v1 d", scopes=["chat"], actor=Actor.system()),
             "free": api_key_create(organization=orgs["free"], name="v1 free", scopes=["chat"], actor=Actor.system()),
         }
+    for new in made.values():  # ids restart with a new test database, Redis counters do not
+        sync_client().delete(*rate_limit_keys(new.key.organization_id, new.key.pk))
+    return made
 
 
 @pytest.fixture(autouse=True)
