@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import transaction
@@ -9,7 +10,7 @@ from django.utils.translation import gettext_noop
 
 from tenants.models import Organization
 
-from .models import BillingAccount, Plan
+from .models import BillingAccount, Plan, Price
 
 FREE_PLAN = "free"
 
@@ -40,6 +41,21 @@ PLAN_SEEDS: list[dict] = [
      "checks_per_month": None, "max_upload_mb": 500, "api_access": True, "webhooks": True,
      "audit_retention_days": 730, "metered_overage": True, "sort_order": 4},
 ]
+
+
+# Checks are priced per check, by kind: a registry lookup, or an answer from the shared cache.
+CHECK_PRICES = {"cnpj": Decimal("5"), "cnpj_cached": Decimal("1")}
+
+
+def check_prices_seed(*, price_class=Price) -> int:
+    """Add a price for each check kind that has none. Returns how many were added."""
+    added = 0
+    for kind, per_unit in CHECK_PRICES.items():
+        if not price_class.objects.filter(kind="check", key=kind).exists():
+            price_class.objects.create(kind="check", key=kind, per_unit=per_unit,
+                                       effective_from=datetime(2026, 1, 1, tzinfo=UTC))
+            added += 1
+    return added
 
 
 @transaction.atomic

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dj_database_url
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
@@ -277,6 +278,9 @@ CELERY_BEAT_SCHEDULE: dict = {
     "chat-generations-reap": {"task": "chat.tasks.generations_reap", "schedule": 15.0},
     # /v1 credit holds whose process died mid-call go back (GATEWAY_HOLD_TIMEOUT_SECONDS).
     "gateway-holds-reap": {"task": "chat.tasks.gateway_holds_reap", "schedule": 300.0},
+    # Monitored CNPJ targets that are due get a fresh check; reports past retention are purged.
+    "checks-monitoring": {"task": "checks.tasks.monitoring_fanout", "schedule": 3600.0},
+    "checks-maintenance": {"task": "checks.tasks.checks_maintenance_fanout", "schedule": crontab(hour=3, minute=30)},
 }
 CELERY_TASK_ROUTES = {
     "chat.tasks.generation_run": {"queue": "generation"},
@@ -462,3 +466,11 @@ CHECKS_BREAKER_WINDOW = int(os.environ.get("CHECKS_BREAKER_WINDOW", "60"))
 CHECKS_BREAKER_COOLDOWN = int(os.environ.get("CHECKS_BREAKER_COOLDOWN", "120"))
 # Namespace of the limiter, cooldown and breaker keys in Redis (global, not per organization).
 CHECKS_REDIS_PREFIX = os.environ.get("CHECKS_REDIS_PREFIX", "checks")
+# The normalized results are cached for every organization (public data): found companies for
+# CHECKS_CACHE_TTL seconds, confirmed not-found ones for CHECKS_NEGATIVE_TTL; one lookup per CNPJ
+# at a time (the others wait up to CHECKS_LOCK_SECONDS for its result).
+CHECKS_CACHE_TTL = int(os.environ.get("CHECKS_CACHE_TTL", str(24 * 3600)))
+CHECKS_NEGATIVE_TTL = int(os.environ.get("CHECKS_NEGATIVE_TTL", str(6 * 3600)))
+CHECKS_LOCK_SECONDS = int(os.environ.get("CHECKS_LOCK_SECONDS", "60"))
+# A check whose lookups keep failing is retried with backoff this many times, then fails.
+CHECKS_MAX_RUNS = int(os.environ.get("CHECKS_MAX_RUNS", "5"))
