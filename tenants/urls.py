@@ -7,7 +7,7 @@ from . import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("chat/", include("chat.urls")),
-    path("checks/", views.coming_soon, {"section": "checks"}, name="checks_home"),
+    path("checks/", include("checks.urls")),
     path("billing/", include("billing.urls_org")),
     path("settings/", views.org_settings, name="org_settings"),
     path("settings/members/", views.members, name="members"),
