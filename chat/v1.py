@@ -73,6 +73,11 @@ class Call:
     key_id: int | None = None
     touch_key: bool = False  # this call is the key's first in its minute: write last_used_at
     upstream: float = 0.0  # seconds spent waiting for the provider (excluded from the overhead)
+    responded: bool = False  # the status line went out: an error can no longer change it
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.responded = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     def head(self, content_type: bytes, length: int | None = None) -> list[tuple[bytes, bytes]]:
         overhead = (time.perf_counter() - self.started - self.upstream) * 1000
@@ -85,8 +90,7 @@ class Call:
 
     async def respond(self, status: int, body: dict) -> None:
         payload = _json(body)
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": self.head(b"application/json", len(payload))})
+        await self.start(status, self.head(b"application/json", len(payload)))
         await self.send({"type": "http.response.body", "body": payload})
 
     async def fail(self, error: GatewayError) -> None:
@@ -123,8 +127,9 @@ async def application(scope, receive, send) -> None:
         pass
     except Exception:
         logger.exception("/v1 request failed")
-        await call.fail(GatewayError(500, "The server had an error while processing your request.",
-                                     type="server_error", code="internal_error"))
+        if not call.responded:
+            await call.fail(GatewayError(500, "The server had an error while processing your request.",
+                                         type="server_error", code="internal_error"))
     finally:
         if call.touch_key:
             await _touch(call)
@@ -349,8 +354,7 @@ async def _stream(call: Call, prepared: Prepared, params, answer: Answer) -> Non
             if isinstance(event, Served):
                 started = True
                 call.upstream = time.perf_counter() - waited
-                await call.send({"type": "http.response.start", "status": 200,
-                                 "headers": call.head(b"text/event-stream") + [(b"x-accel-buffering", b"no")]})
+                await call.start(200, call.head(b"text/event-stream") + [(b"x-accel-buffering", b"no")])
                 if not await emit(_chunk(prepared, answer.served.id, {"role": "assistant", "content": ""})):
                     return
             elif isinstance(event, TextDelta):
