@@ -92,13 +92,26 @@ CONTENT_PART = {
 }
 V1_SCHEMAS: dict[str, dict[str, Any]] = {
     "OpenAIError": OPENAI_ERROR,
+    "ToolCall": {
+        "type": "object",
+        "required": ["id", "type", "function"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {"type": "object", "required": ["name", "arguments"], "properties": {
+                "name": {"type": "string"}, "arguments": {"type": "string", "description": "JSON text."}}},
+        },
+    },
     "ChatCompletionMessage": {
         "type": "object",
         "required": ["role"],
         "properties": {
-            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
             "content": {"nullable": True,
                         "oneOf": [{"type": "string"}, {"type": "array", "items": CONTENT_PART}]},
+            "tool_calls": {"type": "array", "items": _ref("ToolCall"),
+                           "description": "An assistant turn that called tools."},
+            "tool_call_id": {"type": "string", "description": "Required in `tool` messages: the call answered."},
         },
     },
     "ChatCompletionRequest": {
@@ -144,7 +157,9 @@ V1_SCHEMAS: dict[str, dict[str, Any]] = {
                 "properties": {
                     "index": {"type": "integer"},
                     "message": {"type": "object", "properties": {
-                        "role": {"type": "string", "enum": ["assistant"]}, "content": {"type": "string"}}},
+                        "role": {"type": "string", "enum": ["assistant"]},
+                        "content": {"type": "string", "nullable": True},
+                        "tool_calls": {"type": "array", "items": _ref("ToolCall")}}},
                     "finish_reason": {"type": "string", "enum": ["stop", "length", "content_filter", "tool_calls"]},
                     "logprobs": {"type": "object", "nullable": True},
                 },
@@ -163,23 +178,28 @@ V1_SCHEMAS: dict[str, dict[str, Any]] = {
             "model": {"type": "string"},
             "choices": {"type": "array", "items": {"type": "object", "properties": {
                 "index": {"type": "integer"},
-                "delta": {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}}},
+                "delta": {"type": "object", "properties": {
+                    "role": {"type": "string"}, "content": {"type": "string"},
+                    "tool_calls": {"type": "array", "description": "Fragments: the first of a call has `id`, "
+                                   "`type` and `function.name`; the next ones append to `function.arguments`.",
+                                   "items": {"type": "object"}}}},
                 "finish_reason": {"type": "string", "nullable": True},
             }}},
             "usage": _ref("CompletionUsage"),
         },
+    },
+    "Model": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
+                       "created": {"type": "integer"}, "owned_by": {"type": "string"}},
     },
     "ModelList": {
         "type": "object",
         "required": ["object", "data"],
         "properties": {
             "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": {
-                "type": "object",
-                "required": ["id", "object", "created", "owned_by"],
-                "properties": {"id": {"type": "string"}, "object": {"type": "string", "enum": ["model"]},
-                               "created": {"type": "integer"}, "owned_by": {"type": "string"}},
-            }},
+            "data": {"type": "array", "items": _ref("Model")},
         },
     },
 }
@@ -197,6 +217,16 @@ V1_PATHS: dict[str, Any] = {
         "security": [{API_KEY_SCHEME: []}],
         "responses": {"200": _json(_ref("ModelList"), "The models the plan allows and a provider serves."),
                       **_openai_errors("401", "403", "405", "429")},
+    }},
+    "/v1/models/{model}": {"get": {
+        "operationId": "v1_models_retrieve",
+        "summary": "One model, by id or alias (OpenAI-compatible)",
+        "tags": ["OpenAI-compatible"],
+        "security": [{API_KEY_SCHEME: []}],
+        "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "A model id (`provider/model`, the slash included) or an alias."}],
+        "responses": {"200": _json(_ref("Model"), "The model, if the plan allows it and a provider serves it."),
+                      **_openai_errors("401", "403", "404", "405", "429")},
     }},
     "/v1/chat/completions": {"post": {
         "operationId": "v1_chat_completions_create",
