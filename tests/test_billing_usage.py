@@ -17,6 +17,7 @@ from billing.usage import UnknownPrice, usage_cost, usage_record, usage_rollup
 pytestmark = pytest.mark.django_db
 
 MODEL = "test/usage-model"  # not in the seeded catalog: this test owns its prices
+CHECK = "test-usage-check"  # nor in the seeded check prices
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def prices():
     old = Price.objects.create(kind="model", key=MODEL, input_per_million=Decimal("150"),
                                output_per_million=Decimal("600"),
                                effective_from=timezone.now() - timedelta(days=365))
-    check = Price.objects.create(kind="check", key="cnpj", per_unit=Decimal("2.5"),
+    check = Price.objects.create(kind="check", key=CHECK, per_unit=Decimal("2.5"),
                                  effective_from=timezone.now() - timedelta(days=365))
     return old, check
 
@@ -69,7 +70,7 @@ def test_rollup_is_incremental_idempotent_and_counts_late_events(prices, org_a, 
     for _ in range(3):
         _use(org_a, member, when=_at(2))
     _use(org_a, owner, when=_at(2))
-    _use(org_a, None, kind="check", key="cnpj", units=2, tokens=(0, 0), when=_at(1))
+    _use(org_a, None, kind="check", key=CHECK, units=2, tokens=(0, 0), when=_at(1))
     assert usage_rollup() == 5
     assert usage_rollup() == 0  # nothing new: nothing changes
 
