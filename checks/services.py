@@ -26,6 +26,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
+from django_tenants.utils import schema_context
 
 from accounts.models import User
 from billing.ledger import InsufficientCredits, credit_debit, credit_release, credit_reserve, credit_settle
@@ -192,16 +193,28 @@ def check_request(*, organization: Organization, target: Target, source: str = C
                            description=_("Check %(cnpj)s") % {"cnpj": target.cnpj_formatted}, user=user)
             Target.objects.filter(pk=target.pk).update(status=Check.Status.PENDING)
             if enqueue:
-                transaction.on_commit(lambda: check_enqueue(check))
+                schema = connection.schema_name
+                transaction.on_commit(lambda: check_enqueue(check, schema=schema))
     except InsufficientCredits as error:
         raise _insufficient(error) from None
     return check
 
 
-def check_enqueue(check: Check, countdown: float | None = None) -> None:
+def check_enqueue(check: Check, countdown: float | None = None, *, schema: str | None = None) -> None:
+    """Queue the check's run in its organization's schema (`schema`: when called outside it, e.g. on commit)."""
     from .tasks import check_run_task
 
-    check_run_task.apply_async((check.pk,), countdown=countdown)
+    with schema_context(schema or connection.schema_name):
+        check_run_task.apply_async((check.pk,), countdown=countdown)
+
+
+def target_delete(*, target: Target) -> None:
+    """Delete a target with its checks and reports. Refused (409) while a check runs: its credit hold is
+    settled or released only by its run."""
+    if target.checks.exclude(status__in=Check.FINAL).exists():
+        raise CheckRefused("check_in_progress", _("A check of this target is still running: delete it once it "
+                                                  "finishes."), status=409)
+    target.delete()
 
 
 @dataclass(frozen=True)

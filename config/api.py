@@ -6,7 +6,8 @@ check it). Two ways in:
 - `Authorization: Bearer prm_…` (an organization API key). The tenant middleware already
   resolved the key's organization and set its schema; `X-Organization` is optional and must
   name that same organization (else 404). A key's rights are its scopes: `read` allows safe
-  methods on every endpoint, `chat` allows reading and writing threads and messages.
+  methods on every endpoint, `chat` allows reading and writing threads and messages, `checks`
+  reading and writing checks, targets, reports and alerts.
 - A browser session (DRF's SessionAuthentication, so unsafe methods need the CSRF token). A
   session has no organization of its own: the caller names it with `X-Organization: <slug>`;
   a slug that does not exist and one the user is not a member of both answer 404. Rights are

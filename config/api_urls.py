@@ -12,6 +12,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from billing import api as billing_api
 from chat import api as chat_api
+from checks import api as checks_api
 from tenants import api as tenants_api
 
 from .openapi import ApiDocsView
@@ -34,6 +35,15 @@ v1 = [
     path("members/", tenants_api.MemberListView.as_view(), name="api_members"),
     path("api-keys/", tenants_api.ApiKeyListView.as_view(), name="api_keys"),
     path("api-keys/<int:key_id>/revoke/", tenants_api.ApiKeyRevokeView.as_view(), name="api_v1_key_revoke"),
+    path("checks/", checks_api.CheckListView.as_view(), name="api_checks"),
+    path("checks/<int:check_id>/", checks_api.CheckDetailView.as_view(), name="api_check"),
+    path("targets/", checks_api.TargetListView.as_view(), name="api_targets"),
+    path("targets/<int:target_id>/", checks_api.TargetDetailView.as_view(), name="api_target"),
+    path("targets/<int:target_id>/reports/", checks_api.TargetReportListView.as_view(), name="api_target_reports"),
+    path("reports/<int:report_id>/", checks_api.ReportDetailView.as_view(), name="api_report"),
+    path("reports/<int:report_id>/diff/<int:other_id>/", checks_api.ReportDiffView.as_view(),
+         name="api_report_diff"),
+    path("alerts/", checks_api.AlertListView.as_view(), name="api_alerts"),
 ]
 
 

@@ -1,15 +1,18 @@
 """The OpenAPI schema (/api/schema/), its docs page (/api/docs/), and Schemathesis over /api/v1.
 
 Schemathesis takes the schema drf-spectacular generates, generates requests for every /api/v1
-operation, sends them with an API key of org A (scopes `chat` and `read`) to the app in process
-(its WSGI integration), and checks that no answer is a 5xx and that every status code, content
-type and body is one the schema declares.
-Examples are few and derandomized, so the run is short and the same every time.
+operation, sends them with an API key of org A (scopes `chat`, `read` and `checks`) to the app in
+process (its WSGI integration), and checks that no answer is a 5xx and that every status code,
+content type and body is one the schema declares.
+Examples are few and derandomized, so the run is short and the same every time. Nothing reaches
+the network: the test's transaction never commits, so queued checks are never run, and the CNPJ
+registries point at a closed local port anyway.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -30,9 +33,13 @@ from schemathesis.specs.openapi.checks import (
 
 from chat.models import Message
 from chat.services import thread_create
+from checks.models import Attempt, Check
+from checks.services import report_write, target_add
 from config.wsgi import application
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
+
+from .checks_reports import dbone_report
 
 pytestmark = pytest.mark.django_db
 
@@ -59,7 +66,10 @@ def test_schema_is_valid_openapi_and_covers_every_endpoint():
             "/api/v1/api-keys/", "/v1/models", "/v1/chat/completions",
             "/api/v1/threads/{thread_id}/regenerate/", "/api/v1/threads/{thread_id}/edit/",
             "/api/v1/threads/{thread_id}/messages/{message_id}/stop/", "/api/v1/threads/{thread_id}/attachments/",
-            "/api/v1/api-keys/{key_id}/revoke/"} <= set(paths)
+            "/api/v1/api-keys/{key_id}/revoke/", "/api/v1/checks/", "/api/v1/checks/{check_id}/",
+            "/api/v1/targets/", "/api/v1/targets/{target_id}/", "/api/v1/targets/{target_id}/reports/",
+            "/api/v1/reports/{report_id}/", "/api/v1/reports/{report_id}/diff/{other_id}/",
+            "/api/v1/alerts/"} <= set(paths)
     threads = paths["/api/v1/threads/"]["get"]
     assert threads["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "PaginatedThreadList")
@@ -168,8 +178,8 @@ def api_key(tenant_world):
     BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))  # keys need API access
     # Room for every generated call (the plan's 60 a minute would answer most of them 429); rolled back after.
     Plan.objects.filter(code="starter").update(requests_per_minute=1_000_000)
-    return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read"], actor=Actor.system(),
-                          user=tenant_world["a"]["member"]).raw
+    return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read", "checks"],
+                          actor=Actor.system(), user=tenant_world["a"]["member"]).raw
 
 
 @pytest.fixture
@@ -182,6 +192,25 @@ def conversation(tenant_world):
         answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
                                         model_id=DEMO)
     return {"thread_id": thread.pk, "message_id": [question.pk, answer.pk]}
+
+
+@pytest.fixture
+def checks_world(tenant_world):
+    """A monitored target with a finished check and two reports (so an alert), for the checks operations."""
+    from billing.models import BillingAccount
+
+    org = tenant_world["a"]["org"]
+    BillingAccount.objects.filter(pk=org.pk).update(credits=500)  # generated checks may be queued (never run)
+    with schema_context(org.schema_name):
+        target = target_add(cnpj="05525406000101", label="Schemathesis", tags=["api"], schedule="daily")
+        check = Check.objects.create(target=target, status=Check.Status.SUCCEEDED, source=Check.Source.API,
+                                     provider="cnpjws", credits=5, finished_at=target.created_at)
+        Attempt.objects.create(check_run=check, provider="cnpjws", outcome="found", http_status=200, latency_ms=120)
+        first = report_write(target=target, check=check, record=dbone_report(), provider="cnpjws")
+        closed = {**dbone_report(), "situacao": {"code": 8, "label": "BAIXADA", "since": "2026-01-10", "motivo": None}}
+        second = report_write(target=target, check=None, record=closed, provider="cnpjws")
+    return {"check_id": check.pk, "target_id": target.pk, "report_id": [first.pk, second.pk],
+            "other_id": [second.pk, first.pk]}
 
 
 def _aim_at_real_objects(case, conversation: dict) -> None:
@@ -209,9 +238,12 @@ schema = _api_v1_schema()
 @settings(max_examples=25, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.filter_too_much])
-def test_api_conforms_to_its_schema(case, api_key, conversation, in_process_wsgi, settings, tmp_path):
+def test_api_conforms_to_its_schema(case, api_key, conversation, checks_world, in_process_wsgi, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path  # generated uploads that pass land here, not in the working tree
-    _aim_at_real_objects(case, conversation)
+    settings.CHECKS_REDIS_PREFIX = f"checks-schema-{uuid.uuid4().hex[:12]}"  # no cached answers from elsewhere
+    for name in ("CNPJWS_BASE_URL", "BRASILAPI_BASE_URL", "MINHARECEITA_BASE_URL", "RECEITAWS_BASE_URL"):
+        setattr(settings, name, "http://127.0.0.1:9")  # a lookup that did run would be refused locally
+    _aim_at_real_objects(case, {**conversation, **checks_world})
     case.call_and_validate(
         headers={"Authorization": f"Bearer {api_key}"},
         checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],

@@ -390,6 +390,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "config.openapi.api_schema_postprocess",
     ],
+    # Several models have a Status; name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "checks.models.Check.Status"},
 }
 
 # Rate limits (django-ratelimit counters live in the global Redis cache). Plans set the API's
