@@ -90,6 +90,8 @@ class Batch(models.Model):
     duplicates = models.PositiveIntegerField(default=0)
     invalid_rows = models.JSONField(default=list, blank=True)  # [{"line", "value", "code", "reason"}]
     total = models.PositiveIntegerField(default=0)  # checks created
+    cnpjs = models.JSONField(default=list, blank=True)  # the distinct valid CNPJs, in file order: what to check
+    error = models.CharField(max_length=255, blank=True)  # why it stopped before checking them all (credits)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, **USER_FK)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)

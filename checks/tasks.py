@@ -16,6 +16,7 @@ from django_tenants.utils import schema_context
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Membership, Organization, Role
 
+from .bulk import batch_start
 from .models import Alert, Check
 from .services import check_enqueue, check_run, checks_reap, current_organization, monitoring_run, reports_purge
 
@@ -91,3 +92,13 @@ def alert_email_task(alert_id: int) -> int:
         send_mail(subject, body, None, [user.email])
         sent += 1
     return sent
+
+
+@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5, ignore_result=True)
+def batch_start_task(batch_id: int) -> bool:
+    """Request the next chunk of a bulk batch's checks, then queue itself for the rest (idempotent: a
+    retry skips the CNPJs already requested)."""
+    more = batch_start(batch_id=batch_id)
+    if more:
+        batch_start_task.delay(batch_id)
+    return more
