@@ -168,7 +168,14 @@ def _insufficient(error: InsufficientCredits) -> CheckRefused:
 def check_request(*, organization: Organization, target: Target, source: str = Check.Source.MANUAL,
                   user: User | None = None, api_key_id: int | None = None, refresh: bool = False,
                   batch=None, enqueue: bool = True) -> Check:
-    """Ask about `target`: answered now from the cache, or queued. Raises CheckRefused."""
+    """Ask about `target`: answered now from the cache, or queued. Raises CheckRefused.
+
+    A person (or an API client) asking again while a check of the target is still queued or
+    running gets that check back: a double click or a retried request is not billed twice."""
+    if source in (Check.Source.MANUAL, Check.Source.API):
+        running = target.checks.exclude(status__in=Check.FINAL).order_by("-created_at").first()
+        if running is not None:
+            return running
     quota_check(organization)
     billing_key = f"check:{connection.schema_name}:{uuid.uuid4().hex}"
     fields = {"target": target, "source": source, "requested_by": user, "api_key_id": api_key_id,
@@ -360,6 +367,30 @@ def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | 
 
         transaction.on_commit(lambda: alert_email_task.delay(alert.pk))
     return alert
+
+
+def alerts_mark_read(*, alert_id: int | None = None) -> int:
+    """Mark one alert (or, with None, every unread one) as read; returns how many changed."""
+    alerts = Alert.objects.filter(read_at__isnull=True)
+    if alert_id is not None:
+        alerts = alerts.filter(pk=alert_id)
+    return alerts.update(read_at=timezone.now())
+
+
+@transaction.atomic
+def checks_settings_update(*, organization: Organization, actor, retention_days: int, alert_emails: bool,
+                           thresholds: dict) -> ChecksSettings:
+    """Save the organization's checks settings, with an audit event (before and after)."""
+    from tenants.audit.services import audit_record
+
+    row = checks_settings()
+    before = {"retention_days": row.retention_days, "alert_emails": row.alert_emails, "thresholds": row.thresholds}
+    row.retention_days, row.alert_emails, row.thresholds = retention_days, alert_emails, thresholds
+    row.save(update_fields=["retention_days", "alert_emails", "thresholds", "updated_at"])
+    audit_record(organization=organization, actor=actor, action="checks.settings_changed", target=row,
+                 before=before, after={"retention_days": retention_days, "alert_emails": alert_emails,
+                                       "thresholds": thresholds})
+    return row
 
 
 def checks_due(now: datetime | None = None):

@@ -273,3 +273,14 @@ def test_lost_checks_are_requeued(registries, funded):
         assert checks_reap() == 1  # queued again (and run eagerly here)
         check.refresh_from_db()
     assert check.status == Check.Status.SUCCEEDED
+
+
+def test_asking_again_while_a_check_is_queued_returns_it_unbilled(registries, funded):
+    org_a, _ = funded
+    with schema_context(org_a.schema_name):
+        target = target_add(cnpj=FOUND)
+        first = check_request(organization=org_a, target=target, enqueue=False)
+        again = check_request(organization=org_a, target=target, source=Check.Source.API, enqueue=False)
+        monitor = check_request(organization=org_a, target=target, source=Check.Source.MONITOR, enqueue=False)
+    assert again.pk == first.pk and monitor.pk != first.pk  # monitoring asks for fresh data anyway
+    assert balance(org_a) == Decimal("490")  # two holds, not three
