@@ -26,7 +26,7 @@ from typing import Any
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
-from .signals import RiskLevel
+from .signals import RiskLevel, value_at
 
 
 class ChangeKind(enum.StrEnum):
@@ -137,14 +137,6 @@ def _number(value: Any) -> Any:
         return _canonical(value)
 
 
-def _get(data: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(part)
-    return data
-
-
 def _special_label(value: Any) -> Any:
     return value.get("label") if isinstance(value, Mapping) else value
 
@@ -162,7 +154,7 @@ _FIELDS: tuple[tuple[str, Promise, Callable[[Any], Any]], ...] = (
     ("porte", _("Company size"), _canonical),
     ("capital_social", _("Share capital"), _number),
     ("data_inicio_atividade", _("Opening date"), _canonical),
-    ("cnae_principal", _("Main activity (CNAE)"), lambda v: _digits(_get(v, "code") if isinstance(v, Mapping)
+    ("cnae_principal", _("Main activity (CNAE)"), lambda v: _digits(value_at(v, "code") if isinstance(v, Mapping)
                                                                     else v)),
     ("endereco.tipo_logradouro", _("Street type"), _canonical),
     ("endereco.logradouro", _("Street"), _canonical),
@@ -260,7 +252,7 @@ def _keyed(items: Any, spec: _ListSpec) -> dict[str, Mapping[str, Any]]:
 
 
 def _list_changes(old: Mapping[str, Any], new: Mapping[str, Any], spec: _ListSpec) -> list[FieldChange]:
-    old_items, new_items = _keyed(_get(old, spec.path), spec), _keyed(_get(new, spec.path), spec)
+    old_items, new_items = _keyed(value_at(old, spec.path), spec), _keyed(value_at(new, spec.path), spec)
     changes = []
     for key in sorted(old_items.keys() - new_items.keys()):
         changes.append(FieldChange(f"{spec.path}[{key}]", spec.label, ChangeKind.REMOVED, old_items[key], None,
@@ -281,10 +273,10 @@ def report_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> ReportDiff:
     """Field-by-field changes from `old` to `new` (fields first, then partners, CNAEs, registrations, signals)."""
     changes = []
     for path, label, comparable in _FIELDS:
-        before, after = _get(old, path), _get(new, path)
+        before, after = value_at(old, path), value_at(new, path)
         if comparable(before) != comparable(after):
             changes.append(FieldChange(path, label, ChangeKind.CHANGED, before, after))
     for spec in _LISTS:
         changes.extend(_list_changes(old, new, spec))
     return ReportDiff(changes=tuple(changes),
-                      risk_level_change=risk_level_change(_get(old, "risk.level"), _get(new, "risk.level")))
+                      risk_level_change=risk_level_change(value_at(old, "risk.level"), value_at(new, "risk.level")))

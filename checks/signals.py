@@ -303,7 +303,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _get(data: Any, path: str) -> Any:
+def value_at(data: Any, path: str) -> Any:
+    """The value at a dotted `path` of nested mappings (None where the path breaks off)."""
     for part in path.split("."):
         if not isinstance(data, Mapping):
             return None
@@ -383,7 +384,7 @@ def _natureza_code(report: Mapping[str, Any]) -> str | None:
 
 def _pessoa_natural(report: Mapping[str, Any]) -> bool:
     natureza = _natureza_code(report)
-    return bool(_get(report, "natureza_juridica.pessoa_natural")) or natureza == NATUREZA_EMPRESARIO_INDIVIDUAL or (
+    return bool(value_at(report, "natureza_juridica.pessoa_natural")) or natureza == NATUREZA_EMPRESARIO_INDIVIDUAL or (
         natureza is not None and natureza.startswith("4"))
 
 
@@ -434,14 +435,14 @@ def _rule_situacao(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signa
     code = _situacao_code(report)
     if code in _SITUACAO_SIGNALS:
         signal_code, severity, explanation = _SITUACAO_SIGNALS[code]
-        evidence = {"situacao.code": code, "situacao.label": _get(report, "situacao.label")}
-        if since := _get(report, "situacao.since"):
+        evidence = {"situacao.code": code, "situacao.label": value_at(report, "situacao.label")}
+        if since := value_at(report, "situacao.since"):
             evidence["situacao.since"] = since
         yield _signal(signal_code, severity, explanation, evidence)
 
 
 def _rule_motivo(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal]:
-    motivo = _get(report, "situacao.motivo")
+    motivo = value_at(report, "situacao.motivo")
     code, label = _int_code(motivo), _label(motivo)
     if code is not None:
         grave = code in inputs.thresholds.motivos_graves
@@ -481,18 +482,18 @@ def _rule_situacao_recente(report: Mapping[str, Any], inputs: _Inputs) -> Iterat
     if code is not None and previous_code is not None and code != previous_code:
         yield _signal("SITUACAO_RECENTE", Severity.MEDIUM, _(
             "The registration status changed from %(old)s to %(new)s since the previous check."),
-            {"situacao.code": code, "situacao.label": _get(report, "situacao.label"),
+            {"situacao.code": code, "situacao.label": value_at(report, "situacao.label"),
              "previous.situacao.code": previous_code,
-             "previous.situacao.label": _get(inputs.previous, "situacao.label")},
-            old=_get(inputs.previous, "situacao.label") or previous_code,
-            new=_get(report, "situacao.label") or code)
+             "previous.situacao.label": value_at(inputs.previous, "situacao.label")},
+            old=value_at(inputs.previous, "situacao.label") or previous_code,
+            new=value_at(report, "situacao.label") or code)
         return
-    since = _date(_get(report, "situacao.since"), "situacao.since")
+    since = _date(value_at(report, "situacao.since"), "situacao.since")
     limit = inputs.thresholds.situacao_recente_days
     if code not in (None, SITUACAO_ATIVA) and since is not None and inputs.days_since(since) < limit:
         yield _signal("SITUACAO_RECENTE", Severity.MEDIUM, _(
             "The company left the active status %(days)s days ago (signal below %(limit)s days)."),
-            {"situacao.code": code, "situacao.since": _get(report, "situacao.since")},
+            {"situacao.code": code, "situacao.since": value_at(report, "situacao.since")},
             days=inputs.days_since(since), limit=limit)
 
 
@@ -534,7 +535,7 @@ def _rule_filial(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal]
         return
     matriz_code = _situacao_code(inputs.matriz)
     if matriz_code is not None and matriz_code != SITUACAO_ATIVA:
-        label = _get(inputs.matriz, "situacao.label")
+        label = value_at(inputs.matriz, "situacao.label")
         yield _signal("MATRIZ_NAO_ATIVA", Severity.HIGH, _(
             "The head office of this branch is not active (%(situacao)s)."),
             {"matriz.cnpj": inputs.matriz.get("cnpj"), "matriz.situacao.code": matriz_code,
@@ -552,7 +553,7 @@ def _rule_capital(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal
         return
     limit = inputs.thresholds.capital_baixo_limit
     business = natureza is not None and natureza.startswith("2")
-    if (business and not _pessoa_natural(report) and _get(report, "mei.optante") is not True
+    if (business and not _pessoa_natural(report) and value_at(report, "mei.optante") is not True
             and capital and capital < limit):
         yield _signal("CAPITAL_BAIXO", Severity.LOW, _(
             "The share capital (R$ %(capital)s) is below R$ %(limit)s."), evidence, capital=capital, limit=limit)
@@ -576,9 +577,9 @@ def _rule_pessoa_natural(report: Mapping[str, Any], inputs: _Inputs) -> Iterator
     evidence: dict[str, Any] = {}
     if _pessoa_natural(report):
         evidence["natureza_juridica.code"] = natureza
-        if _get(report, "natureza_juridica.pessoa_natural") is not None:
-            evidence["natureza_juridica.pessoa_natural"] = _get(report, "natureza_juridica.pessoa_natural")
-    if _get(report, "mei.optante") is True:
+        if value_at(report, "natureza_juridica.pessoa_natural") is not None:
+            evidence["natureza_juridica.pessoa_natural"] = value_at(report, "natureza_juridica.pessoa_natural")
+    if value_at(report, "mei.optante") is True:
         evidence["mei.optante"] = True
     if evidence:
         yield _signal("PESSOA_NATURAL", Severity.INFO, _(
@@ -590,12 +591,12 @@ def _rule_exclusao(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signa
     limit = inputs.thresholds.exclusao_recente_days
     for regime, code in (("mei", "MEI_EXCLUIDO"), ("simples", "SIMPLES_EXCLUIDO")):
         path = f"{regime}.excluido_em"
-        excluded = _date(_get(report, path), path)
+        excluded = _date(value_at(report, path), path)
         # A future date is a scheduled exclusion, which matters at least as much as a past one.
         if excluded is not None and inputs.days_since(excluded) < limit:
             yield _signal(code, Severity.LOW, _(
                 "The company was excluded from this tax regime on %(day)s (signal within %(limit)s days)."),
-                {path: _get(report, path)}, day=excluded.isoformat(), limit=limit)
+                {path: value_at(report, path)}, day=excluded.isoformat(), limit=limit)
 
 
 def _rule_sem_socios(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal]:
@@ -753,14 +754,14 @@ def _rule_contato(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal
 
 
 def _rule_desatualizado(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal]:
-    updated = _date(_get(report, "provenance.source_updated_at"), "provenance.source_updated_at")
+    updated = _date(value_at(report, "provenance.source_updated_at"), "provenance.source_updated_at")
     limit = inputs.thresholds.dados_desatualizados_days
     if updated is not None and inputs.days_since(updated) > limit:
         yield _signal("DADOS_DESATUALIZADOS", Severity.INFO, _(
             "The source's data is %(days)s days old (signal above %(limit)s days): mirrors lag the Receita "
             "Federal's monthly release."),
-            {"provenance.source_updated_at": _get(report, "provenance.source_updated_at"),
-             "provenance.provider": _get(report, "provenance.provider")},
+            {"provenance.source_updated_at": value_at(report, "provenance.source_updated_at"),
+             "provenance.provider": value_at(report, "provenance.provider")},
             days=inputs.days_since(updated), limit=limit)
 
 
@@ -772,12 +773,12 @@ def _rule_fontes(report: Mapping[str, Any], inputs: _Inputs) -> Iterator[Signal]
     for index, other in enumerate(inputs.other_sources):
         other_code = _situacao_code(other)
         if other_code is not None and other_code != code:
-            name = _get(other, "provenance.provider") or index
+            name = value_at(other, "provenance.provider") or index
             evidence[f"other_sources[{name}].situacao.code"] = other_code
     if evidence:
         yield _signal("FONTES_DIVERGENTES", Severity.MEDIUM, _(
             "Registry providers disagree on the registration status: check the Receita Federal directly."),
-            {"situacao.code": code, "provenance.provider": _get(report, "provenance.provider"), **evidence})
+            {"situacao.code": code, "provenance.provider": value_at(report, "provenance.provider"), **evidence})
 
 
 _RULES: tuple[Callable[[Mapping[str, Any], _Inputs], Iterable[Signal]], ...] = (

@@ -97,3 +97,41 @@ def fake():
     stripe.api_base = previous
     server.stop()
     assert server.unrecognized() == [], "the fake Stripe lacks endpoints our code or dj-stripe called"
+
+
+# ---------------------------------------------------------------- checks
+
+
+@pytest.fixture
+def registries(settings):
+    """The fake CNPJ registries, every client pointed at them, no rate limits, short timeouts, and a
+    Redis namespace of the test's own (cache, limits, breakers), dropped afterwards."""
+    import uuid
+
+    from checks.registries.limits import redis_client
+
+    from .fake_registries import PROVIDERS, FakeRegistries
+
+    settings.CHECKS_REDIS_PREFIX = prefix = f"checks-test-{uuid.uuid4().hex[:12]}"
+    settings.CHECKS_RATE_LIMITS = dict.fromkeys(PROVIDERS, "")
+    settings.CHECKS_CONNECT_TIMEOUT = settings.CHECKS_READ_TIMEOUT = 0.5
+    with FakeRegistries() as server:
+        for name, value in server.settings().items():
+            setattr(settings, name, value)
+        yield server
+    keys = list(redis_client().scan_iter(match=f"{prefix}*", count=500))
+    if keys:
+        redis_client().delete(*keys)
+
+
+@pytest.fixture
+def funded(org_a, org_b):
+    """Organizations A and B on Starter (200 checks a month) with 500 credits, in the test's transaction."""
+    from decimal import Decimal
+
+    from billing.models import BillingAccount, Plan
+
+    starter = Plan.objects.get(code="starter")
+    for org in (org_a, org_b):
+        BillingAccount.objects.filter(pk=org.pk).update(plan=starter, credits=Decimal("500"))
+    return org_a, org_b

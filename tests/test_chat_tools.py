@@ -19,10 +19,8 @@ from chat.providers import (
     ChatMessage,
     ChatRequest,
     Finish,
-    ProviderAdapter,
     ProviderError,
     StreamError,
-    TextDelta,
     Timeouts,
     ToolCall,
     ToolCallDelta,
@@ -35,6 +33,7 @@ from chat.redis import async_client_close, sync_client
 from chat.routing import Served, route_stream
 
 from .fake_llm import CUT, FAKES, Answer, FakeProvider, FakeToolCall
+from .test_chat_providers import run, texts
 
 PROVIDERS = ["openai", "deepseek", "anthropic", "gemini", "ollama"]
 # Providers that name calls themselves; Gemini and Ollama send none, so the adapter makes one.
@@ -57,26 +56,6 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
                                             "parameters": PARAMETERS}}
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 TOOLS = [WEATHER, CLOCK]
-
-
-def run(adapter: ProviderAdapter, request: ChatRequest) -> tuple[list, ProviderError | None]:
-    """All events the adapter yielded, and the ProviderError it raised (if any)."""
-
-    async def consume():
-        events: list = []
-        async with adapter:
-            try:
-                async for event in adapter.stream(request):
-                    events.append(event)
-            except ProviderError as error:
-                return events, error
-        return events, None
-
-    return asyncio.run(consume())
-
-
-def texts(events: list) -> list[str]:
-    return [event.text for event in events if isinstance(event, TextDelta)]
 
 
 def deltas(events: list) -> list[ToolCallDelta]:

@@ -8,7 +8,6 @@ import csv
 import io
 import random
 import re
-import uuid
 import warnings
 from datetime import timedelta
 from decimal import Decimal
@@ -37,8 +36,6 @@ from checks.bulk import (
 )
 from checks.cache import cached_lookup
 from checks.models import Batch, Check, Target
-
-from .fake_registries import PROVIDERS, FakeRegistries
 
 FOUND = "19131243000197"  # BrasilAPI / minha-receita sample company
 CACHED = "27865757000102"  # cnpj.ws sample company, looked up before the batch
@@ -182,23 +179,8 @@ def test_the_rate_limit_throughput_sums_each_providers_tightest_window():
 # Batches end to end
 
 
-@pytest.fixture
-def registries(settings):
-    settings.CHECKS_REDIS_PREFIX = f"checks-test-{uuid.uuid4().hex[:12]}"
-    settings.CHECKS_RATE_LIMITS = dict.fromkeys(PROVIDERS, "")
-    settings.CHECKS_CONNECT_TIMEOUT = settings.CHECKS_READ_TIMEOUT = 0.5
-    with FakeRegistries() as server:
-        for name, value in server.settings().items():
-            setattr(settings, name, value)
-        yield server
 
 
-@pytest.fixture
-def funded(org_a, org_b):
-    starter = Plan.objects.get(code="starter")
-    for org in (org_a, org_b):
-        BillingAccount.objects.filter(pk=org.pk).update(plan=starter, credits=Decimal("500"))
-    return org_a, org_b
 
 
 def balance(org) -> Decimal:

@@ -24,7 +24,7 @@ from checks.models import Alert, Check, ChecksSettings, Report, Target
 from checks.services import check_request, check_run, report_write, target_add
 from tenants.audit.models import AuditEvent
 
-from .fake_registries import PROVIDERS, RATE_LIMIT, SERVER_ERROR, FakeRegistries, load_json
+from .fake_registries import PROVIDERS, RATE_LIMIT, SERVER_ERROR, load_json
 
 pytestmark = pytest.mark.django_db
 
@@ -35,16 +35,6 @@ ABSENT = "11222333000181"  # valid, in no registry
 HX = {"HTTP_HX_REQUEST": "true"}
 
 
-@pytest.fixture
-def registries(settings):
-    settings.CHECKS_REDIS_PREFIX = f"checks-pages-{uuid.uuid4().hex[:12]}"
-    settings.CHECKS_RATE_LIMITS = dict.fromkeys(PROVIDERS, "")
-    settings.CHECKS_CONNECT_TIMEOUT = settings.CHECKS_READ_TIMEOUT = 0.5
-    with FakeRegistries() as server:
-        for name, value in server.settings().items():
-            setattr(settings, name, value)
-        yield server
-    redis_forget(settings.CHECKS_REDIS_PREFIX)
 
 
 def redis_forget(prefix: str) -> None:
@@ -57,13 +47,6 @@ def redis_forget(prefix: str) -> None:
         client.delete(*keys)
 
 
-@pytest.fixture
-def funded(org_a, org_b):
-    """Both organizations on Starter (200 checks a month) with credits to spare."""
-    starter = Plan.objects.get(code="starter")
-    for org in (org_a, org_b):
-        BillingAccount.objects.filter(pk=org.pk).update(plan=starter, credits=Decimal("500"))
-    return org_a, org_b
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from checks.services import (
     target_add,
 )
 
-from .fake_registries import PROVIDERS, RATE_LIMIT, SERVER_ERROR, FakeRegistries
+from .fake_registries import PROVIDERS, RATE_LIMIT, SERVER_ERROR
 
 pytestmark = pytest.mark.django_db
 
@@ -36,24 +36,8 @@ FOUND = "19131243000197"  # the sample company (BrasilAPI / minha-receita / cnpj
 ABSENT = "11222333000181"  # valid, in no registry
 
 
-@pytest.fixture
-def registries(settings):
-    settings.CHECKS_REDIS_PREFIX = f"checks-test-{uuid.uuid4().hex[:12]}"
-    settings.CHECKS_RATE_LIMITS = dict.fromkeys(PROVIDERS, "")
-    settings.CHECKS_CONNECT_TIMEOUT = settings.CHECKS_READ_TIMEOUT = 0.5
-    with FakeRegistries() as server:
-        for name, value in server.settings().items():
-            setattr(settings, name, value)
-        yield server
 
 
-@pytest.fixture
-def funded(org_a, org_b):
-    """Both organizations on Starter (200 checks a month) with credits to spare."""
-    starter = Plan.objects.get(code="starter")
-    for org in (org_a, org_b):
-        BillingAccount.objects.filter(pk=org.pk).update(plan=starter, credits=Decimal("500"))
-    return org_a, org_b
 
 
 def balance(org) -> Decimal:
