@@ -149,7 +149,7 @@ def add_company(page, cnpj: str, *, label: str = "", refresh: bool = False) -> N
     if refresh:
         form.get_by_label("Refresh (bypass the cache)").check()
     with page.expect_navigation(url=re.compile(rf"/o/{SLUG}/checks/targets/\d+/$")):
-        form.get_by_role("button", name="Check").click()
+        form.get_by_role("button", name="Check company").click()
 
 
 def no_horizontal_scroll(page) -> bool:
