@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connection, models, transaction
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_date, parse_datetime
@@ -255,7 +256,7 @@ def check_run(check_id: int) -> RunOutcome:
         logger.info("check %s throttled: every registry is rate-limited for %s s", check.pk, wait)
         return RunOutcome(Check.Status.PENDING, retry_in=wait)
     runs = check.runs + 1
-    if runs < _max_runs():
+    if runs < settings.CHECKS_MAX_RUNS:
         wait = max(result.retry_after or 0, 5 * 2 ** (runs - 1)) + random.uniform(0, 2)
         Check.objects.filter(pk=check.pk).update(runs=runs)
         _requeue(check, wait, error=result.error or result.outcome)
@@ -264,12 +265,6 @@ def check_run(check_id: int) -> RunOutcome:
         check.runs = runs
         _fail(check, result.error or _("The registries could not be reached."))
     return RunOutcome(Check.Status.FAILED)
-
-
-def _max_runs() -> int:
-    from django.conf import settings
-
-    return settings.CHECKS_MAX_RUNS
 
 
 def _requeue(check: Check, wait: float, *, error: str) -> None:
