@@ -188,7 +188,7 @@ def bulk(org, count: int, scale: float, workers: int, url: str, redis_url: str) 
            **{LIMIT_ENV[provider]: limit for provider, limit in limits.items()}}
     PROCESSES.append(subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", f"--concurrency={workers}",
-         "-Q", "default", "--loglevel=WARNING", "-n", f"bench-checks-{os.getpid()}@%h", "--without-gossip",
+         "-Q", "default,checks", "--loglevel=WARNING", "-n", f"bench-checks-{os.getpid()}@%h", "--without-gossip",
          "--without-mingle"], env=env, cwd=ROOT, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT,
         start_new_session=True))
     csv = "cnpj\n" + "\n".join(cnpjs) + "\n"

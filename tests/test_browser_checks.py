@@ -42,14 +42,16 @@ def registries():
 def checks_server(test_database_url, redis_url, tmp_path_factory, registries):
     """A web server and a Celery worker that ask the fake registries, with no rate limit of our own."""
     prefix = f"checks-browser-{uuid.uuid4().hex[:12]}"
+    # A queue of its own: the session's other worker (not pointed at these fakes) must not take the checks.
     env = {**registries.settings(), **{f"{provider.upper()}_RATE_LIMIT": "" for provider in PROVIDERS},
-           "CHECKS_REDIS_PREFIX": prefix, "CHECKS_CONNECT_TIMEOUT": "2", "CHECKS_READ_TIMEOUT": "6"}
+           "CHECKS_REDIS_PREFIX": prefix, "CHECKS_CONNECT_TIMEOUT": "2", "CHECKS_READ_TIMEOUT": "6",
+           "CHECKS_QUEUE": prefix}
     web = start_live_server(database_url=test_database_url, redis_url=redis_url,
                             workdir=tmp_path_factory.mktemp("checks-web"), env_extra=env)
     try:
         worker = start_celery_worker(database_url=test_database_url, redis_url=redis_url,
                                      workdir=tmp_path_factory.mktemp("checks-worker"), email_dir=web.email_dir,
-                                     site_url=web.url, env_extra=env)
+                                     site_url=web.url, env_extra=env, queues=prefix)
     except BaseException:
         web.process.stop()
         raise

@@ -282,7 +282,11 @@ CELERY_BEAT_SCHEDULE: dict = {
     "checks-monitoring": {"task": "checks.tasks.monitoring_fanout", "schedule": 3600.0},
     "checks-maintenance": {"task": "checks.tasks.checks_maintenance_fanout", "schedule": crontab(hour=3, minute=30)},
 }
+# Registry lookups wait on rate limits: their own queue keeps them from delaying e-mails and the rest.
+CHECKS_QUEUE = os.environ.get("CHECKS_QUEUE", "checks")
 CELERY_TASK_ROUTES = {
+    "checks.tasks.check_run_task": {"queue": CHECKS_QUEUE},
+    "checks.tasks.batch_start_task": {"queue": CHECKS_QUEUE},
     "chat.tasks.generation_run": {"queue": "generation"},
     "chat.tasks.thread_title": {"queue": "generation"},
     "chat.tasks.trial_answer": {"queue": "generation"},
