@@ -28,7 +28,6 @@ import copy
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.credits import bench_database_url  # noqa: E402
+from bench.gateway import spawn, stop_all  # noqa: E402
 from bench.tenants import bench_owner, ensure_migrated, percentile, section, setup_django  # noqa: E402
 
 SLUG = "bench-checks"
@@ -50,7 +50,6 @@ DATA = ROOT / "tests" / "data" / "checks"
 REAL_LIMITS = {"cnpjws": "3/60", "brasilapi": "1/1,60/60", "minhareceita": "1/1,60/60", "receitaws": "3/60"}
 LIMIT_ENV = {"cnpjws": "CNPJWS_RATE_LIMIT", "brasilapi": "BRASILAPI_RATE_LIMIT",
              "minhareceita": "MINHARECEITA_RATE_LIMIT", "receitaws": "RECEITAWS_RATE_LIMIT"}
-PROCESSES: list[subprocess.Popen] = []
 
 
 def scaled(limit: str, scale: float) -> str:
@@ -60,17 +59,6 @@ def scaled(limit: str, scale: float) -> str:
         calls, seconds = window.split("/")
         windows.append(f"{calls}/{float(seconds) / scale:g}")
     return ",".join(windows)
-
-
-def stop_all(*_args) -> None:
-    for process in PROCESSES:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in PROCESSES:
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def organization():
@@ -186,11 +174,9 @@ def bulk(org, count: int, scale: float, workers: int, url: str, redis_url: str) 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": url, "REDIS_URL": redis_url,
            "DJANGO_SETTINGS_MODULE": "config.settings.dev", "LOG_LEVEL": "WARNING", **fake.settings(),
            **{LIMIT_ENV[provider]: limit for provider, limit in limits.items()}}
-    PROCESSES.append(subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", f"--concurrency={workers}",
-         "-Q", "default,checks", "--loglevel=WARNING", "-n", f"bench-checks-{os.getpid()}@%h", "--without-gossip",
-         "--without-mingle"], env=env, cwd=ROOT, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True))
+    spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", f"--concurrency={workers}",
+           "-Q", "default,checks", "--loglevel=WARNING", "-n", f"bench-checks-{os.getpid()}@%h", "--without-gossip",
+           "--without-mingle"], env, logs / "worker.log")
     csv = "cnpj\n" + "\n".join(cnpjs) + "\n"
     try:
         with schema_context(org.schema_name):
