@@ -44,7 +44,15 @@ from . import cnpj as cnpj_id
 from .models import Batch, Check, RiskLevel, Target
 from .registries import CLIENTS
 from .registries.limits import parse_limits
-from .services import CheckRefused, check_request, current_organization, quota_check, tags_clean, target_add
+from .services import (
+    CheckRefused,
+    check_cancel,
+    check_request,
+    current_organization,
+    quota_check,
+    tags_clean,
+    target_add,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -463,6 +471,17 @@ def batch_progress(batch: Batch, *, now: datetime | None = None) -> Progress:
                     failed=by_status[Check.Status.FAILED], cached=counts["cached"],
                     not_requested=max(planned - batch.total, 0) if batch.error else 0, finished=finished,
                     eta_seconds=eta_seconds, eta_source=eta_source)
+
+
+def batch_cancel(*, batch: Batch) -> int:
+    """Stop a running batch: nothing more is requested, and its checks still queued are cancelled (their
+    holds released); those a worker already took finish. Returns how many checks were cancelled."""
+    if not Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING).update(
+            status=Batch.Status.CANCELLED, finished_at=timezone.now(), error=_("Cancelled."),
+            total=Check.objects.filter(batch=batch).count()):
+        return 0
+    waiting = Check.objects.filter(batch=batch, status=Check.Status.PENDING)
+    return sum(check_cancel(check) for check in waiting.only("pk", "billing_key"))
 
 
 # Results

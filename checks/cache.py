@@ -39,15 +39,25 @@ class CachedLookup:
     cached_at: str | None = None  # when the answer was fetched from the registry (ISO)
 
 
-def cache_peek(cnpj: str) -> CachedLookup | None:
-    """The cached answer for `cnpj`, if any (counts a hit or a miss)."""
+def _read(cnpj: str) -> CachedLookup | None:
     raw = redis_client().get(_key(cnpj))
-    redis_client().incr(_key("hits" if raw is not None else "misses"))
     if raw is None:
         return None
     entry = json.loads(raw)
     result = LookupResult(cnpj, entry["outcome"], record=entry["record"], provider=entry["provider"])
     return CachedLookup(result=result, hit=True, cached_at=entry["cached_at"])
+
+
+def _counted(lookup: CachedLookup) -> CachedLookup:
+    """Each answer counts once: a hit when the cache gave it, a miss when the registries did."""
+    redis_client().incr(_key("hits" if lookup.hit else "misses"))
+    return lookup
+
+
+def cache_peek(cnpj: str) -> CachedLookup | None:
+    """The cached answer for `cnpj`, if any, without asking anyone (counted as a hit when there is one)."""
+    cached = _read(cnpj)
+    return _counted(cached) if cached is not None else None
 
 
 def _store(result: LookupResult) -> None:
@@ -59,8 +69,8 @@ def _store(result: LookupResult) -> None:
 
 def cached_lookup(cnpj: str, *, refresh: bool = False) -> CachedLookup:
     """The cached answer, or one registry lookup shared by everyone asking for `cnpj` meanwhile."""
-    if not refresh and (cached := cache_peek(cnpj)) is not None:
-        return cached
+    if not refresh and (cached := _read(cnpj)) is not None:
+        return _counted(cached)
     lock = _key("lock", cnpj)
     token = secrets.token_hex(8)
     deadline = time.monotonic() + settings.CHECKS_LOCK_SECONDS
@@ -68,18 +78,18 @@ def cached_lookup(cnpj: str, *, refresh: bool = False) -> CachedLookup:
         # Someone is asking the registries for this CNPJ right now: their answer is ours.
         time.sleep(0.05)
         if not redis_client().exists(lock):
-            shared = cache_peek(cnpj)
+            shared = _read(cnpj)
             if shared is not None:
-                return shared
+                return _counted(shared)
         if time.monotonic() > deadline:
             break  # the holder died without releasing: its lock expires, ask ourselves
     try:
-        if not refresh and (cached := cache_peek(cnpj)) is not None:
-            return cached  # answered while we waited for the lock
+        if not refresh and (cached := _read(cnpj)) is not None:
+            return _counted(cached)  # answered while we waited for the lock
         result = registry_lookup(cnpj)
         if result.outcome in CACHED_OUTCOMES:
             _store(result)
-        return CachedLookup(result=result, hit=False)
+        return _counted(CachedLookup(result=result, hit=False))
     finally:
         redis_client().eval(_RELEASE, 1, lock, token)
 

@@ -364,6 +364,19 @@ def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | 
     return alert
 
 
+def check_cancel(check: Check) -> bool:
+    """Cancel a check still waiting in the queue: it fails as cancelled and its hold goes back. A check a
+    worker already took runs to its end. Returns whether it was cancelled."""
+    with transaction.atomic():
+        if not Check.objects.filter(pk=check.pk, status=Check.Status.PENDING).update(
+                status=Check.Status.FAILED, error=_("Cancelled"), finished_at=timezone.now()):
+            return False
+        reservation = CreditReservation.objects.filter(key=check.billing_key).first()
+        if reservation is not None:
+            credit_release(reservation=reservation)
+    return True
+
+
 def alerts_mark_read(*, alert_id: int | None = None) -> int:
     """Mark one alert (or, with None, every unread one) as read; returns how many changed."""
     alerts = Alert.objects.filter(read_at__isnull=True)

@@ -8,11 +8,13 @@ from __future__ import annotations
 from itertools import islice
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.utils.translation import ngettext
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from tenants.guards import org_member_required
 from tenants.models import Role
@@ -65,7 +67,19 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
     invalid = [{**row, "reason": bulk.invalid_reason(row)} for row in batch.invalid_rows[:bulk.INVALID_SHOWN]]
     return render(request, "checks/bulk_batch.html", {
         "batch": batch, "progress": bulk.batch_progress(batch), "invalid_rows": invalid,
+        "can_cancel": _can_upload(request),
         "invalid_count": len(batch.invalid_rows), "invalid_shown": bulk.INVALID_SHOWN})
+
+
+@org_member_required(role=Role.MEMBER)
+@require_POST
+def batch_cancel(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = _batch_or_404(batch_id)
+    cancelled = bulk.batch_cancel(batch=batch)
+    messages.success(request, ngettext("Batch stopped: %(count)d queued check cancelled, its credits released.",
+                                       "Batch stopped: %(count)d queued checks cancelled, their credits released.",
+                                       cancelled) % {"count": cancelled})
+    return redirect("checks_batch", request.tenant.slug, batch.pk)
 
 
 @org_member_required
@@ -73,7 +87,8 @@ def batch_detail(request: HttpRequest, batch_id: int) -> HttpResponse:
 def batch_progress_fragment(request: HttpRequest, batch_id: int) -> HttpResponse:
     """The progress card, polled by htmx every second while the batch runs."""
     batch = _batch_or_404(batch_id)
-    return render(request, "checks/_bulk_progress.html", {"batch": batch, "progress": bulk.batch_progress(batch)})
+    return render(request, "checks/_bulk_progress.html", {"batch": batch, "progress": bulk.batch_progress(batch),
+                                                          "can_cancel": _can_upload(request)})
 
 
 async def _async_lines(lines, size: int = 200):

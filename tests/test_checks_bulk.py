@@ -451,3 +451,34 @@ def test_the_results_stream_under_asgi_too(funded, tenant_world):
         warnings.simplefilter("error")  # Django warns when it must consume a synchronous iterator
         rows = read_csv([async_to_sync(download)().decode()])
     assert [(r["Line"], r["Status"], r["Reason"]) for r in rows] == [("2", "Invalid", "A CNPJ has 14 characters.")]
+
+
+@db
+def test_stopping_a_batch_cancels_its_queued_checks_and_releases_their_credits(registries, funded, tenant_world,
+                                                                               client_for,
+                                                                               django_capture_on_commit_callbacks):
+    from .fake_registries import PROVIDERS, RATE_LIMIT
+
+    org_a, _ = funded
+    for provider in PROVIDERS:  # every registry rate-limited: the checks wait in the queue
+        registries.fail(provider, RATE_LIMIT, retry_after=60)
+    before = BillingAccount.objects.get(pk=org_a.pk).credits
+    with schema_context(org_a.schema_name):
+        with django_capture_on_commit_callbacks(execute=True):
+            batch = batch_create(organization=org_a, uploaded_file=upload(f"{FOUND}\n{ABSENT}\n"),
+                                 user=tenant_world["a"]["member"])
+        assert Check.objects.filter(batch=batch, status=Check.Status.PENDING).count() == 2
+    assert BillingAccount.objects.get(pk=org_a.pk).credits == before - 10  # two lookups held
+    page = client_for("a", "member").get(bulk_url(org_a, batch.pk)).content.decode()
+    assert 'data-testid="batch-cancel"' in page
+    assert client_for("a", "viewer").post(bulk_url(org_a, batch.pk, "cancel")).status_code == 403
+    response = client_for("a", "member").post(bulk_url(org_a, batch.pk, "cancel"))
+    assert response.status_code == 302
+    with schema_context(org_a.schema_name):
+        batch.refresh_from_db()
+        progress = batch_progress(batch)
+        assert batch.status == Batch.Status.CANCELLED and batch.error
+        assert set(Check.objects.filter(batch=batch).values_list("status", flat=True)) == {Check.Status.FAILED}
+        assert progress.finished and progress.failed == 2
+    assert BillingAccount.objects.get(pk=org_a.pk).credits == before  # every hold released
+    assert client_for("b", "owner").post(bulk_url(org_a, batch.pk, "cancel")).status_code == 404

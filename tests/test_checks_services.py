@@ -268,3 +268,16 @@ def test_asking_again_while_a_check_is_queued_returns_it_unbilled(registries, fu
         monitor = check_request(organization=org_a, target=target, source=Check.Source.MONITOR, enqueue=False)
     assert again.pk == first.pk and monitor.pk != first.pk  # monitoring asks for fresh data anyway
     assert balance(org_a) == Decimal("490")  # two holds, not three
+
+
+def test_operators_read_the_cache_counters(registries):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    cached_lookup(FOUND)  # a miss: the registries answer, the cache keeps it
+    cached_lookup(FOUND)  # a hit
+    cached_lookup(FOUND)  # a hit
+    out = StringIO()
+    call_command("checks_cache_stats", stdout=out)
+    assert out.getvalue().strip() == "hits 2  misses 1  hit ratio 66.7%"
