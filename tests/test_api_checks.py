@@ -4,7 +4,6 @@ scopes, roles and tenant isolation. The registries are the local fakes; Celery r
 from __future__ import annotations
 
 import copy
-import uuid
 from decimal import Decimal
 
 import pytest
@@ -19,7 +18,6 @@ from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.models import ApiKey
 
-from .fake_registries import PROVIDERS, FakeRegistries
 from .test_api import bearer, call, rate_limits_reset, session
 
 pytestmark = pytest.mark.django_db
@@ -30,23 +28,10 @@ ABSENT = "11222333000181"  # valid, in no registry
 CHECKS = "/api/v1/checks/"
 
 
-@pytest.fixture
-def registries(settings):
-    settings.CHECKS_REDIS_PREFIX = f"checks-test-{uuid.uuid4().hex[:12]}"  # an empty shared cache per test
-    settings.CHECKS_RATE_LIMITS = dict.fromkeys(PROVIDERS, "")
-    settings.CHECKS_CONNECT_TIMEOUT = settings.CHECKS_READ_TIMEOUT = 0.5
-    with FakeRegistries() as server:
-        for name, value in server.settings().items():
-            setattr(settings, name, value)
-        yield server
-
-
 @pytest.fixture(autouse=True)
-def funded(org_a, org_b, registries):
-    """Starter (API access, 200 checks a month) and credits for both organizations; rate counters at zero."""
-    starter = Plan.objects.get(code="starter")
-    BillingAccount.objects.filter(pk__in=[org_a.pk, org_b.pk]).update(plan=starter, credits=Decimal("500"))
-    rate_limits_reset(org_a, org_b)
+def api_ready(funded, registries):
+    """Both organizations on Starter with credits (`funded`), the fake registries, rate counters at zero."""
+    rate_limits_reset(*funded)
 
 
 @pytest.fixture

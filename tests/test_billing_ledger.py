@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connections
 from django.template.defaultfilters import floatformat
 from django_tenants.utils import schema_context
 
@@ -32,6 +32,8 @@ from billing.services import credits_grant_monthly, plans_seed
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
 from tenants.services import organization_create
+
+from .orgs import organization_drop
 
 
 def balance(org) -> Decimal:
@@ -170,14 +172,7 @@ def committed_org(tenant_world, django_db_blocker):
         org = organization_create(user=tenant_world["b"]["owner"], name=f"Race {uuid.uuid4().hex[:6]}",
                                   actor=Actor.system("tests"))
         yield org
-        org_pk, schema = org.pk, org.schema_name
-        CreditEntry.objects.filter(organization_id=org_pk).delete()
-        from billing.models import CreditReservation
-
-        CreditReservation.objects.filter(organization_id=org_pk).delete()
-        org.delete()
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        organization_drop(org)
 
 
 def _in_threads(django_db_blocker, jobs):

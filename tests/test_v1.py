@@ -13,14 +13,14 @@ from decimal import Decimal
 
 import openai
 import pytest
-from django.db import connection
 
-from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, UsageEvent
+from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.services import organization_create
 
 from .fake_llm import SERVER_ERROR, Answer, FakeGemini, FakeOpenAI
+from .orgs import organization_drop
 from .servers import start_live_server
 
 CHEAP = "openai/gpt-4.1-mini"
@@ -89,12 +89,7 @@ def orgs(tenant_world, django_db_blocker):
     yield made
     with django_db_blocker.unblock():
         for org in made.values():
-            CreditEntry.objects.filter(organization=org).delete()
-            CreditReservation.objects.filter(organization=org).delete()
-            schema = org.schema_name
-            org.delete()
-            with connection.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            organization_drop(org)
         small.delete()
 
 

@@ -12,9 +12,8 @@ import httpx
 import openai
 import psycopg
 import pytest
-from django.db import connection
 
-from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, UsageEvent
+from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
 from chat import v1
 from chat.gateway import gateway_config_bump
 from chat.redis import async_client_close, sync_client
@@ -24,6 +23,7 @@ from tenants.audit.services import Actor
 from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
+from .orgs import organization_drop
 
 CHEAP = "openai/gpt-4.1-mini"
 
@@ -71,13 +71,7 @@ def api_org(tenant_world, django_db_blocker):
         key = api_key_create(organization=org, name="in-process", scopes=["chat"], actor=Actor.system())
     yield org, key
     with django_db_blocker.unblock():
-        UsageEvent.objects.filter(organization=org).delete()
-        CreditEntry.objects.filter(organization=org).delete()
-        CreditReservation.objects.filter(organization=org).delete()
-        schema = org.schema_name
-        org.delete()
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        organization_drop(org)
 
 
 @pytest.fixture
