@@ -119,11 +119,7 @@ class Limit:
 
 
 def rate_limit_keys(organization_id: int, key_id: int) -> list[str]:
-    """The counters of a key and its organization (tests reset them: they outlive a test's transaction)."""
-    return _keys(organization_id, key_id)
-
-
-def _keys(organization_id: int, key_id: int) -> list[str]:
+    """The counters of a key and its organization: requests, then tokens."""
     return [f"rl:req:key:{key_id}", f"rl:req:org:{organization_id}", f"rl:tok:key:{key_id}",
             f"rl:tok:org:{organization_id}"]
 
@@ -138,7 +134,7 @@ def _limit(result: list, requests_per_minute: int, tokens_per_minute: int) -> Li
 def rate_limit_take(*, organization_id: int, key_id: int, requests_per_minute: int, tokens_per_minute: int,
                     tokens: int) -> Limit:
     """Count one request of `tokens` tokens if the key and the organization both have room."""
-    result = _script(_CHECK)(keys=_keys(organization_id, key_id),
+    result = _script(_CHECK)(keys=rate_limit_keys(organization_id, key_id),
                              args=[requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS])
     return _limit(result, requests_per_minute, tokens_per_minute)
 
@@ -148,8 +144,8 @@ def rate_limit_queue(pipe, *, organization_id: int, key_id: int, requests_per_mi
     """Queue `rate_limit_take`'s script on an async pipeline (the /v1 gateway sends it with other reads);
     `rate_limit_result` reads its reply. A server that lost its scripts answers NoScriptError:
     `rate_limit_scripts_load` and send again."""
-    pipe.evalsha(_SHA[_CHECK], 4, *_keys(organization_id, key_id), requests_per_minute, tokens_per_minute, tokens,
-                 WINDOW_SECONDS)
+    keys = rate_limit_keys(organization_id, key_id)
+    pipe.evalsha(_SHA[_CHECK], 4, *keys, requests_per_minute, tokens_per_minute, tokens, WINDOW_SECONDS)
 
 
 def rate_limit_result(result: list, *, requests_per_minute: int, tokens_per_minute: int) -> Limit:
@@ -164,12 +160,12 @@ async def rate_limit_scripts_load(client) -> None:
 def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> None:
     """Return tokens counted up front but not used (the answer was shorter than max_tokens)."""
     if tokens > 0:
-        _script(_GIVE_BACK)(keys=_keys(organization_id, key_id)[2:], args=[tokens])
+        _script(_GIVE_BACK)(keys=rate_limit_keys(organization_id, key_id)[2:], args=[tokens])
 
 
 async def rate_limit_give_back_async(client, *, organization_id: int, key_id: int, tokens: int) -> None:
     if tokens > 0:
-        await _run_async(client, _GIVE_BACK, _keys(organization_id, key_id)[2:], [tokens])
+        await _run_async(client, _GIVE_BACK, rate_limit_keys(organization_id, key_id)[2:], [tokens])
 
 
 def ip_limited(ip: str) -> int | None:

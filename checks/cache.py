@@ -98,6 +98,3 @@ def cache_stats() -> dict[str, int]:
     hits, misses = redis_client().mget(_key("hits"), _key("misses"))
     return {"hits": int(hits or 0), "misses": int(misses or 0)}
 
-
-def cache_forget(cnpj: str) -> None:
-    redis_client().delete(_key(cnpj))
