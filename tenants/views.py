@@ -175,7 +175,7 @@ def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
 
 
 @require_POST
-@org_member_required
+@org_member_required(viewer_may_write=True)  # leaving is the one change a viewer makes
 def member_leave(request: HttpRequest) -> HttpResponse:
     try:
         membership_remove(membership=request.membership, actor=Actor.from_request(request), action="membership.left")
