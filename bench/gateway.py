@@ -39,6 +39,7 @@ elif str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
 
 from bench.credits import bench_database_url  # noqa: E402
 from bench.tenants import bench_owner, ensure_migrated, percentile, section, setup_django  # noqa: E402
@@ -193,7 +194,8 @@ def main() -> None:
         time.sleep(0.1)
     fake_url = (logs / "fake.log").read_text().split()[0]
     env = {**base_env, "DJANGO_SETTINGS_MODULE": "config.settings.prod", "DATABASE_URL": url, "REDIS_URL": redis_url,
-           "SECRET_KEY": secrets.token_urlsafe(40), "ALLOWED_HOSTS": "127.0.0.1,localhost",
+           "SECRET_KEY": secrets.token_urlsafe(40), "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "ALLOWED_HOSTS": "127.0.0.1,localhost",
            "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0", "OPENAI_BASE_URL": fake_url,
            "OPENAI_API_KEY": "sk-bench", "WEB_CONCURRENCY": "1", "BIND": f"127.0.0.1:{web_port}",
            "API_UNAUTHENTICATED_PER_MINUTE": "100000", "LOG_LEVEL": "WARNING"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +134,8 @@ def _prod_setting(name: str, **env: str) -> str:
     code = f"from django.conf import settings; print(settings.{name})"
     result = subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {code}"], cwd=ROOT, capture_output=True, text=True,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.prod", "SECRET_KEY": "x" * 60,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.prod", "SECRET_KEY": secrets.token_urlsafe(50),
+             "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
              "DATABASE_URL": "postgresql://u@db.internal/prumo", **env}, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -358,7 +358,7 @@ def test_compose_app_services_share_image_and_point_at_stack_services():
     assert len({service.get("image") for service in app}) == 1
     for service in app:
         env = service["environment"]
-        assert {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"} <= set(env)
+        assert {"SECRET_KEY", "PROVIDER_KEY_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"} <= set(env)
         assert "@postgres:5432/" in env["DATABASE_URL"]
         assert env["REDIS_URL"].startswith("redis://redis:6379")
         # The healthcheck's Host must be accepted by Django.

@@ -6,11 +6,13 @@ import io
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from django.test import Client
 
 from config.observability import RequestContextFilter
@@ -94,7 +96,8 @@ def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def test_production_settings_refuse_to_start_without_secret_and_database(missing):
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings.prod",
-        "SECRET_KEY": "x" * 60,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
     }
     env.pop(missing)
@@ -106,7 +109,8 @@ def test_production_settings_refuse_to_start_without_secret_and_database(missing
 def test_check_deploy_passes_under_production_settings():
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings.prod",
-        "SECRET_KEY": "k8#Jw2$Qz!vN7pL0xR4tY6uB9mC3dF5gH1jK2lZ8sA0qW3eE4rT5yU6iO7pP8aS9dD",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
         "ALLOWED_HOSTS": "prumo.example.com",
     }
