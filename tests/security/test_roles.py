@@ -17,7 +17,9 @@ from django_tenants.utils import schema_context
 from billing.models import BillingAccount
 from chat import services as chat_services
 from chat.catalog.services import provider_key_set
-from chat.models import Thread
+from chat.models import Message, Thread
+from chat.redis import sync_client
+from chat.services import cancel_key
 from checks import bulk
 from checks.models import Alert, Target
 from checks.services import check_request, report_write, target_add
@@ -116,6 +118,9 @@ def test_a_viewer_can_post_to_nothing_but_the_allow_list(client_for, org_a, tena
             assert "Your role in this organization (Viewer)" in response.content.decode(), path
     assert {name: status for name, status in answered.items() if status != 403} == {}
     assert _snapshot(org_a) == before
+    with schema_context(org_a.schema_name):
+        stream_key = Message.objects.get(pk=objects["message_id"]).stream_key
+    assert not sync_client().exists(cancel_key(stream_key))  # the refused stop asked nothing of the generation
 
     left = viewer.post(_path("o/<slug:org_slug>/settings/members/leave/", org_a, objects))
     assert left.status_code == 302 and left["Location"] == "/orgs/"
@@ -186,3 +191,20 @@ def test_the_api_refuses_a_viewer_session_the_same_way(client_for, org_a, funded
     assert viewer.get("/api/v1/threads/", **headers).status_code == 200
     with schema_context(org_a.schema_name):
         assert Thread.objects.count() == threads
+
+
+def test_a_viewer_cannot_stop_regenerate_or_follow_someone_elses_answer(client_for, org_a, tenant_world, funded):
+    owner = tenant_world["a"]["owner"]
+    with schema_context(org_a.schema_name):
+        thread = chat_services.thread_create(user=owner, model_id=chat_services.options_for(org_a)[0].id)
+        answer = chat_services.message_send(organization=org_a, user=owner, thread=thread, content="private")
+    viewer = client_for("a", "viewer")
+    before = _snapshot(org_a)
+    assert viewer.post(f"/o/{org_a.slug}/chat/m/{answer.pk}/stop/").status_code == 403
+    assert viewer.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/regenerate/").status_code == 403
+    assert viewer.get(f"/o/{org_a.slug}/chat/m/{answer.pk}/").status_code == 404
+    assert _snapshot(org_a) == before
+    with schema_context(org_a.schema_name):
+        answer.refresh_from_db()
+        assert answer.is_active
+    assert not sync_client().exists(cancel_key(answer.stream_key))  # no stop was asked of the generation
