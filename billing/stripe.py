@@ -32,7 +32,7 @@ from tenants.models import Organization
 
 from .ledger import Movement, credit_purchase
 from .models import BillingAccount, Plan
-from .services import FREE_PLAN, billing_account_ensure
+from .services import FREE_PLAN, billing_account_ensure, credits_grant_monthly
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +260,8 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
                   else "billing.plan_changed" if before["plan"] != after["plan"] else "billing.status_changed")
         audit_record(organization=organization, actor=actor or Actor.system("stripe"), action=action,
                      target=account, before=before, after=after)
+        if before["plan"] != after["plan"]:
+            credits_grant_monthly(organization)  # an upgrade gets the difference now; a downgrade nothing
         if downgraded:
             organization_id = organization.pk
             transaction.on_commit(lambda: billing_downgrade_notify.delay(organization_id, previous_plan))
