@@ -20,7 +20,13 @@ from .audit.services import Actor
 from .forms import ApiKeyForm, InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
 from .models import ApiKey, Invitation, Membership, Role, invitation_token_hash
-from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user
+from .selectors import (
+    audit_recent_list,
+    invitation_pending_list,
+    member_list,
+    organization_list_for_user,
+    seat_usage,
+)
 from .services import (
     invitation_accept,
     invitation_create,
@@ -125,6 +131,7 @@ def members(request: HttpRequest) -> HttpResponse:
         "members": member_list(organization=request.tenant),
         "invitations": invitation_pending_list(organization=request.tenant) if can_manage else [],
         "invite_form": invite_form,
+        "seats": seat_usage(organization=request.tenant) if can_manage else None,
         "can_manage": can_manage,
         "roles": Role.choices,
     }
