@@ -70,9 +70,8 @@ def organization_create(*, user: User, name: str, slug: str = "", actor: Actor |
     slug = slug.strip().lower() or slug_suggest(name)
     if not SLUG_PATTERN.fullmatch(slug) or len(slug) > 50:
         raise ValidationError({"slug": _("Use lowercase letters, numbers and single hyphens (up to 50).")})
-    if slug in RESERVED_SLUGS:
-        raise ValidationError({"slug": _("This address is reserved. Choose another.")})
-    if Organization.objects.filter(slug=slug).exists():
+    # Reserved or in use: one answer, so the form tells nothing more than "taken".
+    if slug in RESERVED_SLUGS or Organization.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": _("This address is taken. Choose another.")})
     if actor is None or actor.type == AuditEvent.ActorType.USER:
         _organization_create_limit(user)

@@ -76,6 +76,8 @@ DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 TENANT_BASE_DOMAIN = os.environ.get("TENANT_BASE_DOMAIN", "localhost")
 # Free abuse: each organization comes with free credits and invitations send e-mail to anyone.
 ORGANIZATIONS_PER_USER_PER_DAY = int(os.environ.get("ORGANIZATIONS_PER_USER_PER_DAY", "3"))
+# Attempts (valid or not) at /orgs/new/ per user: its "taken" answer must not list which addresses exist.
+ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR = int(os.environ.get("ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR", "20"))
 INVITATIONS_PER_ORGANIZATION_PER_HOUR = int(os.environ.get("INVITATIONS_PER_ORGANIZATION_PER_HOUR", "20"))
 
 # Database
