@@ -171,7 +171,7 @@ def invitation_create(*, organization: Organization, email: str, role: str, invi
                               % {"limit": per_hour}, code="invitation_limit")
     # A new invitation to the same address replaces its pending one, so that one's seat is not counted.
     usage = seat_usage(organization=organization, excluding_email=email)
-    if usage.limit is not None and usage.used >= usage.limit:
+    if usage.full:
         raise _seats_full_error(organization, usage.limit)
     # A new invitation to the same address replaces the pending one (and its link).
     Invitation.objects.filter(organization=organization, email=email, status=Invitation.Status.PENDING).update(
@@ -216,9 +216,8 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
         )
     organization = invitation.organization
     _organization_locked(organization)
-    usage = seat_usage(organization=organization, pending=False)
     already_member = Membership.objects.filter(user=user, organization=organization).exists()
-    if usage.limit is not None and usage.used >= usage.limit and not already_member:
+    if not already_member and seat_usage(organization=organization, pending=False).full:
         raise ValidationError(
             _("%(name)s has no free seat on its plan. Ask one of its owners or admins to upgrade the plan (on "
               "its Billing page) or to free a seat, then accept again.") % {"name": organization.name},

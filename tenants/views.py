@@ -21,13 +21,7 @@ from .audit.services import Actor
 from .forms import ApiKeyForm, InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
 from .models import ApiKey, Invitation, Membership, Role, invitation_token_hash
-from .selectors import (
-    audit_recent_list,
-    invitation_pending_list,
-    member_list,
-    organization_list_for_user,
-    seat_usage,
-)
+from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user, seat_usage
 from .services import (
     invitation_accept,
     invitation_create,
