@@ -16,7 +16,6 @@ from django.utils.translation import gettext as _
 from accounts.models import User
 from billing.services import credits_grant_monthly
 
-from .audit.models import AuditEvent
 from .audit.services import Actor, audit_record
 from .models import Invitation, Membership, Organization, Role, invitation_token_hash
 from .provisioning import schema_provision
@@ -73,7 +72,7 @@ def organization_create(*, user: User, name: str, slug: str = "", actor: Actor |
     # Reserved or in use: one answer, so the form tells nothing more than "taken".
     if slug in RESERVED_SLUGS or Organization.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": _("This address is taken. Choose another.")})
-    if actor is None or actor.type == AuditEvent.ActorType.USER:
+    if actor is None or actor.type == "user":
         _organization_create_limit(user)
     try:
         with transaction.atomic():
