@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 from .ledger import InsufficientCredits, credit_adjust
 from .models import BillingAccount, CreditEntry, CreditReservation, DailyUsage, Plan, Price
 from .selectors import usage_top_organizations, usage_totals_per_day
+from .services import credits_grant_monthly
 
 
 @admin.register(Plan)
@@ -45,6 +46,11 @@ class BillingAccountAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "plan" in form.changed_data:
+            credits_grant_monthly(obj.organization)  # an upgrade gets the difference now; a downgrade nothing
 
     def get_urls(self):
         return [path("<path:object_id>/adjust/", self.admin_site.admin_view(self.adjust_view),

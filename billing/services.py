@@ -86,16 +86,49 @@ def grant_period(now=None) -> str:
     return (now or timezone.now()).strftime("%Y-%m")
 
 
+def _grant_keys(organization: Organization, period: str) -> tuple[str, str]:
+    # The period's grant, and the prefix of its upgrade top-ups (one per plan code).
+    return f"grant:{organization.pk}:{period}", f"grant-upgrade:{organization.pk}:{period}:"
+
+
+@transaction.atomic
 def credits_grant_monthly(organization: Organization, *, period: str | None = None):
-    """This period's plan grant, at most once per organization and period (the key says so)."""
+    """This period's plan credits: granted once per organization and period, whatever the plan's amount.
+
+    A later call in the same period tops the grant up to the current plan's credits (an
+    upgrade gets the difference at once, audited) and grants nothing after a downgrade.
+    Returns the Movement made, or None when nothing was owed.
+    """
+    from django.db.models import Q, Sum
+
+    from tenants.audit.services import Actor, audit_record
+
     from .ledger import credit_grant
+    from .models import CreditEntry
 
     period = period or grant_period()
-    from .selectors import billing_account_get
-
-    account = billing_account_get(organization=organization)
-    if account.plan.monthly_credits <= 0:
+    billing_account_ensure(organization)
+    # Under the account's row lock, so two concurrent calls never both top up one period.
+    account = (BillingAccount.objects.select_for_update(of=("self",)).select_related("plan")
+               .get(pk=organization.pk))
+    plan = account.plan
+    key, upgrade_prefix = _grant_keys(organization, period)
+    entries = CreditEntry.objects.filter(organization=organization, kind=CreditEntry.Kind.GRANT)
+    if not entries.filter(idempotency_key=key).exists():
+        if plan.monthly_credits <= 0:
+            return None
+        return credit_grant(organization=organization, amount=plan.monthly_credits, key=key,
+                            description=f"{plan.name} plan credits for {period}")
+    granted = entries.filter(Q(idempotency_key=key) | Q(idempotency_key__startswith=upgrade_prefix)).aggregate(
+        total=Sum("amount"))["total"]
+    upgrade_key = f"{upgrade_prefix}{plan.code}"
+    missing = plan.monthly_credits - granted
+    # One top-up per plan and period: staff editing a plan's credits mid-month does not grant again.
+    if missing <= 0 or entries.filter(idempotency_key=upgrade_key).exists():
         return None
-    return credit_grant(organization=organization, amount=account.plan.monthly_credits,
-                        key=f"grant:{organization.pk}:{period}",
-                        description=f"{account.plan.name} plan credits for {period}")
+    movement = credit_grant(organization=organization, amount=missing, key=upgrade_key,
+                            description=f"{plan.name} plan credits for {period} (upgrade)")
+    audit_record(organization=organization, actor=Actor.system("billing"), action="credits.upgrade_granted",
+                 target=movement.entry, after={"plan": plan.code, "period": period, "credits": str(missing),
+                                               "granted_before": str(granted)})
+    return movement

@@ -32,7 +32,7 @@ from tenants.models import Organization
 
 from .ledger import Movement, credit_purchase
 from .models import BillingAccount, Plan
-from .services import FREE_PLAN, billing_account_ensure
+from .services import FREE_PLAN, billing_account_ensure, credits_grant_monthly
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +126,13 @@ def checkout_topup_create(*, organization: Organization, credits: int, user: Use
         raise BillingChangeRefused(
             _("Choose between %(low)s and %(high)s credits.") % {"low": f"{low:,}", "high": f"{high:,}"})
     customer = stripe_customer_ensure(organization=organization)
-    metadata = {"organization_id": str(organization.pk), "purpose": "topup", "credits": str(credits)}
+    cents = topup_price_cents(credits)
+    metadata = {"organization_id": str(organization.pk), "purpose": "topup", "credits": str(credits),
+                "amount_cents": str(cents), "currency": settings.BILLING_CURRENCY}
     session = stripe.checkout.Session.create(
         mode="payment", customer=customer.id,
         line_items=[{"quantity": 1, "price_data": {
-            "currency": settings.BILLING_CURRENCY, "unit_amount": topup_price_cents(credits),
+            "currency": settings.BILLING_CURRENCY, "unit_amount": cents,
             "product_data": {"name": f"{credits:,} Prumo credits"},
         }}],
         success_url=success_url, cancel_url=cancel_url, client_reference_id=str(organization.pk),
@@ -260,6 +262,8 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
                   else "billing.plan_changed" if before["plan"] != after["plan"] else "billing.status_changed")
         audit_record(organization=organization, actor=actor or Actor.system("stripe"), action=action,
                      target=account, before=before, after=after)
+        if before["plan"] != after["plan"]:
+            credits_grant_monthly(organization)  # an upgrade gets the difference now; a downgrade nothing
         if downgraded:
             organization_id = organization.pk
             transaction.on_commit(lambda: billing_downgrade_notify.delay(organization_id, previous_plan))
@@ -278,8 +282,20 @@ def organization_for_customer(customer_id: str | None) -> Organization | None:
     return customer.subscriber if customer else None
 
 
+def _topup_paid_as_quoted(session: Session, credits: Decimal) -> bool:
+    """Whether Stripe collected the price we quoted for `credits` (a discount or another currency is not it)."""
+    metadata = session.metadata or {}
+    expected_cents = int(metadata.get("amount_cents") or topup_price_cents(int(credits)))
+    expected_currency = (metadata.get("currency") or settings.BILLING_CURRENCY).lower()
+    return session.amount_total == expected_cents and (session.currency or "").lower() == expected_currency
+
+
 def checkout_topup_fulfil(*, session: Session) -> Movement | None:
-    """Add the credits a paid top-up Checkout bought, once: the session id is the idempotency key."""
+    """Add the credits a paid top-up Checkout bought, once: the session id is the idempotency key.
+
+    Only when the session's `amount_total` and currency are the quoted price of those credits;
+    otherwise nothing is credited, and the refusal is logged and audited for staff to settle.
+    """
     metadata = session.metadata or {}
     if metadata.get("purpose") != "topup" or session.payment_status != "paid":
         return None
@@ -287,6 +303,14 @@ def checkout_topup_fulfil(*, session: Session) -> Movement | None:
     if organization is None or str(organization.pk) != metadata.get("organization_id"):
         raise ValueError(f"checkout session {session.id}: customer and organization do not match")
     credits = Decimal(metadata["credits"])
+    if not _topup_paid_as_quoted(session, credits):
+        logger.error("checkout session %s: paid %s %s, not the price of %s credits; nothing credited",
+                     session.id, session.amount_total, session.currency, credits)
+        audit_record(organization=organization, actor=Actor.system("stripe"), action="credits.purchase_refused",
+                     target_type="djstripe.session", target_id=session.id, target_label=session.id,
+                     after={"credits": str(credits), "amount_total": session.amount_total,
+                            "currency": session.currency, "expected_cents": metadata.get("amount_cents")})
+        return None
     with transaction.atomic():
         movement = credit_purchase(
             organization=organization, amount=credits, key=f"stripe:checkout:{session.id}",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from celery import shared_task
@@ -8,14 +9,24 @@ from tenants.models import Organization
 
 from .services import credits_grant_monthly, grant_period
 
+logger = logging.getLogger(__name__)
+
 
 @shared_task(acks_late=True, max_retries=5, retry_backoff=True)
-def credits_grant_monthly_all() -> int:
-    """Beat: this month's plan grant for every organization; safe to run any number of times."""
-    period = grant_period()
+def credits_grant_monthly_all(period: str | None = None) -> int:
+    """Beat: this month's plan grant for every organization; safe to run any number of times.
+
+    `period` (YYYY-MM) is for tests and back-fills. Returns how many grants were made.
+    """
+    period = period or grant_period()
     granted = 0
     for organization in Organization.objects.exclude(schema_name="public").iterator():
-        movement = credits_grant_monthly(organization, period=period)
+        try:
+            movement = credits_grant_monthly(organization, period=period)
+        except Exception:
+            # One organization's failure must not stop everyone else's grant; the next run retries it.
+            logger.exception("monthly grant failed for %s (%s)", organization.slug, period)
+            continue
         granted += bool(movement and movement.created)
     return granted
 

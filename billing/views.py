@@ -5,6 +5,7 @@ import csv
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from core.csv_cells import csv_value
 from tenants.guards import org_member_required
 
 from .charts import bar_chart
@@ -57,6 +58,7 @@ def usage_csv(report, *, filename: str) -> HttpResponse:
     writer = csv.writer(response)
     writer.writerow(["day", "kind", "key", "member", "events", "input_tokens", "output_tokens", "units", "credits"])
     for row in report.rows:
-        writer.writerow([row.day, row.kind, row.key, row.user.email if row.user else "", row.events,
-                         row.input_tokens, row.output_tokens, row.units, row.credits])
+        # A model id or an address can start with "=" or "@": written as text, never as a formula.
+        writer.writerow([row.day, row.kind, csv_value(row.key), csv_value(row.user.email if row.user else ""),
+                         row.events, row.input_tokens, row.output_tokens, row.units, row.credits])
     return response

@@ -189,9 +189,16 @@ def thread_rename(request: HttpRequest, thread_id: int) -> HttpResponse:
 @org_member_required
 @require_POST
 def thread_pin(request: HttpRequest, thread_id: int) -> HttpResponse:
+    from django.utils.http import url_has_allowed_host_and_scheme
+
     thread = _thread_or_404(request, thread_id)
     services.thread_pin(thread=thread, pinned=request.POST.get("pinned") == "1")
-    return redirect(request.POST.get("next") or reverse("chat_thread", args=[request.tenant.slug, thread.pk]))
+    target = request.POST.get("next", "")
+    # Back where the button was, but only on this site: never an open redirect.
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return redirect(target)
+    return redirect("chat_thread", request.tenant.slug, thread.pk)
 
 
 @org_member_required

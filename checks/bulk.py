@@ -38,6 +38,7 @@ from django.utils.translation import gettext_lazy
 from django_tenants.utils import schema_context
 
 from accounts.models import User
+from core.csv_cells import csv_value
 from tenants.models import Organization
 
 from . import cnpj as cnpj_id
@@ -69,7 +70,6 @@ CNPJ_NAMES = ("cnpj",)  # contained: "CNPJ", "cnpj_empresa", "Empresa CNPJ"
 LABEL_NAMES = ("label", "rotulo", "nome", "name", "apelido", "descricao", "description")
 TAGS_NAMES = ("tags", "tag", "etiquetas", "marcadores")
 INVALID_EMPTY = "empty"
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 INVALID_REASONS = {
     INVALID_EMPTY: gettext_lazy("This row has no CNPJ."),
@@ -496,8 +496,7 @@ class _Echo:
 
 def _safe(value) -> str:
     """A cell a spreadsheet shows as text, never runs as a formula (CSV injection)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return str(csv_value(value))
 
 
 def _when(value: datetime | None, tz) -> str:

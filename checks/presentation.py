@@ -17,6 +17,8 @@ from django.utils.formats import date_format
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from core.csv_cells import csv_value
+
 from .diff import ChangeKind, FieldChange
 from .models import Alert, Report, RiskLevel, Target
 from .registries.normalize import SITUACOES
@@ -36,8 +38,6 @@ OUTCOME_LABELS = {
 SEVERITY_ORDER = ("BLOCKER", "HIGH", "MEDIUM", "LOW", "INFO")
 DATE_KEYS = frozenset({"since", "desde", "excluido_em", "data_inicio_atividade", "data_entrada"})
 ALERT_CHANGES_SHOWN = 5
-# Spreadsheets run cells that start with these as formulas.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
@@ -199,17 +199,6 @@ def alert_view(alert: Alert) -> dict:
 
 
 # ---------------------------------------------------------------- CSV
-
-
-def csv_value(value: Any) -> Any:
-    """A CSV cell: "" for None, true/false, and text that a spreadsheet would run as a formula quoted."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
 
 
 TARGET_CSV_HEADER = ["cnpj", "company_name", "label", "tags", "status", "risk_level", "last_checked_at",

@@ -25,3 +25,4 @@ urlpatterns = [
 ]
 
 handler404 = "tenants.middleware.not_found_handler"
+handler500 = "config.views.server_error"

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template import loader
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 
@@ -42,3 +43,11 @@ def ratelimited(request: HttpRequest, exception: Exception) -> HttpResponse:
     response = render(request, "429.html", {"message": _("Too many requests. Try again in a minute.")}, status=429)
     response["Retry-After"] = "60"
     return response
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """The 500 page with the request id to quote. No context processors: it must render with the database down."""
+    from .observability import request_id_var
+
+    request_id = getattr(request, "id", "") or request_id_var.get()
+    return HttpResponse(loader.get_template("500.html").render({"request_id": request_id}), status=500)

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from accounts.models import User
 
@@ -34,3 +37,30 @@ def invitation_pending_list(*, organization: Organization) -> QuerySet[Invitatio
 def organization_for_request(request) -> Organization | None:
     """dj-stripe's subscriber callback: the organization the request is scoped to."""
     return getattr(request, "tenant", None) if getattr(request, "membership", None) else None
+
+
+@dataclass(frozen=True)
+class SeatUsage:
+    limit: int | None  # the plan's seats; None: unlimited
+    members: int
+    pending: int  # invitations not yet accepted, revoked or expired
+
+    @property
+    def used(self) -> int:
+        return self.members + self.pending
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.used >= self.limit
+
+
+def seat_usage(*, organization: Organization, pending: bool = True, excluding_email: str = "") -> SeatUsage:
+    """Seats the plan gives and those taken: members, plus pending invitations (unless `pending=False`)."""
+    from billing.selectors import entitlements_for
+
+    invitations = 0
+    if pending:
+        invitations = (invitation_pending_list(organization=organization).filter(expires_at__gt=timezone.now())
+                       .exclude(email=excluding_email).count())
+    return SeatUsage(limit=entitlements_for(organization).seats,
+                     members=Membership.objects.filter(organization=organization).count(), pending=invitations)

@@ -19,6 +19,7 @@ from billing.services import credits_grant_monthly
 from .audit.services import Actor, audit_record
 from .models import Invitation, Membership, Organization, Role, invitation_token_hash
 from .provisioning import schema_provision
+from .selectors import seat_usage
 
 # Lowercase letters and digits in hyphen-separated words: URL- and hostname-safe, and
 # maps one-to-one onto a schema name (no `a_b` beside `a-b`).
@@ -44,19 +45,35 @@ def schema_name_for(slug: str) -> str:
     return "org_" + slug.replace("-", "_")
 
 
+def _organization_create_limit(user: User) -> None:
+    """Refuse a user's organization past ORGANIZATIONS_PER_USER_PER_DAY (each one comes with free credits)."""
+    limit = settings.ORGANIZATIONS_PER_USER_PER_DAY
+    # Counted under the user's row lock: two simultaneous requests cannot both take the last one.
+    User.objects.select_for_update().filter(pk=user.pk).first()
+    since = timezone.now() - timedelta(days=1)
+    if Organization.objects.filter(created_by=user, created_at__gte=since).count() >= limit:
+        raise ValidationError(
+            _("You can create up to %(limit)s organizations a day. Try again tomorrow, or ask to join an "
+              "existing organization.") % {"limit": limit}, code="organization_limit")
+
+
 @transaction.atomic
 def organization_create(*, user: User, name: str, slug: str = "", actor: Actor | None = None) -> Organization:
-    """Create the organization, its schema and the owner's membership, all or nothing."""
+    """Create the organization, its schema and the owner's membership, all or nothing.
+
+    People (`actor` a user, the default) are limited per day; system actors (seeding, staff scripts) are not.
+    """
     name = name.strip()
     if not name:
         raise ValidationError({"name": _("Give your organization a name.")})
     slug = slug.strip().lower() or slug_suggest(name)
     if not SLUG_PATTERN.fullmatch(slug) or len(slug) > 50:
         raise ValidationError({"slug": _("Use lowercase letters, numbers and single hyphens (up to 50).")})
-    if slug in RESERVED_SLUGS:
-        raise ValidationError({"slug": _("This address is reserved. Choose another.")})
-    if Organization.objects.filter(slug=slug).exists():
+    # Reserved or in use: one answer, so the form tells nothing more than "taken".
+    if slug in RESERVED_SLUGS or Organization.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": _("This address is taken. Choose another.")})
+    if actor is None or actor.type == "user":
+        _organization_create_limit(user)
     try:
         with transaction.atomic():
             org = Organization.objects.create(
@@ -124,14 +141,37 @@ class InvitationSent:
     token: str
 
 
+def _organization_locked(organization: Organization) -> None:
+    # Seat and invitation decisions for one organization are taken one at a time.
+    Organization.objects.select_for_update().filter(pk=organization.pk).first()
+
+
+def _seats_full_error(organization: Organization, seats: int) -> ValidationError:
+    return ValidationError(
+        _("%(name)s uses all %(seats)s seats of its plan (pending invitations count). An owner or admin can "
+          "upgrade the plan on the Billing page.") % {"name": organization.name, "seats": seats},
+        code="seats_full")
+
+
 @transaction.atomic
 def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User,
                       actor: Actor) -> InvitationSent:
+    """Invite `email`, within the plan's seats (members + pending invitations) and the hourly invitation limit."""
     email = email.strip().lower()
     if role not in Role.values:
         raise ValidationError({"role": _("Unknown role.")})
     if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
         raise ValidationError({"email": _("%(email)s is already a member.") % {"email": email}})
+    _organization_locked(organization)
+    per_hour = settings.INVITATIONS_PER_ORGANIZATION_PER_HOUR
+    if Invitation.objects.filter(organization=organization,
+                                 created_at__gte=timezone.now() - timedelta(hours=1)).count() >= per_hour:
+        raise ValidationError(_("This organization sent %(limit)s invitations in the last hour. Try again later.")
+                              % {"limit": per_hour}, code="invitation_limit")
+    # A new invitation to the same address replaces its pending one, so that one's seat is not counted.
+    usage = seat_usage(organization=organization, excluding_email=email)
+    if usage.full:
+        raise _seats_full_error(organization, usage.limit)
     # A new invitation to the same address replaces the pending one (and its link).
     Invitation.objects.filter(organization=organization, email=email, status=Invitation.Status.PENDING).update(
         status=Invitation.Status.REVOKED
@@ -173,8 +213,16 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
             _("This invitation was sent to %(email)s. Sign in with that address to accept it.")
             % {"email": invitation.email}
         )
+    organization = invitation.organization
+    _organization_locked(organization)
+    already_member = Membership.objects.filter(user=user, organization=organization).exists()
+    if not already_member and seat_usage(organization=organization, pending=False).full:
+        raise ValidationError(
+            _("%(name)s has no free seat on its plan. Ask one of its owners or admins to upgrade the plan (on "
+              "its Billing page) or to free a seat, then accept again.") % {"name": organization.name},
+            code="seats_full")
     membership, created = Membership.objects.get_or_create(
-        user=user, organization=invitation.organization, defaults={"role": invitation.role}
+        user=user, organization=organization, defaults={"role": invitation.role}
     )
     invitation.status = Invitation.Status.ACCEPTED
     invitation.accepted_at = timezone.now()

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from celery import shared_task
 from django.core.mail import send_mail
 from django.db import connection
@@ -9,6 +11,18 @@ from django.utils import translation
 from .audit.services import Actor, audit_record
 from .models import Invitation
 from .services import invitation_url
+
+EMAIL_NAME_MAX = 60
+# A dot between two word characters (`evil.example`) and a scheme separator make mail clients draw a link.
+_LINKABLE_DOT = re.compile(r"(?<=\w)\.(?=\w)")
+
+
+def email_plain_name(name: str, *, limit: int = EMAIL_NAME_MAX) -> str:
+    """An organization name as e-mail text nobody's mail client turns into a link: one line,
+    URL-like parts defanged (`evil[.]example`, `http[:]//`), at most `limit` characters."""
+    text = " ".join(name.split())
+    text = _LINKABLE_DOT.sub("[.]", text.replace("://", "[:]//"))
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class WrongSchema(RuntimeError):
@@ -26,7 +40,8 @@ def invitation_send(self, invitation_id: int, token: str) -> str:
         return "skipped"
     language = invitation.invited_by.language if invitation.invited_by else "en"
     with translation.override(language):
-        context = {"invitation": invitation, "url": invitation_url(token), "organization": organization}
+        context = {"invitation": invitation, "url": invitation_url(token),
+                   "organization_name": email_plain_name(organization.name)}
         subject = render_to_string("tenants/email/invitation_subject.txt", context).strip()
         body = render_to_string("tenants/email/invitation_message.txt", context)
     send_mail(subject, body, None, [invitation.email])

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -20,7 +21,7 @@ from .audit.services import Actor
 from .forms import ApiKeyForm, InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
 from .models import ApiKey, Invitation, Membership, Role, invitation_token_hash
-from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user
+from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user, seat_usage
 from .services import (
     invitation_accept,
     invitation_create,
@@ -51,7 +52,18 @@ def org_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def org_create(request: HttpRequest) -> HttpResponse:
+    from django_ratelimit.core import is_ratelimited
+
     form = OrganizationCreateForm(request.POST or None)
+    # Every attempt counts: the form answers "taken", so unlimited attempts would list which addresses exist.
+    if request.method == "POST" and is_ratelimited(request, group="org_create", key="user", method="POST",
+                                                   rate=f"{settings.ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR}/h",
+                                                   increment=True):
+        form.is_valid()  # errors exist only after validation: add the refusal to them
+        form.add_error(None, _("Too many attempts to create an organization. Try again in an hour."))
+        response = render(request, "tenants/org_create.html", {"form": form}, status=429)
+        response["Retry-After"] = "3600"
+        return response
     if request.method == "POST" and form.is_valid():
         try:
             org = organization_create(
@@ -125,6 +137,7 @@ def members(request: HttpRequest) -> HttpResponse:
         "members": member_list(organization=request.tenant),
         "invitations": invitation_pending_list(organization=request.tenant) if can_manage else [],
         "invite_form": invite_form,
+        "seats": seat_usage(organization=request.tenant) if can_manage else None,
         "can_manage": can_manage,
         "roles": Role.choices,
     }

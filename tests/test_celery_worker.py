@@ -63,13 +63,20 @@ def wait_for(condition, *, timeout: float, interval: float = 0.25):
 
 @pytest.fixture
 def invitee(tenant_world, django_db_blocker):
-    """A fresh address; whatever the server and the worker commit for it is removed afterwards."""
+    """A fresh address; whatever the server and the worker commit for it is removed afterwards.
+    org-a (four members) is on Pro meanwhile: Free's three seats would refuse the invitation."""
+    from billing.models import BillingAccount, Plan
     from tenants.audit.models import AuditEvent
     from tenants.models import Invitation
 
     email = f"invitee-{uuid.uuid4().hex[:12]}@example.com"
+    with django_db_blocker.unblock():
+        accounts = BillingAccount.objects.filter(pk=tenant_world["a"]["org"].pk)
+        plan = accounts.get().plan
+        accounts.update(plan=Plan.objects.get(code="pro"))
     yield email
     with django_db_blocker.unblock():
+        accounts.update(plan=plan)
         for key in ("a", "b"):
             with schema_context(tenant_world[key]["org"].schema_name):
                 AuditEvent.objects.filter(after__email=email).delete()

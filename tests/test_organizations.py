@@ -21,6 +21,15 @@ from tenants.services import membership_remove, membership_role_change, organiza
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _room_to_invite(tenant_world, db):
+    """org-a has four members, one more than Free's seats: these tests are not about seats
+    (tests/security/test_abuse.py is), so org-a is on Pro here."""
+    from billing.models import BillingAccount, Plan
+
+    BillingAccount.objects.filter(pk=tenant_world["a"]["org"].pk).update(plan=Plan.objects.get(code="pro"))
+
+
 def _schema_tables(schema: str) -> set[str]:
     with connection.cursor() as cursor:
         cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])

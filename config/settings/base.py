@@ -74,6 +74,11 @@ TENANT_LIMIT_SET_CALLS = True
 DATABASE_ROUTERS = ["django_tenants.routers.TenantSyncRouter"]
 # Organizations are reached by /o/<slug>/ unless they add a vanity domain.
 TENANT_BASE_DOMAIN = os.environ.get("TENANT_BASE_DOMAIN", "localhost")
+# Free abuse: each organization comes with free credits and invitations send e-mail to anyone.
+ORGANIZATIONS_PER_USER_PER_DAY = int(os.environ.get("ORGANIZATIONS_PER_USER_PER_DAY", "3"))
+# Attempts (valid or not) at /orgs/new/ per user: its "taken" answer must not list which addresses exist.
+ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR = int(os.environ.get("ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR", "20"))
+INVITATIONS_PER_ORGANIZATION_PER_HOUR = int(os.environ.get("INVITATIONS_PER_ORGANIZATION_PER_HOUR", "20"))
 
 # Database
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/prumo")
