@@ -43,6 +43,7 @@ RUN chmod 0755 /app/docker/entrypoint.sh
 # SECRET_KEY and DATABASE_URL, so throwaway values are given to this one command only: they
 # are not in the image's environment, and collectstatic never connects to the database.
 RUN SECRET_KEY=build-only-not-secret DATABASE_URL=postgres://build:build@localhost:5432/build \
+    MFA_ENCRYPTION_KEYS=build-only-not-secret \
     python manage.py collectstatic --noinput
 
 # Uploads (MEDIA_ROOT = /app/.data/media) are the only writable app path; mount a volume here.

@@ -16,6 +16,9 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https"
+ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)  # noqa: F405
+if not MFA_ENCRYPTION_KEYS:  # noqa: F405
+    raise ImproperlyConfigured("MFA_ENCRYPTION_KEYS must be set in production (Fernet keys, newest first).")
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)  # noqa: F405
