@@ -4,6 +4,7 @@ from functools import cache
 
 from django.conf import settings
 from django.contrib import messages
+from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils import translation
@@ -46,6 +47,9 @@ class MFARequiredMiddleware:
         if reason is None:
             return self.get_response(request)
         messages.warning(request, reason)
+        if request.headers.get("HX-Request"):
+            # An htmx partial would swap the enrolment page into the current one: load it whole.
+            return HttpResponse(status=204, headers={"HX-Redirect": reverse("mfa_activate_totp")})
         return redirect("mfa_activate_totp")
 
     @staticmethod

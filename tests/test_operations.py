@@ -109,6 +109,7 @@ def test_check_deploy_passes_under_production_settings():
         "SECRET_KEY": "k8#Jw2$Qz!vN7pL0xR4tY6uB9mC3dF5gH1jK2lZ8sA0qW3eE4rT5yU6iO7pP8aS9dD",
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
         "ALLOWED_HOSTS": "prumo.example.com",
+        "MFA_ENCRYPTION_KEYS": "aLzn2PqLHnAJ0W6pwmmq3Ag4CB9bC1lMKGsFNiOAhdU=",
     }
     result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode == 0, result.stdout + result.stderr

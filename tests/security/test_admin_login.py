@@ -6,6 +6,11 @@ Django's own admin form would skip MFA, allauth's rate limits and email verifica
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from django.test import Client
@@ -101,3 +106,20 @@ def test_failed_admin_sign_ins_hit_allauths_rate_limit(settings):
     blocked = client.post(login_url, {"login": staff.email, "password": PASSWORD})
     assert blocked.status_code == 200 and "Too many failed login attempts" in blocked.content.decode()
     assert client.get("/admin/").status_code == 302
+
+
+def _production_check(**env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in {"MFA_ENCRYPTION_KEYS", "ADMIN_REQUIRE_MFA"}}
+    base.update(DJANGO_SETTINGS_MODULE="config.settings.prod", SECRET_KEY="k8#Jw2$Qz!vN7pL0xR4tY6uB9mC3dF5gH1jK2lZ8",
+                DATABASE_URL="postgresql://u@db.internal/prumo", ALLOWED_HOSTS="prumo.example.com")
+    code = "from django.conf import settings; print('ADMIN_REQUIRE_MFA', settings.ADMIN_REQUIRE_MFA)"
+    return subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=Path(__file__).resolve().parents[2],
+                          env={**base, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_production_requires_mfa_for_the_admin_and_keys_for_totp_secrets():
+    refused = _production_check()
+    assert refused.returncode != 0 and "MFA_ENCRYPTION_KEYS must be set in production" in refused.stderr
+    started = _production_check(MFA_ENCRYPTION_KEYS="aLzn2PqLHnAJ0W6pwmmq3Ag4CB9bC1lMKGsFNiOAhdU=")
+    assert started.returncode == 0, started.stderr
+    assert "ADMIN_REQUIRE_MFA True" in started.stdout

@@ -19,6 +19,7 @@ from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan
 from billing.ratelimits import rate_limit_keys
+from chat.models import Thread
 from chat.redis import sync_client
 from tenants.api_keys import api_key_create
 from tenants.audit.models import AuditEvent
@@ -156,8 +157,14 @@ def test_organization_requiring_mfa_sends_members_without_it_to_enrol(tenant_wor
     assert response.status_code == 302 and response["Location"] == ENROL_URL
     for path in (f"/o/{org_a.slug}/settings/", f"/o/{org_a.slug}/settings/members/"):
         assert member.get(path)["Location"] == ENROL_URL
+    with schema_context(org_a.schema_name):
+        threads_before = Thread.objects.count()
     posted = member.post(f"/o/{org_a.slug}/chat/new/", {"text": "hello"})
     assert posted.status_code == 302 and posted["Location"] == ENROL_URL
+    htmx = member.post(f"/o/{org_a.slug}/chat/new/", {"text": "hello"}, HTTP_HX_REQUEST="true")
+    assert htmx.status_code == 204 and htmx["HX-Redirect"] == ENROL_URL
+    with schema_context(org_a.schema_name):
+        assert Thread.objects.count() == threads_before  # refused before the view ran
     followed = member.get(f"/o/{org_a.slug}/", follow=True)
     assert f"{org_a.name} requires two-factor authentication" in followed.content.decode()
 
