@@ -36,7 +36,8 @@ class MFARequiredMiddleware:
 
     Staff on the admin while `ADMIN_REQUIRE_MFA` is on, and members on the pages of an
     organization that requires MFA (`request.tenant`/`request.membership`, set by the tenant
-    middleware, which runs first). Costs one query, only where a rule applies.
+    middleware, which runs first). The organization rule costs no query of its own (the
+    membership is read with the answer); the admin rule one query per staff admin request.
     """
 
     def __init__(self, get_response):

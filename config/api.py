@@ -262,7 +262,7 @@ class OrgAPIView(GenericAPIView):
             membership = membership_for(user=request.user, organization=tenant) if tenant else None
             if membership is None:
                 raise exceptions.NotFound()  # the same answer whether it does not exist or is not theirs
-            if organization_mfa_missing(request._request, tenant):
+            if organization_mfa_missing(request._request, tenant, membership=membership):
                 raise MFARequired(tenant)
         request._request.tenant = tenant
         request._request.membership = membership

@@ -14,7 +14,9 @@ from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from cryptography.fernet import Fernet, InvalidToken
 from django.apps import apps
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan
@@ -193,6 +195,26 @@ def test_member_with_a_second_factor_gets_in(tenant_world):
     done = fresh.post("/accounts/2fa/authenticate/", {"code": totp_now(secret)})
     assert done.status_code == 302 and done["Location"] == f"/o/{org_a.slug}/"
     assert fresh.get(f"/o/{org_a.slug}/").status_code == 200
+
+
+def test_the_requirement_costs_no_extra_query(tenant_world):
+    org_a = tenant_world["a"]["org"]
+    user = person("member")
+    Membership.objects.create(user=user, organization=org_a, role=Role.MEMBER)
+    TOTP.activate(user, generate_totp_secret())
+    client = Client()
+    client.force_login(user)
+
+    def dashboard_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(f"/o/{org_a.slug}/").status_code == 200
+        # django-tenants' `SET search_path` depends on what ran before, not on the request.
+        return len([query for query in queries if not query["sql"].startswith("SET search_path")])
+
+    dashboard_queries()  # warm whatever is cached per process
+    without = dashboard_queries()
+    require_mfa(org_a)
+    assert dashboard_queries() == without
 
 
 def test_api_sessions_get_403_mfa_required_but_keys_are_unaffected(tenant_world, client_for):
