@@ -7,6 +7,7 @@ get 403 `mfa_required`, API keys are unaffected, other organizations are unaffec
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -14,6 +15,7 @@ from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from cryptography.fernet import Fernet, InvalidToken
 from django.apps import apps
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -98,34 +100,34 @@ def test_sign_in_with_a_recovery_code_works_once():
     assert len(Authenticator.objects.get(pk=recovery.instance.pk).wrap().get_unused_codes()) == 8
 
 
-def test_totp_secret_and_recovery_seed_are_encrypted_at_rest(settings):
+def test_totp_secret_and_recovery_seed_are_encrypted_at_rest_and_keys_rotate(settings):
     from accounts.adapters import mfa_fernet
 
+    old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.MFA_ENCRYPTION_KEYS = [old_key]
     user = person()
     client = Client()
     password_login(client, user)
     secret = totp_enrol(client)
     stored = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP).data["secret"]
-    assert secret not in stored and stored != secret
-    assert mfa_fernet().decrypt(stored.encode()).decode() == secret
+    assert stored != secret and Fernet(old_key).decrypt(stored.encode()).decode() == secret
     seed = Authenticator.objects.get(user=user, type=Authenticator.Type.RECOVERY_CODES).data["seed"]
-    assert len(mfa_fernet().decrypt(seed.encode()).decode()) == 80  # allauth's 40-byte hex seed, encrypted
+    assert len(Fernet(old_key).decrypt(seed.encode()).decode()) == 80  # allauth's 40-byte hex seed, encrypted
 
-    # Rotation: a new key first, the old one still listed: sign-in still works.
-    old_key = Fernet.generate_key().decode()
-    settings.MFA_ENCRYPTION_KEYS = [old_key]
-    Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).update(
-        data={"secret": Fernet(old_key).encrypt(secret.encode()).decode()})
-    settings.MFA_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old_key]
+    # Rotation: a new key first, re-encrypt, drop the old key: sign-in still works.
+    settings.MFA_ENCRYPTION_KEYS = [new_key, old_key]
+    out = io.StringIO()
+    call_command("rotate_mfa_keys", stdout=out)
+    assert "Re-encrypted 2 authenticator(s)" in out.getvalue()
+    settings.MFA_ENCRYPTION_KEYS = [new_key]
+    stored = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP).data["secret"]
+    assert mfa_fernet().decrypt(stored.encode()).decode() == secret
+    with pytest.raises(InvalidToken):
+        Fernet(old_key).decrypt(stored.encode())
     client.post("/accounts/logout/")
     password_login(client, user)
     assert client.post("/accounts/2fa/authenticate/", {"code": totp_now(secret)}).status_code == 302
     assert signed_in(client)
-
-    # Without the key that encrypted it, the stored value is useless.
-    settings.MFA_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
-    with pytest.raises(InvalidToken):
-        mfa_fernet().decrypt(Authenticator.objects.get(user=user, type="totp").data["secret"].encode())
 
 
 def test_secrets_stored_in_plaintext_before_are_encrypted_by_the_migration():
