@@ -40,11 +40,12 @@ COPY . /app
 RUN chmod 0755 /app/docker/entrypoint.sh
 
 # Static assets are baked into the image (whitenoise serves them). prod settings insist on
-# SECRET_KEY, PROVIDER_KEY_ENCRYPTION_KEYS and DATABASE_URL, so random throwaway values are given
-# to this one command only: they are not in the image's environment, and collectstatic never
-# connects to the database.
+# SECRET_KEY, PROVIDER_KEY_ENCRYPTION_KEYS, MFA_ENCRYPTION_KEYS and DATABASE_URL, so random
+# throwaway values are given to this one command only: they are not in the image's environment,
+# and collectstatic never connects to the database.
 RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
     PROVIDER_KEY_ENCRYPTION_KEYS="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
+    MFA_ENCRYPTION_KEYS="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
     DATABASE_URL=postgres://build:build@localhost:5432/build \
     python manage.py collectstatic --noinput
 

@@ -29,7 +29,8 @@ run: install
 ## settings, gunicorn + uvicorn worker, PORT (8000) and WEB_CONCURRENCY. Plain HTTP locally.
 SERVE_ENV := DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.prod} \
 	SECRET_KEY="$${SECRET_KEY:-$$(cat .data/secret_key)}" \
-	PROVIDER_KEY_ENCRYPTION_KEYS="$${PROVIDER_KEY_ENCRYPTION_KEYS:-$$(cat .data/provider_key)}" SECURE_SSL_REDIRECT=$${SECURE_SSL_REDIRECT:-0} \
+	PROVIDER_KEY_ENCRYPTION_KEYS="$${PROVIDER_KEY_ENCRYPTION_KEYS:-$$(cat .data/provider_key)}" \
+	MFA_ENCRYPTION_KEYS="$${MFA_ENCRYPTION_KEYS:-$$(cat .data/mfa_key)}" SECURE_SSL_REDIRECT=$${SECURE_SSL_REDIRECT:-0} \
 	SECURE_HSTS_SECONDS=$${SECURE_HSTS_SECONDS:-0} ALLOWED_HOSTS=$${ALLOWED_HOSTS:-localhost,127.0.0.1}
 
 .data/secret_key: | $(PY)
@@ -38,7 +39,10 @@ SERVE_ENV := DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-config.settings.p
 .data/provider_key: | $(PY)
 	@mkdir -p .data && $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > $@
 
-serve: install .data/secret_key .data/provider_key
+.data/mfa_key: | $(PY)
+	@mkdir -p .data && $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > $@
+
+serve: install .data/secret_key .data/provider_key .data/mfa_key
 	$(EMBED) sh -c '$(SERVE_ENV) $(PY) manage.py deploy_migrate && \
 		$(SERVE_ENV) $(PY) manage.py collectstatic --noinput --verbosity 0 && \
 		$(SERVE_ENV) exec $(VENV)/bin/gunicorn config.asgi:application -c config/gunicorn.py'

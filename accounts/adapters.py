@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
+from functools import cache
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.mfa.adapter import DefaultMFAAdapter
+from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 from django.utils import translation
 
@@ -26,3 +31,31 @@ class AccountAdapter(DefaultAccountAdapter):
         domain = request.get_host() if request is not None else settings.SITE_URL.split("://", 1)[-1]
         context = {"current_site": Site(name=settings.SITE_NAME, domain=domain), **context}
         super().send_mail(template_prefix, email, context)
+
+
+@cache
+def _fernet(keys: tuple[str, ...]) -> MultiFernet:
+    if not keys:
+        # Development and test default; production settings refuse to load without keys.
+        digest = hashlib.sha256(f"mfa-secrets:{settings.SECRET_KEY}".encode()).digest()
+        keys = (base64.urlsafe_b64encode(digest).decode(),)
+    return MultiFernet([Fernet(key) for key in keys])
+
+
+def mfa_fernet() -> MultiFernet:
+    return _fernet(tuple(settings.MFA_ENCRYPTION_KEYS))
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    """TOTP secrets and recovery-code seeds are stored as Fernet tokens (allauth.mfa's `encrypt` hook).
+
+    `MFA_ENCRYPTION_KEYS` lists Fernet keys, newest first: new values are encrypted with the
+    first, any listed key decrypts. Without keys, development and tests derive one from
+    SECRET_KEY; production settings refuse to load without them.
+    """
+
+    def encrypt(self, text: str) -> str:
+        return mfa_fernet().encrypt(text.encode()).decode()
+
+    def decrypt(self, encrypted_text: str) -> str:
+        return mfa_fernet().decrypt(encrypted_text.encode()).decode()

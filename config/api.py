@@ -12,7 +12,8 @@ check it). Two ways in:
   session has no organization of its own: the caller names it with `X-Organization: <slug>`;
   a slug that does not exist and one the user is not a member of both answer 404. Rights are
   the member's role: viewers read only, members write, some endpoints (API keys, members)
-  need an admin.
+  need an admin. When the organization requires MFA and the user has no second factor, the
+  call answers 403 with `"code": "mfa_required"` (keys are not affected).
 
 Calls with a key count against the plan's requests per minute, per key and per organization
 (billing.ratelimits, shared with /v1): over the limit they get 429 with `Retry-After`, and
@@ -40,6 +41,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
+from accounts.mfa import organization_mfa_missing
 from accounts.models import User
 from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
@@ -112,6 +114,20 @@ class RateLimited(exceptions.APIException):
         what = _("tokens") if limit.exceeded == "tokens" else _("requests")
         return cls(limit.retry_after, _("Rate limit reached for %(what)s per minute on your plan. "
                                         "Try again in %(seconds)s s.") % {"what": what, "seconds": limit.retry_after})
+
+
+class MFARequired(exceptions.PermissionDenied):
+    """403 `{"detail", "code": "mfa_required"}`: the organization requires a second factor the session user lacks.
+
+    Only sessions: API keys are not people and are not affected by the requirement.
+    """
+
+    default_code = "mfa_required"
+
+    def __init__(self, organization: Organization) -> None:
+        super().__init__({"detail": _("%(organization)s requires two-factor authentication. Activate it in your "
+                                      "account settings to continue.") % {"organization": organization.name},
+                          "code": self.default_code})
 
 
 def rate_limit_headers(limit: Limit) -> dict[str, str]:
@@ -246,6 +262,8 @@ class OrgAPIView(GenericAPIView):
             membership = membership_for(user=request.user, organization=tenant) if tenant else None
             if membership is None:
                 raise exceptions.NotFound()  # the same answer whether it does not exist or is not theirs
+            if organization_mfa_missing(request._request, tenant, membership=membership):
+                raise MFARequired(tenant)
         request._request.tenant = tenant
         request._request.membership = membership
         connection.set_tenant(tenant)

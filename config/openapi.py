@@ -48,7 +48,9 @@ API_ERROR = {
 API_ERRORS = {
     "400": "Invalid input (field errors), or a session without the X-Organization header.",
     "401": "No valid API key and no session.",
-    "403": "The key lacks the scope, or the member's role is too low (or a session call without its CSRF token).",
+    "403": "The key lacks the scope, or the member's role is too low (or a session call without its CSRF token, "
+           "or, with `code: mfa_required`, a session user without two-factor authentication in an organization "
+           "that requires it).",
     "404": "Not found: also when the organization does not exist or the caller is not a member of it.",
 }
 

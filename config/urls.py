@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.urls import include, path
 
@@ -6,6 +7,9 @@ from billing import views as billing_views
 from tenants import views as tenant_views
 
 from . import views
+
+# Staff sign in through allauth (MFA, rate limits, verified email), never Django's own form.
+admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     path("", views.landing, name="landing"),

@@ -16,6 +16,15 @@ class OrganizationCreateForm(forms.Form):
 
 class OrganizationSettingsForm(forms.Form):
     name = forms.CharField(label=_("Organization name"), max_length=100)
+    require_mfa = forms.BooleanField(
+        label=_("Require two-factor authentication"), required=False,
+        help_text=_("Members without it are sent to activate it before they can use the organization. "
+                    "API keys are not affected. Only owners can change this."))
+
+    def __init__(self, *args, can_require_mfa: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Only owners may change it; a disabled field keeps its current value whatever is posted.
+        self.fields["require_mfa"].disabled = not can_require_mfa
 
 
 class InvitationForm(forms.Form):

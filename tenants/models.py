@@ -19,6 +19,8 @@ class Organization(TenantMixin):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Set by an owner: members without a second factor are sent to enrol (accounts.middleware).
+    require_mfa = models.BooleanField(_("require two-factor authentication"), default=False)
 
     # Schemas are provisioned by `tenants.provisioning`, never by replaying every migration.
     auto_create_schema = False

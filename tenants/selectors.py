@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from accounts.mfa import mfa_enabled_subquery
 from accounts.models import User
 
 from .audit.models import AuditEvent
@@ -18,7 +19,11 @@ def organization_list_for_user(*, user: User) -> QuerySet[Membership]:
 def membership_for(*, user: User, organization: Organization) -> Membership | None:
     if not user.is_authenticated:
         return None
-    return Membership.objects.filter(user=user, organization=organization).first()
+    memberships = Membership.objects.filter(user=user, organization=organization)
+    if organization.require_mfa:
+        # Read with the membership, so the MFA requirement costs no query of its own.
+        memberships = memberships.annotate(user_mfa_enabled=mfa_enabled_subquery())
+    return memberships.first()
 
 
 def member_list(*, organization: Organization) -> QuerySet[Membership]:

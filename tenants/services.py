@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from django.utils.translation import gettext as _
 
+from accounts.mfa import user_mfa_enabled
 from accounts.models import User
 from billing.services import credits_grant_monthly
 
@@ -99,6 +100,21 @@ def organization_update(*, organization: Organization, actor: Actor, name: str) 
     organization.save(update_fields=["name"])
     audit_record(organization=organization, actor=actor, action="organization.updated", target=organization,
                  before=before, after={"name": organization.name})
+    return organization
+
+
+def organization_mfa_require(*, organization: Organization, actor: Actor, user: User, required: bool) -> Organization:
+    """Owners turn the organization's MFA requirement on or off; on only once they have a second factor themselves."""
+    if required == organization.require_mfa:
+        return organization
+    if required and not user_mfa_enabled(user=user):
+        raise ValidationError({"require_mfa": _("Activate two-factor authentication for your own account before "
+                                                "requiring it from everyone.")})
+    before = {"require_mfa": organization.require_mfa}
+    organization.require_mfa = required
+    organization.save(update_fields=["require_mfa"])
+    audit_record(organization=organization, actor=actor, action="organization.mfa_requirement_changed",
+                 target=organization, before=before, after={"require_mfa": required})
     return organization
 
 

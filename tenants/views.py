@@ -29,6 +29,7 @@ from .services import (
     membership_remove,
     membership_role_change,
     organization_create,
+    organization_mfa_require,
     organization_update,
 )
 
@@ -97,15 +98,23 @@ def coming_soon(request: HttpRequest, section: str) -> HttpResponse:
 @org_member_required
 def org_settings(request: HttpRequest) -> HttpResponse:
     can_edit = request.membership.has_role(Role.ADMIN)
-    form = OrganizationSettingsForm(request.POST or None, initial={"name": request.tenant.name})
+    organization = request.tenant
+    form = OrganizationSettingsForm(request.POST or None, can_require_mfa=request.membership.has_role(Role.OWNER),
+                                    initial={"name": organization.name, "require_mfa": organization.require_mfa})
     if request.method == "POST":
         if not can_edit:
             messages.error(request, _("Only owners and admins can change the organization."))
         elif form.is_valid():
-            organization_update(organization=request.tenant, actor=Actor.from_request(request),
-                                name=form.cleaned_data["name"])
-            messages.success(request, _("Saved."))
-            return redirect("org_settings", org_slug=request.tenant.slug)
+            actor = Actor.from_request(request)
+            try:
+                organization_mfa_require(organization=organization, actor=actor, user=request.user,
+                                         required=form.cleaned_data["require_mfa"])
+            except ValidationError as error:
+                _form_errors(form, error)
+            else:
+                organization_update(organization=organization, actor=actor, name=form.cleaned_data["name"])
+                messages.success(request, _("Saved."))
+                return redirect("org_settings", org_slug=organization.slug)
     return render(request, "tenants/settings.html", {"form": form, "can_edit": can_edit})
 
 

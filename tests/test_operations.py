@@ -113,6 +113,7 @@ def test_check_deploy_passes_under_production_settings():
         "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
         "ALLOWED_HOSTS": "prumo.example.com",
+        "MFA_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
     result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode == 0, result.stdout + result.stderr

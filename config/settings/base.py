@@ -142,6 +142,7 @@ MIDDLEWARE = [
     "tenants.middleware.TenantMiddleware",
     "billing.middleware.InsufficientCreditsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "accounts.middleware.MFARequiredMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -192,6 +193,12 @@ ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Prumo] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = os.environ.get("ACCOUNT_DEFAULT_HTTP_PROTOCOL", "http")
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# TOTP secrets and recovery-code seeds are encrypted with these Fernet keys, newest first.
+# Empty: derived from SECRET_KEY (development and tests only; production requires them).
+MFA_ADAPTER = "accounts.adapters.MFAAdapter"
+MFA_ENCRYPTION_KEYS = env_list("MFA_ENCRYPTION_KEYS")
+# Staff without a second factor cannot use the admin (they are sent to enrol). On in production.
+ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", False)
 USERSESSIONS_TRACK_ACTIVITY = False
 
 # Email: console in development, SMTP from the environment in production.

@@ -1,4 +1,4 @@
-"""Production: refuses to start without a real secret, provider-key encryption keys and a database."""
+"""Production: refuses to start without a real secret, encryption keys for secrets at rest and a database."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def secret_key_problem(value: str) -> str | None:
 
 
 def fernet_keys_problem(value: str) -> str | None:
-    """Why `value` (comma-separated Fernet keys, newest first) cannot encrypt provider keys, or None."""
+    """Why `value` (comma-separated Fernet keys, newest first) cannot encrypt secrets at rest, or None."""
     from cryptography.fernet import Fernet
 
     keys = [key.strip() for key in value.split(",") if key.strip()]
@@ -47,9 +47,11 @@ for required in ("SECRET_KEY", "DATABASE_URL"):
         raise ImproperlyConfigured(f"{required} must be set in production.{hint}")
 if problem := secret_key_problem(os.environ["SECRET_KEY"]):
     raise ImproperlyConfigured(f"SECRET_KEY {problem}. Set a new one, generated with: {GENERATE_SECRET_KEY}")
-if problem := fernet_keys_problem(os.environ.get("PROVIDER_KEY_ENCRYPTION_KEYS", "")):
-    # Without it the keys derive from SECRET_KEY: rotating the secret would lose every stored provider key.
-    raise ImproperlyConfigured(f"PROVIDER_KEY_ENCRYPTION_KEYS {problem}. Generate a key with: {GENERATE_FERNET_KEY}")
+# Without them the keys derive from SECRET_KEY: rotating the secret would lose every stored provider
+# key and every TOTP secret.
+for required in ("PROVIDER_KEY_ENCRYPTION_KEYS", "MFA_ENCRYPTION_KEYS"):
+    if problem := fernet_keys_problem(os.environ.get(required, "")):
+        raise ImproperlyConfigured(f"{required} {problem}. Generate a key with: {GENERATE_FERNET_KEY}")
 
 from .base import *  # noqa: E402,F403
 
@@ -59,6 +61,7 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT", "json")
 LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https"
+ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)  # noqa: F405
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)  # noqa: F405

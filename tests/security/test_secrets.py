@@ -1,4 +1,4 @@
-"""Production refuses to start with a default, published or weak SECRET_KEY or without provider-key encryption keys.
+"""Production refuses to start with a default, published or weak SECRET_KEY or without keys for secrets at rest.
 
 Each case starts Django with `config.settings.prod` in a subprocess, as a server would.
 """
@@ -19,11 +19,12 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE_URL = "postgresql://u@db.internal/prumo"
 HOW_TO_GENERATE = "secrets.token_urlsafe(50)"
+ENCRYPTION_KEYS = ("PROVIDER_KEY_ENCRYPTION_KEYS", "MFA_ENCRYPTION_KEYS")  # provider keys, TOTP secrets
 
 
 def _start(**env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
-             if k not in {"SECRET_KEY", "DATABASE_URL", "PROVIDER_KEY_ENCRYPTION_KEYS", "DJANGO_SETTINGS_MODULE"}}
+             if k not in {"SECRET_KEY", "DATABASE_URL", *ENCRYPTION_KEYS, "DJANGO_SETTINGS_MODULE"}}
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); print('started')"], cwd=ROOT, capture_output=True,
         text=True, timeout=60, env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.prod", **env},
@@ -31,8 +32,8 @@ def _start(**env: str) -> subprocess.CompletedProcess:
 
 
 def _good(**overrides: str) -> dict[str, str]:
-    env = {"SECRET_KEY": secrets.token_urlsafe(50), "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
-           "DATABASE_URL": DATABASE_URL}
+    env = {"SECRET_KEY": secrets.token_urlsafe(50), "DATABASE_URL": DATABASE_URL,
+           **{name: Fernet.generate_key().decode() for name in ENCRYPTION_KEYS}}
     env.update(overrides)
     return {name: value for name, value in env.items() if value is not None}
 
@@ -73,16 +74,17 @@ def test_a_missing_secret_key_is_refused_with_how_to_make_one():
     assert "SECRET_KEY must be set in production" in result.stderr and HOW_TO_GENERATE in result.stderr
 
 
+@pytest.mark.parametrize("variable", ENCRYPTION_KEYS)
 @pytest.mark.parametrize(("value", "reason"), [
     (None, "must be set in production"),
     ("", "must be set in production"),
     ("not-a-fernet-key", "must list Fernet keys"),
     (Fernet.generate_key().decode() + ",short", "must list Fernet keys"),
 ])
-def test_provider_key_encryption_keys_are_required(value, reason):
-    result = _start(**_good(PROVIDER_KEY_ENCRYPTION_KEYS=value))
+def test_encryption_keys_are_required(variable, value, reason):
+    result = _start(**_good(**{variable: value}))
     assert result.returncode != 0
-    assert f"PROVIDER_KEY_ENCRYPTION_KEYS {reason}" in result.stderr
+    assert f"{variable} {reason}" in result.stderr
     assert "Fernet.generate_key()" in result.stderr
 
 
@@ -94,16 +96,16 @@ def test_a_good_environment_starts():
 
 
 def test_make_serve_generates_values_production_accepts():
-    """`make serve` writes .data/secret_key and .data/provider_key with these commands and passes both."""
+    """`make serve` writes .data/{secret,provider,mfa}_key with these commands and passes them."""
     makefile = (ROOT / "Makefile").read_text()
     commands = dict(re.findall(r'^\.data/(\w+):.*\n\t@mkdir -p \.data && \$\(PY\) -c "([^"]+)" > \$@', makefile, re.M))
-    assert set(commands) >= {"secret_key", "provider_key"}
+    assert set(commands) >= {"secret_key", "provider_key", "mfa_key"}
     serve_env = makefile.split("SERVE_ENV :=", 1)[1].split("\n\n", 1)[0]
-    assert "SECRET_KEY=" in serve_env and "PROVIDER_KEY_ENCRYPTION_KEYS=" in serve_env
+    assert all(f"{name}=" in serve_env for name in ("SECRET_KEY", *ENCRYPTION_KEYS))
     generated = {name: subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       check=True).stdout.strip() for name, code in commands.items()}
     result = _start(SECRET_KEY=generated["secret_key"], PROVIDER_KEY_ENCRYPTION_KEYS=generated["provider_key"],
-                    DATABASE_URL=DATABASE_URL)
+                    MFA_ENCRYPTION_KEYS=generated["mfa_key"], DATABASE_URL=DATABASE_URL)
     assert result.returncode == 0, result.stderr
 
 
@@ -112,7 +114,7 @@ def test_compose_has_no_default_secret_and_asks_for_both():
     services = yaml.safe_load(text)["services"]
     for name in ("web", "worker", "generator", "beat"):
         env = services[name]["environment"]
-        for variable in ("SECRET_KEY", "PROVIDER_KEY_ENCRYPTION_KEYS"):
+        for variable in ("SECRET_KEY", *ENCRYPTION_KEYS):
             # `${NAME:?message}`: compose refuses to start without the value instead of using a default.
             assert env[variable].startswith(f"${{{variable}:?"), (name, variable, env[variable])
     assert HOW_TO_GENERATE in text and "Fernet.generate_key()" in text
