@@ -1,0 +1,22 @@
+"""Recent re-authentication (allauth's reauthenticate flow) for actions that mint secrets."""
+
+from __future__ import annotations
+
+from allauth.account.decorators import reauthentication_required
+from allauth.core.exceptions import ReauthenticationRequired
+from django.http import HttpRequest
+
+
+@reauthentication_required
+def _confirmed(request: HttpRequest) -> None:
+    return None
+
+
+def recently_reauthenticated(request: HttpRequest) -> bool:
+    """Whether the signed-in user confirmed who they are (password or second factor) within
+    ACCOUNT_REAUTHENTICATION_TIMEOUT; allauth's own decorator decides, so its rules apply."""
+    try:
+        _confirmed(request)
+    except ReauthenticationRequired:
+        return False
+    return True
