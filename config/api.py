@@ -175,8 +175,6 @@ def rate_limit_headers(limit: Limit) -> dict[str, str]:
 
 
 PLAN_WITHOUT_API = "Your plan does not include API access. Upgrade on the billing page to use API keys."
-SERVICE_KEY_REFUSED = ("Service keys act as the organization and own no threads: use a key created by a member "
-                       "(Settings → API keys) for this call.")
 
 
 class OrgAccess(BasePermission):
@@ -193,7 +191,8 @@ class OrgAccess(BasePermission):
                 self.message = PLAN_WITHOUT_API
                 return False
             if request.auth.is_service and not view.service_keys:
-                self.message = SERVICE_KEY_REFUSED
+                self.message = _("Service keys act as the organization and own no threads: use a key created "
+                                 "by an admin or owner (Settings → API keys) for this call.")
                 return False
             scopes = view.key_read_scopes if safe else view.key_write_scopes
             if not scopes & request.auth.scopes:

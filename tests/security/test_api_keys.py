@@ -30,6 +30,7 @@ from chat import v1
 from chat.models import Thread
 from chat.redis import async_client_close, sync_client
 from chat.services import thread_create
+from checks.models import Check
 from config import db_async
 from conftest import PASSWORD
 from tenants.api_keys import (
@@ -47,6 +48,7 @@ from tenants.services import organization_create
 
 from ..orgs import organization_drop
 from ..reauth import reauthenticate
+from ..test_api import _endpoints, bearer, call, rate_limits_reset
 
 DEMO = "demo/prumo-demo"
 COMPLETION = {"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": "Hello"}]}
@@ -285,3 +287,24 @@ def test_a_request_that_read_the_key_before_its_revocation_cannot_refill_the_cac
     _cached, current = key_cache_read(prefix)
     assert key_cache_fill(prefix, current, key_entry_read(prefix)) is True
     assert key_cache_read(prefix)[0]["revoked"] is True
+
+
+@pytest.mark.django_db
+def test_a_service_key_gets_no_server_error_anywhere_and_requests_checks_as_no_one(
+        funded, registries, django_capture_on_commit_callbacks):
+    """No API view may treat the service principal as a person: every endpoint answers it a 2xx or a 4xx,
+    and a check it requests records no requesting user."""
+    org_a, _org_b = funded
+    raw = api_key_create(organization=org_a, name="ops", scopes=["chat", "read", "checks"],
+                         actor=Actor.system("tests")).raw
+    rate_limits_reset(org_a)
+    for method, url in _endpoints():
+        response = call(Client(), method, url, {}, **bearer(raw))
+        assert response.status_code < 500, (method, url, response.status_code)
+    with django_capture_on_commit_callbacks(execute=True):
+        queued = Client().post("/api/v1/checks/", {"cnpj": "19131243000197"}, content_type="application/json",
+                               **bearer(raw))
+    assert queued.status_code in (201, 202), queued.content
+    with schema_context(org_a.schema_name):
+        check = Check.objects.get(pk=queued.json()["id"])
+        assert check.requested_by_id is None and check.api_key_id == ApiKey.objects.get(name="ops").pk
