@@ -8,7 +8,10 @@ would do for /v1 (request id, size limit, security headers, the key lookup) and 
 rest to chat.gateway. On the way to the provider a call costs two Redis round trips (key,
 config version and last-used marker in one pipeline; the rate-limit script) and one SQL
 statement (the credit hold); the settlement, usage event and token give-back run after the
-client has its answer.
+client has its answer. A key not cached yet costs one statement on the async pool, and none
+when the caller's address is over its unauthenticated limit (that limit comes before anything
+else, the body included). A body over GATEWAY_MAX_BODY_BYTES is refused (413) unread when its
+Content-Length says so, and as soon as it passes the limit otherwise; it is never parsed.
 
 Every response carries `x-request-id` and `x-prumo-overhead-ms`: the time spent here outside
 the provider call (up to the first byte for streams).

@@ -8,8 +8,10 @@ marks the minute).
 Whom a key acts as (`ApiKey.principal`): a `member` key acts as its creator, and only while
 the creator is an active admin or owner of its organization (`KEY_HOLDER_ROLES`: who may open
 the keys page). Leaving, removal, demotion below admin and deactivation revoke the person's
-keys at once (`api_keys_revoke_held_by`); the look-up refuses such a key even if one of those
-paths was skipped. A `service` key (`manage.py create_api_key`) acts as the organization.
+keys at once (`api_keys_revoke_held_by`). Should a path skip those services (a queryset
+update), the key is still refused: the API checks the creator on every call, and a cache fill
+reads the creator's standing too (so /v1 follows within CACHE_SECONDS). A `service` key
+(`manage.py create_api_key`) acts as the organization.
 
 The cache cannot be refilled with what a request read before a revocation: each prefix has a
 generation (`apikey:gen:<prefix>`) that every revocation and creation bumps (and then drops the
