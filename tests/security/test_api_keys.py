@@ -28,7 +28,7 @@ from accounts.models import User
 from billing.models import BillingAccount, Plan
 from chat import v1
 from chat.models import Thread
-from chat.redis import async_client_close, sync_client
+from chat.redis import async_client, async_client_close, sync_client
 from chat.services import thread_create
 from checks.models import Check
 from config import db_async
@@ -37,9 +37,12 @@ from tenants.api_keys import (
     api_key_authenticate,
     api_key_create,
     api_key_revoke,
+    generation_key,
     key_cache_fill,
+    key_cache_fill_async,
     key_cache_read,
     key_entry_read,
+    key_entry_read_async,
 )
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
@@ -308,3 +311,32 @@ def test_a_service_key_gets_no_server_error_anywhere_and_requests_checks_as_no_o
     with schema_context(org_a.schema_name):
         check = Check.objects.get(pk=queued.json()["id"])
         assert check.requested_by_id is None and check.api_key_id == ApiKey.objects.get(name="ops").pk
+
+
+def test_v1_cannot_put_back_a_key_revoked_after_it_read_it(world, django_db_blocker):
+    """The same race on /v1's path (async pool and async Redis), phase by phase on committed rows."""
+    with django_db_blocker.unblock():
+        new = api_key_create(organization=world.org, name="raced", scopes=["chat"], user=world.admin,
+                             actor=Actor.system("tests"))
+        prefix = new.key.prefix
+
+        async def read():  # what /v1 does on a miss before filling: the generation, then the row
+            try:
+                generation = await async_client().get(generation_key(prefix))
+                return generation, await key_entry_read_async(prefix)
+            finally:
+                await db_async.async_pool_close()
+                await async_client_close()
+
+        async def fill(generation, entry):
+            try:
+                return await key_cache_fill_async(async_client(), prefix, generation, entry)
+            finally:
+                await async_client_close()
+
+        generation, entry = asyncio.run(read())
+        assert entry["revoked"] is False
+        api_key_revoke(key=new.key, actor=Actor.system("tests"))  # commits; the entry is forgotten
+        assert asyncio.run(fill(generation, entry)) is False
+        assert key_cache_read(prefix)[0] is None
+        assert _v1(new.raw, "GET", "/v1/models").status_code == 401
