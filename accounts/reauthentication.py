@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from allauth.account.adapter import get_adapter
 from allauth.account.decorators import reauthentication_required
 from allauth.core.exceptions import ReauthenticationRequired
 from django.http import HttpRequest
+from django.urls import reverse
 
 
 @reauthentication_required
@@ -20,3 +22,10 @@ def recently_reauthenticated(request: HttpRequest) -> bool:
     except ReauthenticationRequired:
         return False
     return True
+
+
+def reauthentication_url(request: HttpRequest) -> str:
+    """Where the user confirms who they are: allauth's first method for them (password, or a second
+    factor), as its middleware would choose."""
+    methods = get_adapter().get_reauthentication_methods(request.user)
+    return methods[0]["url"] if methods else reverse("account_login")

@@ -41,7 +41,6 @@ from copy import deepcopy
 from typing import Any
 
 from django.db import connection
-from django.urls import reverse
 from django.utils.translation import gettext as _
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import exceptions, status
@@ -52,7 +51,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from accounts.models import User
-from accounts.reauthentication import recently_reauthenticated
+from accounts.reauthentication import reauthentication_url, recently_reauthenticated
 from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
 from config.observability import organization_var
@@ -133,16 +132,16 @@ class ReauthenticationNeeded(exceptions.APIException):
     status_code = status.HTTP_403_FORBIDDEN
     default_code = "reauthentication_required"
 
-    def __init__(self) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__({"detail": _("Confirm your password (or second factor) first: creating an API key needs "
                                       "a recent sign-in. Do it at reauthenticate_url, then send this again."),
-                          "code": self.default_code, "reauthenticate_url": reverse("account_reauthenticate")})
+                          "code": self.default_code, "reauthenticate_url": url})
 
 
 def reauthentication_check(request: Request) -> None:
     """A session call that mints a secret needs allauth's recent re-authentication (keys never get here)."""
     if not recently_reauthenticated(request._request):
-        raise ReauthenticationNeeded()
+        raise ReauthenticationNeeded(reauthentication_url(request._request))
 
 
 def key_entitlements(request: Request) -> Entitlements:

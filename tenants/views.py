@@ -13,7 +13,7 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from accounts.reauthentication import recently_reauthenticated
+from accounts.reauthentication import reauthentication_url, recently_reauthenticated
 from billing.selectors import entitlements_for
 from chat.views_trial import trial_claim_for_request
 
@@ -231,7 +231,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     """
     if request.method == "POST" and not recently_reauthenticated(request):
         messages.info(request, _("Confirm it is you to create an API key, then create it again."))
-        return redirect(f"{reverse('account_reauthenticate')}?{urlencode({'next': request.path})}")
+        return redirect(f"{reauthentication_url(request)}?{urlencode({'next': request.path})}")
     form = ApiKeyForm(request.POST or None)
     new_key = None
     if request.method == "POST" and form.is_valid():
