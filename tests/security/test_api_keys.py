@@ -232,6 +232,7 @@ def test_the_keys_page_names_a_member_keys_creator(world, django_db_blocker):
         _admin_key(world)
         page = _signed_in(world.owner).get(f"/o/{world.org.slug}/settings/api-keys/").content.decode()
         assert f'data-testid="key-principal">{world.admin.email}</span>' in page
+        assert 'data-testid="key-acts-as-you"' in page  # the page says whom a key acts as, and when it stops
 
 
 # ---------------------------------------------------------------- minting needs re-authentication
