@@ -380,8 +380,8 @@ def test_organization_members_and_key_metadata(keys, org_a, client_for):
     stored = ApiKey.objects.get(organization=org_a, name="a chat")
     row = next(k for k in listed.json()["results"] if k["name"] == "a chat")
     assert row == {"id": stored.pk, "name": "a chat", "prefix": stored.display_prefix, "scopes": ["chat"],
-                   "created_at": row["created_at"], "last_used_at": None, "expires_at": None, "revoked": False,
-                   "revoked_at": None}
+                   "principal": "member", "created_at": row["created_at"], "last_used_at": None, "expires_at": None,
+                   "revoked": False, "revoked_at": None}
     assert stored.key_hash.encode() not in listed.content and keys["chat"].encode() not in listed.content
     admin, headers = session(client_for, "a", "admin", org_a)
     assert admin.get("/api/v1/api-keys/", **headers).json()["results"][0]["name"]
