@@ -178,3 +178,26 @@ async def ip_limited_async(client, ip: str) -> int | None:
     """`ip_limited` on an async Redis client."""
     ttl = int(await client.eval(_IP, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS))
     return None if ttl < 0 else max(1, -(-ttl // 1000))
+
+
+def _over(used: str | None, ttl: int) -> int | None:
+    if used is None or int(used) < settings.API_UNAUTHENTICATED_PER_MINUTE or ttl < 0:
+        return None
+    return max(1, -(-ttl // 1000))
+
+
+def ip_over_limit(ip: str) -> int | None:
+    """The seconds `ip` must wait if it already used up its unauthenticated calls, without counting one:
+    a key look-up that would reach the database asks first."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.get(f"rl:ip:{ip}")
+    pipe.pttl(f"rl:ip:{ip}")
+    return _over(*pipe.execute())
+
+
+async def ip_over_limit_async(client, ip: str) -> int | None:
+    """`ip_over_limit` on an async Redis client."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.get(f"rl:ip:{ip}")
+        pipe.pttl(f"rl:ip:{ip}")
+        return _over(*await pipe.execute())

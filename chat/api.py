@@ -1,8 +1,10 @@
 """Threads, messages and attachments over the API (/api/v1/threads/...).
 
-Threads are private to a member (chat.models). A session sees its user's threads; an API key
-acts as the member who created it (or the organization's first owner: see config.api), so a
-key sees and writes that member's threads. Reading needs the `read` or `chat` scope (or any
+Threads are private to a member (chat.models). A session sees its user's threads; a member
+API key acts as the admin or owner who created it, while they still may hold keys (see
+config.api), so it sees and writes that member's threads. A service key (`manage.py
+create_api_key`) is no person: it has no threads of its own and never sees anyone's, so every
+endpoint here answers it 403 (it serves /v1 and the checks API). Reading needs the `read` or `chat` scope (or any
 role), writing the `chat` scope (or the member role). Asking a question (or regenerating the
 last answer, or editing the last question) returns the pending answer at once (202); a Celery
 task writes it, GET on the message shows its progress, and POST .../stop/ stops it.
@@ -52,6 +54,7 @@ class ChatAPIView(OrgAPIView):
 
     key_read_scopes = frozenset({"read", "chat"})
     key_write_scopes = frozenset({"chat"})
+    service_keys = False  # threads belong to a person; a service key is none
 
     def thread_or_404(self, thread_id: int) -> Thread:
         thread = selectors.thread_get(user=self.request.user, thread_id=thread_id)
@@ -80,7 +83,7 @@ class ChatAPIView(OrgAPIView):
 
 @extend_schema(tags=[TAG])
 class ThreadListView(ChatAPIView):
-    """The caller's threads (a key's: its creator's; see config.api)."""
+    """The caller's threads (a member key's: its creator's; see config.api)."""
 
     serializer_class = ThreadSerializer
 

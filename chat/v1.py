@@ -8,7 +8,10 @@ would do for /v1 (request id, size limit, security headers, the key lookup) and 
 rest to chat.gateway. On the way to the provider a call costs two Redis round trips (key,
 config version and last-used marker in one pipeline; the rate-limit script) and one SQL
 statement (the credit hold); the settlement, usage event and token give-back run after the
-client has its answer.
+client has its answer. A key not cached yet costs one statement on the async pool, and none
+when the caller's address is over its unauthenticated limit (that limit comes before anything
+else, the body included). A body over GATEWAY_MAX_BODY_BYTES is refused (413) unread when its
+Content-Length says so, and as soon as it passes the limit otherwise; it is never parsed.
 
 Every response carries `x-request-id` and `x-prumo-overhead-ms`: the time spent here outside
 the provider call (up to the first byte for streams).
@@ -31,9 +34,10 @@ from config.observability import VALID_REQUEST_ID, request_id_var
 from tenants.api_keys import (
     LAST_USED_EVERY,
     KeyAuth,
-    api_key_authenticate,
     auth_from_entry,
     cache_key,
+    generation_key,
+    key_entry_load_async,
     lookup_prefix,
     used_key,
 )
@@ -98,6 +102,13 @@ class Call:
         await self.respond(error.status, error.body())
 
     async def body(self) -> bytes:
+        """The request body, refused (413) as soon as it is known to exceed GATEWAY_MAX_BODY_BYTES: from
+        its declared length before a byte is read, else while it arrives; never parsed."""
+        limit = settings.GATEWAY_MAX_BODY_BYTES
+        too_large = GatewayError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
         chunks, size = [], 0
         while True:
             message = await self.receive()
@@ -105,9 +116,8 @@ class Call:
                 raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > settings.GATEWAY_MAX_BODY_BYTES:
-                raise GatewayError(413, f"The request body is larger than {settings.GATEWAY_MAX_BODY_BYTES} bytes.",
-                                   code="request_too_large")
+            if size > limit:
+                raise too_large
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -167,28 +177,32 @@ def _model(option) -> dict:
 
 
 async def _authenticate(call: Call) -> tuple[KeyAuth, GatewayConfig]:
-    """The key's grant and its organization's config snapshot: one Redis round trip when cached."""
+    """The key's grant and its organization's config snapshot: one Redis round trip when cached. A key
+    not cached yet is read on the async pool (no connection of its own), unless the caller's address is
+    over its unauthenticated limit: then nothing reaches the database."""
     scheme, _, token = call.headers.get("authorization", "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
     prefix = lookup_prefix(token)
     redis = async_client()
+    client = call.scope.get("client") or ("unknown", 0)
+    ip = client_ip_from(call.headers.get("x-forwarded-for", ""), client[0]) or "unknown"
     auth, version = None, None
     if prefix is not None:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.get(cache_key(prefix))
+            pipe.get(generation_key(prefix))
             pipe.get(CONFIG_VERSION_KEY)
             pipe.set(used_key(prefix), 1, nx=True, ex=LAST_USED_EVERY)
-            entry, version, touched = await pipe.execute()
-        if entry is None:  # not cached yet: the middleware's path loads and caches it
-            auth = await gateway.orm_call(api_key_authenticate, token)
+            entry, generation, version, touched = await pipe.execute()
+        if entry is None:
+            entry = await key_entry_load_async(redis, prefix, generation, ip)
         else:
-            auth = auth_from_entry(token, json.loads(entry))
+            entry = json.loads(entry)
+        auth = auth_from_entry(token, entry)
         call.touch_key = bool(touched) and auth is not None
         call.key_id = auth.key_id if auth else None
     if auth is None:
         # Calls without a valid key are limited per address: guessing keys goes nowhere fast.
-        client = call.scope.get("client") or ("unknown", 0)
-        ip = client_ip_from(call.headers.get("x-forwarded-for", ""), client[0]) or "unknown"
         wait = await ip_limited_async(redis, ip)
         if wait is not None:
             raise GatewayError(429, f"Too many unauthenticated requests. Try again in {wait} s.", type="requests",

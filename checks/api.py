@@ -22,7 +22,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import OrgAPIView
+from config.api import OrgAPIView, acting_user
 from tenants.api_keys import KeyAuth
 
 from . import cnpj as cnpj_id
@@ -155,9 +155,9 @@ class CheckListView(ChecksAPIView):
         try:
             with transaction.atomic():  # refused: the target is not added or changed either
                 target = target_add(cnpj=data["cnpj"], label=data["label"], tags=data["tags"],
-                                    schedule=data.get("schedule"), user=request.user)
+                                    schedule=data.get("schedule"), user=acting_user(request))
                 check = check_request(organization=request.tenant, target=target, source=Check.Source.API,
-                                      user=request.user, api_key_id=key_id, refresh=data["refresh"])
+                                      user=acting_user(request), api_key_id=key_id, refresh=data["refresh"])
         except CheckRefused as refused:
             body = {"detail": refused.message, "code": refused.code}
             if refused.code.startswith("cnpj_"):

@@ -20,10 +20,20 @@ Calls with a key count against the plan's requests per minute, per key and per o
 every key-authenticated answer carries `x-ratelimit-{limit,remaining,reset}-requests`. Session
 calls are the web UI's and are not counted against the plan.
 
-A key is not a person, but threads belong to one (`Thread.user`): a key acts as the member who
-created it, or, when that person is gone (or the key came from a command), as the
-organization's first owner. It then sees and writes exactly that member's threads: whoever
-creates a key with the `chat` scope delegates their own conversations to it.
+A key acts as a principal (`ApiKey.principal`, tenants.api_keys):
+
+- A `member` key acts as the person who created it, and only while that person is an active
+  admin or owner of the organization (the role the keys page needs). It then sees and writes
+  exactly that member's threads: whoever creates a key with the `chat` scope delegates their
+  own conversations to it. Once the creator leaves, is removed, is demoted below admin or is
+  deactivated, the key answers 401 (those changes also revoke it, tenants.services).
+- A `service` key (`manage.py create_api_key`) acts as the organization itself
+  (`ServicePrincipal`): no person, no threads of its own and none of anyone else's. Views
+  that work on a person's data set `service_keys = False` and answer it 403; checks it
+  requests have no requesting user.
+
+Minting a key with a session needs a recent re-authentication (allauth's reauthenticate
+flow): otherwise 403 with `code: reauthentication_required` and the page to do it.
 """
 
 from __future__ import annotations
@@ -43,25 +53,51 @@ from rest_framework.request import Request
 
 from accounts.mfa import organization_mfa_missing
 from accounts.models import User
+from accounts.reauthentication import reauthentication_url, recently_reauthenticated
 from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
 from config.observability import organization_var
-from tenants.api_keys import KeyAuth, bearer_token
+from tenants.api_keys import KeyAuth, bearer_token, may_hold_keys
 from tenants.audit.services import client_ip
-from tenants.models import ApiKey, Membership, Organization, Role
+from tenants.models import Membership, Organization, Role
 from tenants.selectors import membership_for
 
 ORGANIZATION_HEADER = "X-Organization"
 
 
-def api_key_principal(auth: KeyAuth) -> User | None:
-    """The member a key acts as: its creator while still a member, else the first owner."""
-    creator_id = ApiKey.objects.filter(pk=auth.key_id).values_list("created_by_id", flat=True).first()
-    members = Membership.objects.filter(organization_id=auth.organization_id).select_related("user")
-    membership = members.filter(user_id=creator_id).first() if creator_id else None
-    if membership is None:
-        membership = members.filter(role=Role.OWNER).order_by("created_at", "id").first()
-    return membership.user if membership else None
+class ServicePrincipal:
+    """Whom a service key acts as: the organization, not a person. Authenticated for DRF's checks, but
+    with no primary key, so nothing can be looked up or stored as its (see `acting_user`)."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = is_superuser = False
+    pk = id = None
+
+    def __init__(self, key_id: int) -> None:
+        self.key_id = key_id
+
+    def __str__(self) -> str:
+        return f"service key {self.key_id}"
+
+
+def api_key_principal(auth: KeyAuth) -> User | ServicePrincipal | None:
+    """Whom a key acts as: its creator while an active admin or owner, a `ServicePrincipal` for a
+    service key, None (refused) otherwise."""
+    if auth.is_service:
+        return ServicePrincipal(auth.key_id)
+    membership = (Membership.objects.select_related("user")
+                  .filter(organization_id=auth.organization_id, user_id=auth.user_id).first())
+    return membership.user if may_hold_keys(membership) else None
+
+
+def acting_user(request: Request) -> User | None:
+    """The person behind a call (None for a service key), for services that record who asked."""
+    return None if isinstance(request.user, ServicePrincipal) else request.user
+
+
+INVALID_KEY = "Invalid, expired or revoked API key."
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -72,11 +108,11 @@ class ApiKeyAuthentication(BaseAuthentication):
         if auth is None:
             if bearer_token(request._request):
                 address_limit(request)
-                raise exceptions.AuthenticationFailed("Invalid, expired or revoked API key.")
+                raise exceptions.AuthenticationFailed(INVALID_KEY)
             return None
         user = api_key_principal(auth)
-        if user is None:
-            raise exceptions.AuthenticationFailed("This API key's organization has no owner.")
+        if user is None:  # its creator left, was removed, demoted or deactivated: the same answer as a bad key
+            raise exceptions.AuthenticationFailed(INVALID_KEY)
         return user, auth
 
     def authenticate_header(self, request: Request) -> str:
@@ -90,6 +126,24 @@ def address_limit(request: Request) -> None:
     if wait is not None:
         raise RateLimited(wait, _("Too many unauthenticated requests. Try again in %(seconds)s s.") % {
             "seconds": wait})
+
+
+class ReauthenticationNeeded(exceptions.APIException):
+    """403 `{"detail", "code": "reauthentication_required", "reauthenticate_url"}`: confirm who you are first."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    default_code = "reauthentication_required"
+
+    def __init__(self, url: str) -> None:
+        super().__init__({"detail": _("Confirm your password (or second factor) first: creating an API key needs "
+                                      "a recent sign-in. Do it at reauthenticate_url, then send this again."),
+                          "code": self.default_code, "reauthenticate_url": url})
+
+
+def reauthentication_check(request: Request) -> None:
+    """A session call that mints a secret needs allauth's recent re-authentication (keys never get here)."""
+    if not recently_reauthenticated(request._request):
+        raise ReauthenticationNeeded(reauthentication_url(request._request))
 
 
 def key_entitlements(request: Request) -> Entitlements:
@@ -151,6 +205,10 @@ class OrgAccess(BasePermission):
             if not key_entitlements(request).api_access:
                 self.message = PLAN_WITHOUT_API
                 return False
+            if request.auth.is_service and not view.service_keys:
+                self.message = _("Service keys act as the organization and own no threads: use a key created "
+                                 "by an admin or owner (Settings → API keys) for this call.")
+                return False
             scopes = view.key_read_scopes if safe else view.key_write_scopes
             if not scopes & request.auth.scopes:
                 needed = ", ".join(sorted(scopes)) or "none: keys cannot do this"
@@ -203,13 +261,13 @@ class OrgAPISchema(AutoSchema):
 class OrgAPIView(GenericAPIView):
     """Base of every organization-scoped API view: authentication, organization, rights, schema.
 
-    Subclasses set `key_read_scopes`/`key_write_scopes` (API keys) and `read_role`/`write_role`
-    (session members). After authentication `request.tenant` is the organization (with a session,
-    a saved row; with a key, its id, slug and schema only), the connection uses its schema, and
-    `request.membership` is the session user's membership (None for keys). `public` is restored
-    when the view returns or raises. A key's call is counted against its plan's rate limit right
-    after authentication, so refused calls count too (except on a plan without API access,
-    which `OrgAccess` refuses).
+    Subclasses set `key_read_scopes`/`key_write_scopes` (API keys), `service_keys` and
+    `read_role`/`write_role` (session members). After authentication `request.tenant` is the
+    organization (with a session, a saved row; with a key, its id, slug and schema only), the
+    connection uses its schema, and `request.membership` is the session user's membership (None
+    for keys). `public` is restored when the view returns or raises. A key's call is counted
+    against its plan's rate limit right after authentication, so refused calls count too (except
+    on a plan without API access, which `OrgAccess` refuses).
     """
 
     authentication_classes = [ApiKeyAuthentication, SessionAuthentication]
@@ -218,6 +276,7 @@ class OrgAPIView(GenericAPIView):
     schema = OrgAPISchema()
     key_read_scopes: frozenset[str] = frozenset({"read"})
     key_write_scopes: frozenset[str] = frozenset()
+    service_keys: bool = True  # False where the call works on a person's data (a service key is none)
     read_role: str = Role.VIEWER
     write_role: str = Role.MEMBER
 

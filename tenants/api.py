@@ -3,7 +3,8 @@
 API keys need the `read` scope. Session users: any role reads the organization; members and
 API keys (metadata only, never the key or its hash) need an admin. Creating and revoking keys
 takes a session of an admin or owner: a key can never mint or revoke keys (403), so a leaked
-key cannot make itself permanent.
+key cannot make itself permanent. Minting also needs a recent re-authentication (allauth's
+reauthenticate flow; otherwise 403 with `code: reauthentication_required`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.selectors import billing_account_get
-from config.api import OrgAPIView
+from config.api import OrgAPIView, reauthentication_check
 
 from .api_keys import api_key_create, api_key_revoke
 from .audit.services import Actor
@@ -79,10 +80,14 @@ class ApiKeyListView(OrgAPIView):
 
     @extend_schema(operation_id="api_keys_create", request=ApiKeyCreateSerializer,
                    responses={201: OpenApiResponse(ApiKeyCreatedSerializer, description=(
-                       "The new key's metadata and, in `key`, the key itself: shown this once, never again."))},
-                   summary="Create an API key (session of an admin or owner only)")
+                       "The new key's metadata and, in `key`, the key itself: shown this once, never again.")),
+                              403: OpenApiResponse(description=(
+                                  "Not an admin, a key, or no recent re-authentication "
+                                  "(`code: reauthentication_required`, with `reauthenticate_url`)."))},
+                   summary="Create an API key (session of an admin or owner, recently re-authenticated)")
     def post(self, request: Request) -> Response:
         data = self.body(ApiKeyCreateSerializer)
+        reauthentication_check(request)
         new = api_key_create(organization=request.tenant, name=data["name"], scopes=data["scopes"],
                              expires_at=data.get("expires_at"), user=request.user, actor=Actor.from_request(request))
         response = Response(ApiKeyCreatedSerializer(new.key, context={"raw": new.raw}).data,

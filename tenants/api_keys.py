@@ -1,9 +1,24 @@
 """Organization API keys: create (shown once), revoke, and authenticate with a cached lookup.
 
 Authentication is on the hot path of every API and /v1 call: the row is cached in Redis as
-JSON under `apikey:<prefix>` (revocation deletes the entry), so the async /v1 gateway reads
-the same entry as the sync middleware; `last_used_at` is written at most once a minute per
-key (`apikey:used:<prefix>` marks the minute).
+JSON under `apikey:v2:<prefix>`, so the async /v1 gateway reads the same entry as the sync
+middleware; `last_used_at` is written at most once a minute per key (`apikey:used:<prefix>`
+marks the minute).
+
+Whom a key acts as (`ApiKey.principal`): a `member` key acts as its creator, and only while
+the creator is an active admin or owner of its organization (`KEY_HOLDER_ROLES`: who may open
+the keys page). Leaving, removal, demotion below admin and deactivation revoke the person's
+keys at once (`api_keys_revoke_held_by`). Should a path skip those services (a queryset
+update), the key is still refused: the API checks the creator on every call, and a cache fill
+reads the creator's standing too (so /v1 follows within CACHE_SECONDS). A `service` key
+(`manage.py create_api_key`) acts as the organization.
+
+The cache cannot be refilled with what a request read before a revocation: each prefix has a
+generation (`apikey:gen:<prefix>`) that every revocation and creation bumps (and then drops the
+entry), and a request fills the cache only if the generation it read *before* its database
+read is still current (one Lua script). Unknown prefixes are cached as `{}` for
+`UNKNOWN_CACHE_SECONDS`; a cache miss from an address already over its unauthenticated limit
+never reaches the database.
 """
 
 from __future__ import annotations
@@ -16,22 +31,52 @@ import string
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import gettext as _
 
 from accounts.models import User
+from billing.ratelimits import ip_over_limit, ip_over_limit_async
+from config.db_async import async_pool
 from config.redis_shared import redis_client
 
 from .audit.services import Actor, audit_record
-from .models import ApiKey, Organization
+from .models import ApiKey, Membership, Organization, Role
 
 KEY_PREFIX = "prm_"
 LOOKUP_LENGTH = 12
 SECRET_LENGTH = 32
 CACHE_SECONDS = 300
+UNKNOWN_CACHE_SECONDS = 60
+GENERATION_SECONDS = 86_400  # far longer than any request between its generation read and its fill
 LAST_USED_EVERY = 60
+KEY_HOLDER_ROLES = (Role.OWNER, Role.ADMIN)
 _ALPHABET = string.ascii_letters + string.digits
+
+ENTRY_SQL = f"""
+SELECT k.id, k.key_hash, k.scopes, k.expires_at, k.revoked_at, k.organization_id, o.schema_name, o.slug,
+       k.principal, k.created_by_id,
+       EXISTS (SELECT 1 FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id
+               WHERE m.organization_id = k.organization_id AND m.user_id = k.created_by_id
+                 AND m.role IN ({", ".join(f"'{role}'" for role in KEY_HOLDER_ROLES)}) AND u.is_active)
+FROM {ApiKey._meta.db_table} k JOIN {Organization._meta.db_table} o ON o.id = k.organization_id
+WHERE k.prefix = %(prefix)s
+"""
+
+# Fill the cache only if no revocation or creation bumped the generation since the caller read it.
+_FILL = """
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+_FORGET = """
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -49,9 +94,15 @@ class KeyAuth:
     schema_name: str
     slug: str
     scopes: frozenset[str]
+    principal: str = ApiKey.Principal.MEMBER
+    user_id: int | None = None  # the member a `member` key acts as
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
+
+    @property
+    def is_service(self) -> bool:
+        return self.principal == ApiKey.Principal.SERVICE
 
 
 def _random(length: int) -> str:
@@ -64,7 +115,11 @@ def _hash(raw: str) -> str:
 
 
 def cache_key(prefix: str) -> str:
-    return f"apikey:{prefix}"
+    return f"apikey:v2:{prefix}"
+
+
+def generation_key(prefix: str) -> str:
+    return f"apikey:gen:{prefix}"
 
 
 def used_key(prefix: str) -> str:
@@ -79,46 +134,133 @@ def lookup_prefix(raw: str) -> str | None:
     return raw[len(KEY_PREFIX):len(KEY_PREFIX) + LOOKUP_LENGTH]
 
 
+def key_cache_forget(prefix: str) -> None:
+    """Bump the prefix's generation and drop its entry: fills begun before this cannot land."""
+    redis_client().eval(_FORGET, 2, cache_key(prefix), generation_key(prefix), GENERATION_SECONDS)
+
+
+def may_hold_keys(membership: Membership | None) -> bool:
+    return membership is not None and membership.role in KEY_HOLDER_ROLES and membership.user.is_active
+
+
 @transaction.atomic
 def api_key_create(*, organization: Organization, name: str, scopes: list[str], actor: Actor,
                    user: User | None = None, expires_at: datetime | None = None) -> NewKey:
+    """A `member` key acting as `user` (an active admin or owner), or without `user` a `service` key."""
+    if user is not None:
+        membership = Membership.objects.select_related("user").filter(organization=organization, user=user).first()
+        if not may_hold_keys(membership):
+            raise ValidationError(_("Only active admins and owners of the organization can hold API keys."))
     valid = {choice for choice, _label in ApiKey.Scope.choices}
     scopes = sorted(set(scopes) & valid) or [ApiKey.Scope.READ]
     prefix = _random(LOOKUP_LENGTH)
     raw = f"{KEY_PREFIX}{prefix}{_random(SECRET_LENGTH)}"
+    principal = ApiKey.Principal.MEMBER if user is not None else ApiKey.Principal.SERVICE
     key = ApiKey.objects.create(organization=organization, name=name.strip()[:100], prefix=prefix,
-                                key_hash=_hash(raw), scopes=scopes, expires_at=expires_at, created_by=user)
+                                key_hash=_hash(raw), scopes=scopes, expires_at=expires_at, created_by=user,
+                                principal=principal)
     audit_record(organization=organization, actor=actor, action="api_key.created", target=key,
-                 after={"name": key.name, "scopes": scopes, "prefix": key.display_prefix,
+                 after={"name": key.name, "scopes": scopes, "prefix": key.display_prefix, "principal": principal,
                         "expires_at": expires_at.isoformat() if expires_at else None})
+    # An earlier call with this prefix may have cached "unknown": the new key works at once.
+    transaction.on_commit(lambda: key_cache_forget(prefix))
     return NewKey(key=key, raw=raw)
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
+def api_key_revoke(*, key: ApiKey, actor: Actor, reason: str = "") -> ApiKey:
+    """Revoke `key` (audited with `reason` when given); its cache entry goes when the transaction commits."""
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
-        audit_record(organization=key.organization, actor=actor, action="api_key.revoked", target=key)
-        transaction.on_commit(lambda: redis_client().delete(cache_key(key.prefix)))
+        audit_record(organization=key.organization, actor=actor, action="api_key.revoked", target=key,
+                     after={"reason": reason} if reason else None)
+        transaction.on_commit(lambda: key_cache_forget(key.prefix))
     return key
 
 
-def _load(prefix: str) -> dict:
-    """The cached entry of `prefix` (`{}`: no such key), from the database on a miss."""
-    cached = redis_client().get(cache_key(prefix))
-    if cached is not None:
-        return json.loads(cached)
-    row = (ApiKey.objects.select_related("organization").filter(prefix=prefix)
-           .values("id", "key_hash", "scopes", "expires_at", "revoked_at", "organization_id",
-                   "organization__schema_name", "organization__slug").first())
-    entry = {}
-    if row is not None:
-        entry = {"id": row["id"], "hash": row["key_hash"], "scopes": row["scopes"],
-                 "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
-                 "revoked": row["revoked_at"] is not None, "organization_id": row["organization_id"],
-                 "schema_name": row["organization__schema_name"], "slug": row["organization__slug"]}
-    redis_client().set(cache_key(prefix), json.dumps(entry), ex=CACHE_SECONDS)
+@transaction.atomic
+def api_keys_revoke_held_by(*, user: User, actor: Actor, reason: str,
+                            organization: Organization | None = None) -> int:
+    """Revoke the member keys `user` holds (in `organization`, or everywhere); how many were revoked."""
+    keys = ApiKey.objects.select_related("organization").filter(
+        created_by=user, principal=ApiKey.Principal.MEMBER, revoked_at__isnull=True)
+    if organization is not None:
+        keys = keys.filter(organization=organization)
+    revoked = 0
+    for key in keys.select_for_update(of=("self",)):
+        api_key_revoke(key=key, actor=actor, reason=reason)
+        revoked += 1
+    return revoked
+
+
+def entry_from_row(row: tuple | None) -> dict:
+    """The cache entry of a row of `ENTRY_SQL` (`{}`: no such key). A member key whose creator may no
+    longer hold keys reads as revoked."""
+    if row is None:
+        return {}
+    (key_id, key_hash, scopes, expires_at, revoked_at, organization_id, schema_name, slug, principal, user_id,
+     creator_may) = row
+    unusable = revoked_at is not None or (principal == ApiKey.Principal.MEMBER and not creator_may)
+    return {"id": key_id, "hash": key_hash, "scopes": json.loads(scopes) if isinstance(scopes, str) else scopes,
+            "expires_at": expires_at.isoformat() if expires_at else None, "revoked": unusable,
+            "organization_id": organization_id, "schema_name": schema_name, "slug": slug,
+            "principal": principal, "user_id": user_id}
+
+
+def key_entry_read(prefix: str) -> dict:
+    """The entry of `prefix` from the database (one statement)."""
+    with connection.cursor() as cursor:
+        cursor.execute(ENTRY_SQL, {"prefix": prefix})
+        return entry_from_row(cursor.fetchone())
+
+
+async def key_entry_read_async(prefix: str) -> dict:
+    """`key_entry_read` on the async pool (no connection of its own per call)."""
+    pool = await async_pool()
+    async with pool.connection() as conn:
+        cursor = await conn.execute(ENTRY_SQL, {"prefix": prefix})
+        return entry_from_row(await cursor.fetchone())
+
+
+def key_cache_read(prefix: str) -> tuple[dict | None, str]:
+    """The cached entry of `prefix` (None on a miss) and the prefix's current generation."""
+    cached, generation = redis_client().mget(cache_key(prefix), generation_key(prefix))
+    return (json.loads(cached) if cached is not None else None), generation or ""
+
+
+def _fill_args(prefix: str, generation: str, entry: dict) -> tuple:
+    seconds = CACHE_SECONDS if entry else UNKNOWN_CACHE_SECONDS
+    return (_FILL, 2, cache_key(prefix), generation_key(prefix), generation or "", json.dumps(entry), seconds)
+
+
+def key_cache_fill(prefix: str, generation: str, entry: dict) -> bool:
+    """Cache `entry` read from the database, unless the generation moved since `generation` was read."""
+    return bool(redis_client().eval(*_fill_args(prefix, generation, entry)))
+
+
+async def key_cache_fill_async(redis, prefix: str, generation: str, entry: dict) -> bool:
+    return bool(await redis.eval(*_fill_args(prefix, generation, entry)))
+
+
+def _load(prefix: str, address: str | None) -> dict:
+    """The entry of `prefix` (`{}`: no such key, or the address may not look further), cached."""
+    entry, generation = key_cache_read(prefix)
+    if entry is not None:
+        return entry
+    if address is not None and ip_over_limit(address) is not None:
+        return {}
+    entry = key_entry_read(prefix)
+    key_cache_fill(prefix, generation, entry)
+    return entry
+
+
+async def key_entry_load_async(redis, prefix: str, generation: str | None, address: str) -> dict:
+    """/v1's miss path: as `_load` after its cache read, with the generation read alongside the entry."""
+    if await ip_over_limit_async(redis, address) is not None:
+        return {}
+    entry = await key_entry_read_async(prefix)
+    await key_cache_fill_async(redis, prefix, generation or "", entry)
     return entry
 
 
@@ -129,7 +271,8 @@ def auth_from_entry(raw: str, entry: dict) -> KeyAuth | None:
     if entry["expires_at"] and parse_datetime(entry["expires_at"]) <= timezone.now():
         return None
     return KeyAuth(key_id=entry["id"], organization_id=entry["organization_id"], schema_name=entry["schema_name"],
-                   slug=entry["slug"], scopes=frozenset(entry["scopes"]))
+                   slug=entry["slug"], scopes=frozenset(entry["scopes"]), principal=entry["principal"],
+                   user_id=entry["user_id"])
 
 
 def api_key_touch(prefix: str) -> bool:
@@ -137,12 +280,13 @@ def api_key_touch(prefix: str) -> bool:
     return bool(redis_client().set(used_key(prefix), 1, nx=True, ex=LAST_USED_EVERY))
 
 
-def api_key_authenticate(raw: str) -> KeyAuth | None:
-    """The grant of a valid, unexpired, unrevoked key; None otherwise (never says which)."""
+def api_key_authenticate(raw: str, *, address: str | None = None) -> KeyAuth | None:
+    """The grant of a valid, unexpired, unrevoked key; None otherwise (never says which). With `address`,
+    a cache miss from an address over its unauthenticated limit is refused without a database look-up."""
     prefix = lookup_prefix(raw)
     if prefix is None:
         return None
-    auth = auth_from_entry(raw, _load(prefix))
+    auth = auth_from_entry(raw, _load(prefix, address))
     if auth is not None and api_key_touch(prefix):
         ApiKey.objects.filter(pk=auth.key_id).update(last_used_at=timezone.now())
     return auth

@@ -11,6 +11,7 @@ from django.shortcuts import render
 from config.observability import organization_var
 
 from .api_keys import api_key_authenticate, bearer_token
+from .audit.services import client_ip
 from .models import Domain, Organization
 from .selectors import membership_for
 
@@ -22,10 +23,11 @@ def api_key_organization(request: HttpRequest) -> Organization | None:
     """`Authorization: Bearer <key>` on /v1/ and /api/: the key's organization, from the key cache.
 
     Sets `request.api_key` (a `KeyAuth`, or None when no valid key was sent). The organization
-    is built from the cached grant, without a query: it carries its id, slug and schema only.
+    is built from the cached grant, without a query: it carries its id, slug and schema only. A key
+    not cached yet is looked up only if the caller's address is under its unauthenticated limit.
     """
     token = bearer_token(request)
-    auth = api_key_authenticate(token) if token else None
+    auth = api_key_authenticate(token, address=client_ip(request) or "unknown") if token else None
     request.api_key = auth
     if auth is None:
         return None

@@ -132,7 +132,15 @@ class ApiKey(models.Model):
 
     The raw key is `prm_` + a 12-character lookup prefix + a 32-character secret; the prefix
     finds the row (and is shown in lists), the hash proves the rest.
+
+    `principal` says whom the key acts as (config.api): a `member` key acts as `created_by`, and
+    only while that person is an active admin or owner of the organization; a `service` key (from
+    `manage.py create_api_key`) acts as the organization itself and owns no person's threads.
     """
+
+    class Principal(models.TextChoices):
+        MEMBER = "member", _("Member")
+        SERVICE = "service", _("Service key")
 
     class Scope(models.TextChoices):
         CHAT = "chat", _("Chat and /v1")
@@ -149,6 +157,7 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
+    principal = models.CharField(_("acts as"), max_length=10, choices=Principal.choices, default=Principal.MEMBER)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -35,8 +35,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked",
-                  "revoked_at"]
+        fields = ["id", "name", "prefix", "scopes", "principal", "created_at", "last_used_at", "expires_at",
+                  "revoked", "revoked_at"]
         read_only_fields = fields
 
     def get_revoked(self, key: ApiKey) -> bool:

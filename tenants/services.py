@@ -17,6 +17,7 @@ from accounts.mfa import user_mfa_enabled
 from accounts.models import User
 from billing.services import credits_grant_monthly
 
+from .api_keys import KEY_HOLDER_ROLES, api_keys_revoke_held_by
 from .audit.services import Actor, audit_record
 from .models import Invitation, Membership, Organization, Role, invitation_token_hash
 from .provisioning import schema_provision
@@ -137,6 +138,9 @@ def membership_role_change(*, membership: Membership, role: str, actor: Actor) -
     membership.save(update_fields=["role"])
     audit_record(organization=membership.organization, actor=actor, action="membership.role_changed",
                  target=membership, before=before, after={"role": role})
+    if role not in KEY_HOLDER_ROLES:  # below admin: the keys they made stop with their right to hold them
+        api_keys_revoke_held_by(user=membership.user, organization=membership.organization, actor=actor,
+                                reason="membership.demoted")
     return membership
 
 
@@ -148,6 +152,7 @@ def membership_remove(*, membership: Membership, actor: Actor, action: str = "me
         raise ValidationError(_("The last owner cannot leave or be removed. Make someone else owner first."))
     audit_record(organization=membership.organization, actor=actor, action=action, target=membership,
                  before={"user": membership.user.email, "role": membership.role})
+    api_keys_revoke_held_by(user=membership.user, organization=membership.organization, actor=actor, reason=action)
     membership.delete()
 
 

@@ -10,9 +10,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import urlencode
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from accounts.reauthentication import reauthentication_url, recently_reauthenticated
 from billing.selectors import entitlements_for
 from chat.views_trial import trial_claim_for_request
 
@@ -244,7 +246,14 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
 
 @org_member_required(role=Role.ADMIN)
 def api_keys(request: HttpRequest) -> HttpResponse:
-    """Settings → API keys. A new key is shown once, in this response; only its hash is kept."""
+    """Settings → API keys. A new key is shown once, in this response; only its hash is kept.
+
+    Minting one needs a recent re-authentication (allauth's flow): otherwise the admin confirms
+    who they are and comes back here to create it.
+    """
+    if request.method == "POST" and not recently_reauthenticated(request):
+        messages.info(request, _("Confirm it is you to create an API key, then create it again."))
+        return redirect(f"{reauthentication_url(request)}?{urlencode({'next': request.path})}")
     form = ApiKeyForm(request.POST or None)
     new_key = None
     if request.method == "POST" and form.is_valid():

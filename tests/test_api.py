@@ -16,7 +16,7 @@ from billing.models import BillingAccount, DailyUsage, Plan
 from billing.ratelimits import rate_limit_keys
 from chat.models import Message, Thread
 from chat.redis import sync_client
-from config.api import OrgAPIView, api_key_principal
+from config.api import OrgAPIView, ServicePrincipal, api_key_principal
 from tenants.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from tenants.audit.services import Actor
 from tenants.models import ApiKey
@@ -88,7 +88,7 @@ def keys(tenant_world, org_a, org_b):
         "chat": make(org_a, "a chat", ["chat"], tenant_world["a"]["admin"]),
         "read": make(org_a, "a read", ["read"], tenant_world["a"]["admin"]),
         "checks": make(org_a, "a checks", ["checks"]),
-        "b": make(org_b, "b all", ["chat", "read", "checks"]),
+        "b": make(org_b, "b all", ["chat", "read", "checks"], tenant_world["b"]["owner"]),
     }
 
 
@@ -230,10 +230,10 @@ def test_key_scopes(keys):
                         **chat[1]).status_code == 201
 
 
-def test_a_key_acts_as_its_creator_or_else_the_first_owner(tenant_world, org_a, keys, client_for):
+def test_a_key_acts_as_its_creator_and_a_service_key_as_no_one(tenant_world, org_a, keys, client_for):
     world = tenant_world["a"]
     assert api_key_principal(api_key_authenticate(keys["chat"])) == world["admin"]
-    assert api_key_principal(api_key_authenticate(keys["checks"])) == world["owner"]  # made by a command
+    assert isinstance(api_key_principal(api_key_authenticate(keys["checks"])), ServicePrincipal)  # made by a command
     made = Client().post("/api/v1/threads/", {"model": DEMO, "title": "Via the key"},
                          content_type="application/json", **bearer(keys["chat"])).json()
     admin, headers = session(client_for, "a", "admin", org_a)
@@ -380,8 +380,8 @@ def test_organization_members_and_key_metadata(keys, org_a, client_for):
     stored = ApiKey.objects.get(organization=org_a, name="a chat")
     row = next(k for k in listed.json()["results"] if k["name"] == "a chat")
     assert row == {"id": stored.pk, "name": "a chat", "prefix": stored.display_prefix, "scopes": ["chat"],
-                   "created_at": row["created_at"], "last_used_at": None, "expires_at": None, "revoked": False,
-                   "revoked_at": None}
+                   "principal": "member", "created_at": row["created_at"], "last_used_at": None, "expires_at": None,
+                   "revoked": False, "revoked_at": None}
     assert stored.key_hash.encode() not in listed.content and keys["chat"].encode() not in listed.content
     admin, headers = session(client_for, "a", "admin", org_a)
     assert admin.get("/api/v1/api-keys/", **headers).json()["results"][0]["name"]

@@ -40,7 +40,7 @@ def keys(tenant_world, org_a, org_b):
         return api_key_create(organization=org, name=name, scopes=scopes, actor=Actor.system(), user=user).raw
 
     return {
-        "checks": make(org_a, "a checks", ["checks"], tenant_world["a"]["member"]),
+        "checks": make(org_a, "a checks", ["checks"], tenant_world["a"]["admin"]),
         "read": make(org_a, "a read", ["read"], tenant_world["a"]["admin"]),
         "chat": make(org_a, "a chat", ["chat"], tenant_world["a"]["admin"]),
         "b": make(org_b, "b all", ["chat", "read", "checks"]),
@@ -102,7 +102,7 @@ def test_a_new_cnpj_is_queued_202_then_polled_to_its_report(keys, org_a, tenant_
     with schema_context(org_a.schema_name):
         stored = Check.objects.get(pk=check["id"])
         assert stored.api_key_id == ApiKey.objects.get(name="a checks").pk
-        assert stored.requested_by_id == tenant_world["a"]["member"].pk  # the member who made the key
+        assert stored.requested_by_id == tenant_world["a"]["admin"].pk  # the admin who made the key
         target = Target.objects.get(cnpj=FOUND)
         assert (target.label, target.tags, target.status) == ("Supplier", ["suppliers"], "succeeded")
 

@@ -18,11 +18,14 @@ from tenants.audit.services import Actor
 from tenants.middleware import TenantMiddleware
 from tenants.models import ApiKey
 
+from .reauth import reauthenticate
+
 pytestmark = pytest.mark.django_db
 
 
 def test_admin_creates_a_key_that_is_shown_once_and_stored_as_a_hash(client_for, org_a):
     client = client_for("a", "admin")
+    reauthenticate(client)
     response = client.post(f"/o/{org_a.slug}/settings/api-keys/",
                            {"name": "CRM sync", "scopes": ["chat", "read"], "expires_in_days": "30"})
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"

@@ -18,6 +18,7 @@ from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
 from tenants.models import ApiKey
 
+from .reauth import reauthenticate
 from .test_api import DEMO, bearer, call, rate_limits_reset, session
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +57,7 @@ def keys(tenant_world, org_a, org_b):
         "chat": make(org_a, "a chat", ["chat"], tenant_world["a"]["admin"]),
         "read": make(org_a, "a read", ["read"], tenant_world["a"]["admin"]),
         "all": make(org_a, "a all", ["chat", "read", "checks"], tenant_world["a"]["owner"]),
-        "b": make(org_b, "b all", ["chat", "read", "checks"]),
+        "b": make(org_b, "b all", ["chat", "read", "checks"], tenant_world["b"]["owner"]),
     }
 
 
@@ -240,6 +241,7 @@ def test_uploads_are_checked_by_content_and_plan_size(keys, org_a):
 
 def test_an_admin_session_creates_a_key_shown_once(client_for, org_a, tenant_world):
     admin, headers = session(client_for, "a", "admin", org_a)
+    reauthenticate(admin)
     expires = (timezone.now() + timedelta(days=30)).isoformat()
     created = admin.post("/api/v1/api-keys/", {"name": "CRM sync", "scopes": ["read", "chat"], "expires_at": expires},
                          content_type="application/json", **headers)

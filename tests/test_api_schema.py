@@ -179,13 +179,13 @@ def api_key(tenant_world):
     # Room for every generated call (the plan's 60 a minute would answer most of them 429); rolled back after.
     Plan.objects.filter(code="starter").update(requests_per_minute=1_000_000)
     return api_key_create(organization=org, name="schemathesis", scopes=["chat", "read", "checks"],
-                          actor=Actor.system(), user=tenant_world["a"]["member"]).raw
+                          actor=Actor.system(), user=tenant_world["a"]["admin"]).raw
 
 
 @pytest.fixture
 def conversation(tenant_world):
     """A thread of the key's member with a question and a (pending) answer, for the id-taking operations."""
-    org, member = tenant_world["a"]["org"], tenant_world["a"]["member"]
+    org, member = tenant_world["a"]["org"], tenant_world["a"]["admin"]
     with schema_context(org.schema_name):
         thread = thread_create(user=member, model_id=DEMO)
         question = Message.objects.create(thread=thread, role=Message.Role.USER, content="Hello?")

@@ -1,3 +1,6 @@
+"""`manage.py create_api_key`: a service key, acting as the organization itself (no person; it owns
+no threads and sees none: see config.api). Keys acting as a member are made on the keys page."""
+
 from django.core.management.base import BaseCommand, CommandError
 
 from tenants.api_keys import api_key_create
@@ -6,7 +9,8 @@ from tenants.models import ApiKey, Organization
 
 
 class Command(BaseCommand):
-    help = "Create an API key for an organization and print it (the key is the last line of the output)."
+    help = ("Create a service API key for an organization (it acts as the organization, not a person, and "
+            "has no threads) and print it (the key is the last line of the output).")
 
     def add_arguments(self, parser):
         parser.add_argument("--org", required=True, help="the organization's slug")
@@ -23,6 +27,6 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"Unknown scopes: {', '.join(sorted(unknown))}.")
         new = api_key_create(organization=organization, name=name, scopes=wanted, actor=Actor.system("manage.py"))
-        self.stdout.write(f"Created {new.key.display_prefix} for {organization.slug} with scopes "
+        self.stdout.write(f"Created service key {new.key.display_prefix} for {organization.slug} with scopes "
                           f"{', '.join(new.key.scopes)}. It is shown only now:")
         self.stdout.write(new.raw)
