@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0002_apikey'),
+        ('tenants', '0003_apikey_principal'),
     ]
 
     operations = [
