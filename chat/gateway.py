@@ -51,7 +51,7 @@ from .files import tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
 from .redis import async_client, sync_client
-from .routing import BreakerState, CircuitBreaker
+from .routing import BreakerState, CircuitBreaker, breaker_name
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
                "parallel_tool_calls")
@@ -312,9 +312,11 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
     return reservation.pk
 
 
-async def _limit_and_breakers(auth: KeyAuth, entitlements: Entitlements, candidates: list[ModelOption],
+async def _limit_and_breakers(auth: KeyAuth, config: GatewayConfig, candidates: list[ModelOption],
                               tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
-    """Count the call against the plan's limits and read the candidates' circuit breakers: one round trip."""
+    """Count the call against the plan's limits and read the circuit breakers of the credentials the
+    candidates would use (the organization's own key's, else the platform's): one round trip."""
+    entitlements = config.entitlements
     providers = list(dict.fromkeys(option.model.provider for option in candidates))
     limits = {"requests_per_minute": entitlements.requests_per_minute,
               "tokens_per_minute": entitlements.tokens_per_minute}
@@ -323,7 +325,7 @@ async def _limit_and_breakers(auth: KeyAuth, entitlements: Entitlements, candida
         async with redis.pipeline(transaction=False) as pipe:
             rate_limit_queue(pipe, organization_id=auth.organization_id, key_id=auth.key_id, tokens=tokens, **limits)
             for provider in providers:
-                breaker = CircuitBreaker(provider)
+                breaker = CircuitBreaker(breaker_name(provider, config.own_keys.get(provider)))
                 pipe.exists(breaker.open_key)
                 pipe.get(breaker.failures_key)
             try:
@@ -358,7 +360,7 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
         raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
     redis = async_client()
-    limit, breakers = await _limit_and_breakers(auth, config.entitlements, candidates, prompt_tokens + max_tokens)
+    limit, breakers = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",
@@ -443,13 +445,18 @@ def holds_reap() -> int:
 
 
 def upstream_error(error: ProviderError) -> GatewayError:
+    if error.kind == ProviderError.CONFIG:
+        # Not sent at all: the organization's own key for this provider cannot be used as stored.
+        return GatewayError(400, f"{error.message} An owner or admin can replace the key in Settings → AI "
+                            "providers.", code="provider_key_invalid")
     if error.kind == ProviderError.TIMEOUT:
         return GatewayError(504, "The model provider did not answer in time.", type="server_error",
                             code="upstream_timeout")
     if error.kind == ProviderError.BAD_REQUEST:
         return GatewayError(400, f"The model provider refused the request: {error.message}", code="upstream_refused")
     if error.kind in (ProviderError.UNAVAILABLE, ProviderError.RATE_LIMITED, ProviderError.AUTH):
-        headers = {"retry-after": str(int(error.retry_after))} if error.retry_after else {}
+        wait = min(int(error.retry_after or 0), settings.CHAT_BREAKER_MAX_COOLDOWN)
+        headers = {"retry-after": str(wait)} if wait else {}
         return GatewayError(503, "The model provider is unavailable. Try again shortly.", type="server_error",
                             code="upstream_unavailable", headers=headers)
     return GatewayError(502, "The model provider sent an invalid or incomplete answer.", type="server_error",

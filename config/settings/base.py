@@ -370,6 +370,8 @@ TRIAL_MAX_OUTPUT_TOKENS = 1024
 CHAT_BREAKER_FAILURES = int(os.environ.get("CHAT_BREAKER_FAILURES", "5"))
 CHAT_BREAKER_WINDOW = int(os.environ.get("CHAT_BREAKER_WINDOW", "60"))
 CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
+# The longest a provider's Retry-After may keep a breaker open (seconds).
+CHAT_BREAKER_MAX_COOLDOWN = int(os.environ.get("CHAT_BREAKER_MAX_COOLDOWN", "60"))
 
 # REST framework
 REST_FRAMEWORK = {
