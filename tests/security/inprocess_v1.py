@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from decimal import Decimal
 
 import httpx
 
+from billing.ledger import credit_debit, credit_grant
 from billing.models import BillingAccount, Plan
 from chat import v1
 from chat.redis import async_client_close, sync_client
@@ -22,12 +24,21 @@ CHEAP = "openai/gpt-4.1-mini"
 
 def api_organization(owner, *, credits: str = "1000"):
     """A committed organization on Starter (API access) with `credits` and a chat key: (org, raw key)."""
-    from decimal import Decimal
-
     org = organization_create(user=owner, name=f"Security {uuid.uuid4().hex[:6]}", actor=Actor.system("tests"))
-    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"), credits=Decimal(credits))
+    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
+    balance_set(org, Decimal(credits))
     key = api_key_create(organization=org, name="security", scopes=["chat"], actor=Actor.system())
     return org, key.raw
+
+
+def balance_set(org, credits: Decimal) -> None:
+    """Move the balance to `credits` through the ledger (so the ledger still adds up to it)."""
+    current = BillingAccount.objects.get(pk=org.pk).credits
+    key = f"tests:{uuid.uuid4().hex}"
+    if credits > current:
+        credit_grant(organization=org, amount=credits - current, key=key)
+    elif credits < current:
+        credit_debit(organization=org, amount=current - credits, key=key)
 
 
 def redis_forget(*patterns: str) -> None:
