@@ -498,8 +498,8 @@ def holds_reap() -> int:
 def upstream_error(error: ProviderError) -> GatewayError:
     if error.kind == ProviderError.CONFIG:
         # Not sent at all: the organization's own key for this provider cannot be used as stored.
-        return GatewayError(400, f"{error.message} An owner or admin can replace the key in Settings → AI "
-                            "providers.", code="provider_key_invalid")
+        return GatewayError(400, f"{error.message} If it is your organization's own key, an owner or admin can "
+                            "replace it in Settings → AI providers.", code="provider_key_invalid")
     if error.kind == ProviderError.TIMEOUT:
         return GatewayError(504, "The model provider did not answer in time.", type="server_error",
                             code="upstream_timeout")

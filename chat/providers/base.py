@@ -198,7 +198,7 @@ class ProviderAdapter:
         control characters): the call would fail here, and the provider is not to blame."""
         if not key_is_printable_ascii(self.api_key):
             raise self.error(ProviderError.CONFIG, f"The API key for {self.provider} contains characters that "
-                             "cannot be sent in an HTTP header (only printable ASCII, no spaces). Replace it.")
+                             "cannot be sent in an HTTP header (only printable ASCII, no spaces).")
 
     def error(self, kind: str, message: str, **kwargs) -> ProviderError:
         return ProviderError(kind, message, provider=self.provider, **kwargs)

@@ -19,6 +19,7 @@ from billing.ledger import credit_settle
 from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
 from billing.selectors import ledger_sum
 from chat.gateway import gateway_config_bump
+from chat.redis import sync_client
 
 from ..fake_llm import Answer, FakeOpenAI
 from ..orgs import organization_drop
@@ -110,6 +111,7 @@ def test_usage_beyond_the_hold_is_debited_once(gateway, upstream):
     org, key = gateway
     before = BillingAccount.objects.get(pk=org.pk).credits
     upstream.answer_next(Answer(["Long"], input_tokens=1_000_000, output_tokens=10))
+    redis_forget("rl:*")
     response = ask(key)
     assert response.status_code == 200 and response.json()["usage"]["prompt_tokens"] == 1_000_000
     cost = (1_000_000 * PRICE_IN + 10 * PRICE_OUT) / 1_000_000
@@ -122,6 +124,8 @@ def test_usage_beyond_the_hold_is_debited_once(gateway, upstream):
     account = BillingAccount.objects.get(pk=org.pk)
     assert account.credits == before - cost == ledger_sum(organization=org)
     assert UsageEvent.objects.get(request_id=hold.key).credits == cost
+    # The minute's token counter holds what the provider counted, not the smaller estimate.
+    assert int(sync_client().get(f"rl:tok:org:{org.pk}")) >= 1_000_010
     # A retried settlement moves nothing more.
     credit_settle(reservation=hold, actual=cost, beyond_hold=True)
     assert CreditEntry.objects.filter(reservation=hold).count() == 4
