@@ -54,8 +54,8 @@ def _key_digest(api_key: str) -> str:
 def breaker_cooldown(error: ProviderError) -> int:
     """How long a failure opens the breaker: the provider's Retry-After when longer than ours, capped
     (a hostile or buggy upstream must not pin a provider shut for hours)."""
-    wanted = max(settings.CHAT_BREAKER_COOLDOWN, int(error.retry_after or 0))
-    return min(wanted, settings.CHAT_BREAKER_MAX_COOLDOWN)
+    told = min(int(error.retry_after or 0), settings.CHAT_BREAKER_MAX_COOLDOWN)
+    return max(settings.CHAT_BREAKER_COOLDOWN, told)
 
 
 class CircuitBreaker:
