@@ -23,7 +23,7 @@ from chat.redis import sync_client
 
 from ..fake_llm import Answer, FakeOpenAI
 from ..orgs import organization_drop
-from .inprocess_v1 import api_organization, ask, balance_set, redis_forget
+from .inprocess_v1 import api_organization, ask, balance_set, post, redis_forget
 
 PRICE_IN, PRICE_OUT = Decimal("40"), Decimal("160")  # openai/gpt-4.1-mini, credits per million tokens
 
@@ -105,6 +105,16 @@ def test_tools_are_estimated_limited_and_held(gateway, upstream):
     # And so did the hold (at the model's input price).
     extra_hold = hold_of(org, with_tools).amount - hold_of(org, plain).amount
     assert extra_hold >= Decimal(tool_bytes // 4) * PRICE_IN / 1_000_000
+
+
+def test_tools_count_toward_the_context_window(gateway, settings):
+    _org, key = gateway
+    settings.CHAT_DEMO_MODEL_ENABLED = True
+    demo = {"model": "demo/prumo-demo", "messages": [{"role": "user", "content": "Hi"}]}  # an 8,192-token window
+    assert post(key, demo).status_code == 200
+    response = post(key, {**demo, "tools": tools_of_size(40 * 1024)})  # ~10,000 tokens of tools
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 def test_usage_beyond_the_hold_is_debited_once(gateway, upstream):
