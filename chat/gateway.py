@@ -329,7 +329,6 @@ class Prepared:
     request: ChatRequest
     own_keys: dict[str, str]
     reservation_id: int | None
-    hold: Decimal
     billing_key: str
     prompt_tokens: int
     completion_id: str
@@ -426,8 +425,8 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
     request = ChatRequest(model=model.provider_model, messages=params.messages, max_tokens=max_tokens,
                           temperature=params.temperature, top_p=params.top_p, stop=params.stop, extra=params.extra)
     return Prepared(auth=auth, candidates=candidates, request=request, own_keys=config.own_keys,
-                    reservation_id=reservation_id, hold=worst if reservation_id else Decimal(0),
-                    billing_key=billing_key, prompt_tokens=prompt_tokens, completion_id=f"chatcmpl-{completion_id}",
+                    reservation_id=reservation_id, billing_key=billing_key, prompt_tokens=prompt_tokens,
+                    completion_id=f"chatcmpl-{completion_id}",
                     created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens,
                     breakers=breakers)
 
