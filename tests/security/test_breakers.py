@@ -170,3 +170,28 @@ def test_the_optional_test_call_refuses_a_key_the_provider_refuses(client_for, o
     assert ProviderKey.objects.filter(organization=org_a, provider="openai").exists()
     assert [(r.method, r.path, r.headers["authorization"]) for r in upstream.requests] == [
         ("GET", "/models", f"Bearer {A_KEY}")] * 2
+
+
+def test_a_request_that_cannot_be_built_is_a_configuration_error_not_a_provider_failure():
+    """Whatever fails before a byte leaves (here a base URL httpx cannot speak to) is CONFIG: the router
+    never counts it against the provider's breaker."""
+    import asyncio
+
+    from chat.providers import ChatMessage, ChatRequest, ProviderError, Timeouts
+    from chat.providers.openai import OpenAIAdapter
+    from chat.routing import BREAKER_KINDS
+
+    async def attempt() -> ProviderError:
+        async with OpenAIAdapter(api_key=A_KEY, base_url="ftp://127.0.0.1:1/v1", timeouts=Timeouts(),
+                                 provider="openai") as adapter:
+            try:
+                async for _event in adapter.stream(ChatRequest(model="gpt-4.1-mini", max_tokens=10,
+                                                               messages=[ChatMessage("user", "Hi")])):
+                    pass
+            except ProviderError as error:
+                return error
+        raise AssertionError("the request went out")
+
+    error = asyncio.run(attempt())
+    assert error.kind == ProviderError.CONFIG and error.kind not in BREAKER_KINDS
+    assert "could not be built" in error.message
