@@ -9,6 +9,7 @@ a Stripe checkout session id, a request id), never random ones.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -19,6 +20,8 @@ from tenants.models import Organization
 
 from .models import ZERO, BillingAccount, CreditEntry, CreditReservation
 from .services import billing_account_ensure
+
+logger = logging.getLogger(__name__)
 
 
 class InsufficientCredits(Exception):
@@ -159,31 +162,44 @@ WITH account AS (
 SELECT id, created_at FROM reservation
 """
 
-# Closing: `actual` NULL releases the whole hold, a number settles it (release, then debit).
+# Closing: `actual` NULL releases the whole hold, a number settles it (release, then debit). When the
+# work cost more than was held (a provider counted more tokens than estimated), the difference is
+# debited too, as its own entry (`<key>:overage`), as far as the balance covers it: the balance never
+# goes below zero, and what it could not cover is written in that entry's metadata (`uncovered`) and
+# returned, for the caller to raise (`credit_overage_uncovered`). The balance the overage may take is
+# read under the row lock the account update takes anyway, so concurrent movements cannot race it.
 CLOSE_SQL = f"""
 WITH reservation AS (
     UPDATE {CreditReservation._meta.db_table}
     SET status = CASE WHEN %(actual)s::numeric IS NULL THEN 'released' ELSE 'settled' END,
         actual = %(actual)s::numeric, closed_at = now()
     WHERE id = %(reservation)s AND status = 'open'
-    RETURNING id, organization_id, key, amount
+    RETURNING id, organization_id, key, amount, least(coalesce(%(actual)s::numeric, 0), amount) AS charged,
+        greatest(coalesce(%(actual)s::numeric, 0) - amount, 0) AS over
+), locked AS (
+    SELECT a.organization_id, least(r.over, greatest(a.credits + r.amount - r.charged, 0)) AS covered
+    FROM {BillingAccount._meta.db_table} a JOIN reservation r ON a.organization_id = r.organization_id
+    FOR UPDATE OF a
 ), account AS (
     UPDATE {BillingAccount._meta.db_table} AS a
-    SET credits = a.credits + r.amount - coalesce(%(actual)s::numeric, 0), updated_at = now()
-    FROM reservation r WHERE a.organization_id = r.organization_id
-    RETURNING a.credits
+    SET credits = a.credits + r.amount - r.charged - l.covered, updated_at = now()
+    FROM reservation r, locked l WHERE a.organization_id = r.organization_id
+    RETURNING a.credits, l.covered, r.over - l.covered AS uncovered
 ), entries AS (
     INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
         reservation_id, description, metadata, created_at)
-    SELECT r.organization_id, v.kind, v.amount, v.balance_after, r.key || v.suffix, r.id, '', '{{}}'::jsonb, now()
+    SELECT r.organization_id, v.kind, v.amount, v.balance_after, r.key || v.suffix, r.id, v.description,
+        v.metadata, now()
     FROM reservation r, account a CROSS JOIN LATERAL (VALUES
-        (1, 'release', r.amount, a.credits + coalesce(%(actual)s::numeric, 0), ':release'),
-        (2, 'debit', -%(actual)s::numeric, a.credits, ':debit')
-    ) AS v(position, kind, amount, balance_after, suffix)
-    WHERE v.kind = 'release' OR %(actual)s::numeric > 0
+        (1, 'release', r.amount, a.credits + a.covered + r.charged, ':release', '', '{{}}'::jsonb),
+        (2, 'debit', -r.charged, a.credits + a.covered, ':debit', '', '{{}}'::jsonb),
+        (3, 'debit', -a.covered, a.credits, ':overage', 'usage beyond the hold',
+         jsonb_build_object('overage', r.over::text, 'uncovered', a.uncovered::text))
+    ) AS v(position, kind, amount, balance_after, suffix, description, metadata)
+    WHERE v.position = 1 OR (v.position = 2 AND r.charged > 0) OR (v.position = 3 AND r.over > 0)
     ORDER BY v.position
 )
-SELECT credits FROM account
+SELECT credits, covered, uncovered FROM account
 """
 
 
@@ -228,16 +244,41 @@ def credit_reserve(*, organization: Organization, amount: Decimal, key: str, des
 def _close(reservation: CreditReservation, *, actual: Decimal | None) -> CreditReservation:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLOSE_SQL, {"reservation": reservation.pk, "actual": actual})
+        row = cursor.fetchone()
+    if row is not None and row[2] > 0:
+        credit_overage_uncovered(organization_id=reservation.organization_id, reservation_id=reservation.pk,
+                                 key=reservation.key, overage=row[1] + row[2], uncovered=row[2])
     # Closed now, or already (a retry): either way the row says how.
     return CreditReservation.objects.get(pk=reservation.pk)
 
 
-def credit_settle(*, reservation: CreditReservation, actual: Decimal) -> CreditReservation:
-    """Charge what the work really cost (at most what was held); the rest goes back."""
+def credit_settle(*, reservation: CreditReservation, actual: Decimal, beyond_hold: bool = False) -> CreditReservation:
+    """Charge what the work really cost; the rest of the hold goes back.
+
+    A cost above the hold is a ValueError unless `beyond_hold` (usage a provider reports, which no
+    estimate bounds): then the difference is debited as its own entry, as far as the balance covers
+    it, and the rest is raised (see CLOSE_SQL).
+    """
     actual = Decimal(actual)
-    if actual < ZERO or actual > reservation.amount:
+    if actual < ZERO or (actual > reservation.amount and not beyond_hold):
         raise ValueError(f"actual cost {actual} must be between 0 and the reserved {reservation.amount}")
     return _close(reservation, actual=actual)
+
+
+def credit_overage_uncovered(*, organization_id: int, reservation_id: int, key: str, overage: Decimal,
+                             uncovered: Decimal) -> None:
+    """Usage beyond a hold that the balance could not cover: never silent. A warning for the operators'
+    alerts and an audit event in the organization (the ledger's `<key>:overage` entry has the numbers)."""
+    from tenants.audit.services import Actor, audit_record
+
+    logger.warning("credits overage uncovered: organization=%s hold=%s overage=%s uncovered=%s",
+                   organization_id, key, overage, uncovered)
+    organization = Organization.objects.filter(pk=organization_id).first()
+    if organization is None:
+        return
+    audit_record(organization=organization, actor=Actor.system("billing"), action="credits.overage_uncovered",
+                 target_type="billing.creditreservation", target_id=str(reservation_id), target_label=key,
+                 after={"overage": str(overage), "uncovered": str(uncovered)})
 
 
 def credit_release(*, reservation: CreditReservation) -> CreditReservation:

@@ -164,7 +164,9 @@ def rate_limit_give_back(*, organization_id: int, key_id: int, tokens: int) -> N
 
 
 async def rate_limit_give_back_async(client, *, organization_id: int, key_id: int, tokens: int) -> None:
-    if tokens > 0:
+    """`rate_limit_give_back` on an async client; a negative `tokens` (the provider counted more than
+    was counted up front) takes the difference from the window instead."""
+    if tokens:
         await _run_async(client, _GIVE_BACK, rate_limit_keys(organization_id, key_id)[2:], [tokens])
 
 

@@ -30,7 +30,15 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
-from billing.ledger import CLOSE_SQL, RESERVE_SQL, InsufficientCredits, credit_release, credit_reserve, reserve_params
+from billing.ledger import (
+    CLOSE_SQL,
+    RESERVE_SQL,
+    InsufficientCredits,
+    credit_overage_uncovered,
+    credit_release,
+    credit_reserve,
+    reserve_params,
+)
 from billing.models import CreditReservation, UsageEvent
 from billing.ratelimits import (
     Limit,
@@ -47,11 +55,11 @@ from tenants.models import ApiKey, Organization
 
 from .catalog.models import Model
 from .catalog.selectors import ModelOption, model_options, provider_keys_for
-from .files import tokens_estimate
+from .files import CHARS_PER_TOKEN, tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
 from .redis import async_client, sync_client
-from .routing import BreakerState, CircuitBreaker
+from .routing import BreakerState, CircuitBreaker, breaker_name
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
                "parallel_tool_calls")
@@ -84,6 +92,7 @@ class CompletionParams:
     top_p: float | None = None
     stop: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_tokens: int = 0  # the estimate of `extra` (tools, response_format, …): sent, so held and limited
 
 
 def _number(body: dict, name: str, low: float, high: float) -> float | None:
@@ -160,6 +169,36 @@ def _message(raw: Any, index: int) -> ChatMessage:
                        tool_call_id=tool_call_id)
 
 
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _extra_parse(body: dict) -> tuple[dict[str, Any], int]:
+    """The OpenAI fields passed through as they are, with their size capped where a body could hide a
+    huge prompt in them, and their token estimate (their JSON, like the messages' text)."""
+    extra = {name: body[name] for name in PASSTHROUGH if name in body}
+    tools = extra.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+            raise invalid("'tools' must be a list of tool objects.", "tools")
+        if len(tools) > settings.GATEWAY_TOOLS_MAX_COUNT:
+            raise invalid(f"'tools' has {len(tools)} tools; at most {settings.GATEWAY_TOOLS_MAX_COUNT} are "
+                          "allowed.", "tools", "too_many_tools")
+    response_format = extra.get("response_format")
+    if response_format is not None and not isinstance(response_format, dict):
+        raise invalid("'response_format' must be an object.", "response_format")
+    size = 0
+    for name, value in extra.items():
+        field_size = _json_size(value)
+        limit = {"tools": settings.GATEWAY_TOOLS_MAX_BYTES,
+                 "response_format": settings.GATEWAY_RESPONSE_FORMAT_MAX_BYTES}.get(name)
+        if limit is not None and field_size > limit:
+            raise invalid(f"'{name}' is {field_size} bytes as JSON; at most {limit} are allowed.", name,
+                          "parameter_too_large")
+        size += field_size
+    return extra, -(-size // CHARS_PER_TOKEN)
+
+
 def params_parse(raw_body: bytes) -> CompletionParams:
     try:
         body = json.loads(raw_body or b"null")
@@ -191,18 +230,21 @@ def params_parse(raw_body: bytes) -> CompletionParams:
     n = body.get("n", 1)
     if n != 1:
         raise invalid("Only n=1 is supported.", "n")
+    extra, extra_tokens = _extra_parse(body)
     return CompletionParams(
         model=model.strip(), messages=[_message(m, i) for i, m in enumerate(messages)], stream=stream,
         include_usage=bool(options.get("include_usage")), max_tokens=max_tokens,
         temperature=_number(body, "temperature", 0, 2), top_p=_number(body, "top_p", 0, 1), stop=stop,
-        extra={name: body[name] for name in PASSTHROUGH if name in body},
+        extra=extra, extra_tokens=extra_tokens,
     )
 
 
 def prompt_tokens_estimate(messages: list[ChatMessage]) -> int:
-    """What the prompt is counted as before the provider says (holds and token limits use it)."""
-    return sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images)
-               + sum(tokens_estimate(c.name + c.arguments) for c in m.tool_calls) for m in messages)
+    """What the messages are counted as before the provider says: text, images, tool calls and tool
+    results. With `CompletionParams.extra_tokens` (tools, response_format, …), what the context check,
+    the tokens-per-minute limit and the hold use."""
+    return sum(tokens_estimate(m.content) + 4 + 1000 * len(m.images) + tokens_estimate(m.tool_call_id or "")
+               + sum(tokens_estimate(c.id + c.name + c.arguments) for c in m.tool_calls) for m in messages)
 
 
 # What the gateway knows about an organization, per process. A change to the catalog, prices,
@@ -287,7 +329,6 @@ class Prepared:
     request: ChatRequest
     own_keys: dict[str, str]
     reservation_id: int | None
-    hold: Decimal
     billing_key: str
     prompt_tokens: int
     completion_id: str
@@ -312,9 +353,11 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
     return reservation.pk
 
 
-async def _limit_and_breakers(auth: KeyAuth, entitlements: Entitlements, candidates: list[ModelOption],
+async def _limit_and_breakers(auth: KeyAuth, config: GatewayConfig, candidates: list[ModelOption],
                               tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
-    """Count the call against the plan's limits and read the candidates' circuit breakers: one round trip."""
+    """Count the call against the plan's limits and read the circuit breakers of the credentials the
+    candidates would use (the organization's own key's, else the platform's): one round trip."""
+    entitlements = config.entitlements
     providers = list(dict.fromkeys(option.model.provider for option in candidates))
     limits = {"requests_per_minute": entitlements.requests_per_minute,
               "tokens_per_minute": entitlements.tokens_per_minute}
@@ -323,7 +366,7 @@ async def _limit_and_breakers(auth: KeyAuth, entitlements: Entitlements, candida
         async with redis.pipeline(transaction=False) as pipe:
             rate_limit_queue(pipe, organization_id=auth.organization_id, key_id=auth.key_id, tokens=tokens, **limits)
             for provider in providers:
-                breaker = CircuitBreaker(provider)
+                breaker = CircuitBreaker(breaker_name(provider, config.own_keys.get(provider)))
                 pipe.exists(breaker.open_key)
                 pipe.get(breaker.failures_key)
             try:
@@ -353,12 +396,12 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
         raise GatewayError(503, f"'{model.id}' is not available right now (its provider is not configured).",
                            type="server_error", param="model", code="model_unavailable")
     max_tokens = min(params.max_tokens or settings.CHAT_MAX_OUTPUT_TOKENS, model.max_output_tokens)
-    prompt_tokens = prompt_tokens_estimate(params.messages)
+    prompt_tokens = prompt_tokens_estimate(params.messages) + params.extra_tokens
     if prompt_tokens + max_tokens > model.context_window:
-        raise invalid(f"The messages (about {prompt_tokens} tokens) and max_tokens ({max_tokens}) exceed "
+        raise invalid(f"The prompt (about {prompt_tokens} tokens, tools included) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
     redis = async_client()
-    limit, breakers = await _limit_and_breakers(auth, config.entitlements, candidates, prompt_tokens + max_tokens)
+    limit, breakers = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",
@@ -382,8 +425,8 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig
     request = ChatRequest(model=model.provider_model, messages=params.messages, max_tokens=max_tokens,
                           temperature=params.temperature, top_p=params.top_p, stop=params.stop, extra=params.extra)
     return Prepared(auth=auth, candidates=candidates, request=request, own_keys=config.own_keys,
-                    reservation_id=reservation_id, hold=worst if reservation_id else Decimal(0),
-                    billing_key=billing_key, prompt_tokens=prompt_tokens, completion_id=f"chatcmpl-{completion_id}",
+                    reservation_id=reservation_id, billing_key=billing_key, prompt_tokens=prompt_tokens,
+                    completion_id=f"chatcmpl-{completion_id}",
                     created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens,
                     breakers=breakers)
 
@@ -394,29 +437,38 @@ LAST_USED_SQL = f"UPDATE {ApiKey._meta.db_table} SET last_used_at = now() WHERE 
 async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, input_tokens: int | None,
                  output_tokens: int | None, text: str = "", touch_key: bool = False) -> Decimal:
     """Charge what the call used (the provider's counts, or an estimate of what was produced), meter it
-    and give the unused tokens back: one database round trip, after the client has its answer."""
+    and give the unused tokens back: one database round trip, after the client has its answer.
+
+    A call that cost more than its hold is charged the difference too (CLOSE_SQL debits it as far as
+    the balance goes); what the balance could not cover is raised, never dropped."""
     if input_tokens is None or output_tokens is None:
         input_tokens = prepared.prompt_tokens if produced else 0
         output_tokens = tokens_estimate(text)
     credits = credits_for(input_per_million=served.input_per_million, output_per_million=served.output_per_million,
                           input_tokens=input_tokens, output_tokens=output_tokens)
-    credits = min(credits, prepared.hold)
     auth = prepared.auth
+    closing = None
     pool = await async_pool()
     # One pipeline, one Sync: PostgreSQL runs the statements up to a Sync as one implicit transaction,
     # so the hold closes and the usage event is written together or not at all, in one round trip.
-    async with pool.connection() as connection, connection.pipeline():
-        if prepared.reservation_id is not None:
-            await connection.execute(CLOSE_SQL, {"reservation": prepared.reservation_id,
-                                                 "actual": credits if credits > 0 else None})
-        if input_tokens or output_tokens:
-            await connection.execute(USAGE_INSERT_SQL, usage_params(
-                organization_id=auth.organization_id, kind=UsageEvent.Kind.MODEL, key=served.id,
-                request_id=prepared.billing_key, credits=credits, input_per_million=served.input_per_million,
-                output_per_million=served.output_per_million, api_key_id=auth.key_id, input_tokens=input_tokens,
-                output_tokens=output_tokens))
-        if touch_key:
-            await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
+    async with pool.connection() as connection:
+        async with connection.pipeline():
+            if prepared.reservation_id is not None:
+                closing = await connection.execute(CLOSE_SQL, {"reservation": prepared.reservation_id,
+                                                               "actual": credits if credits > 0 else None})
+            if input_tokens or output_tokens:
+                await connection.execute(USAGE_INSERT_SQL, usage_params(
+                    organization_id=auth.organization_id, kind=UsageEvent.Kind.MODEL, key=served.id,
+                    request_id=prepared.billing_key, credits=credits, input_per_million=served.input_per_million,
+                    output_per_million=served.output_per_million, api_key_id=auth.key_id,
+                    input_tokens=input_tokens, output_tokens=output_tokens))
+            if touch_key:
+                await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
+        closed = await closing.fetchone() if closing is not None else None  # already here: the pipeline synced
+    if closed is not None and closed[2] > 0:
+        await orm_call(credit_overage_uncovered, organization_id=auth.organization_id,
+                       reservation_id=prepared.reservation_id, key=prepared.billing_key,
+                       overage=closed[1] + closed[2], uncovered=closed[2])
     await rate_limit_give_back_async(async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
                                      tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
@@ -443,13 +495,18 @@ def holds_reap() -> int:
 
 
 def upstream_error(error: ProviderError) -> GatewayError:
+    if error.kind == ProviderError.CONFIG:
+        # Not sent at all: the organization's own key for this provider cannot be used as stored.
+        return GatewayError(400, f"{error.message} If it is your organization's own key, an owner or admin can "
+                            "replace it in Settings → AI providers.", code="provider_key_invalid")
     if error.kind == ProviderError.TIMEOUT:
         return GatewayError(504, "The model provider did not answer in time.", type="server_error",
                             code="upstream_timeout")
     if error.kind == ProviderError.BAD_REQUEST:
         return GatewayError(400, f"The model provider refused the request: {error.message}", code="upstream_refused")
     if error.kind in (ProviderError.UNAVAILABLE, ProviderError.RATE_LIMITED, ProviderError.AUTH):
-        headers = {"retry-after": str(int(error.retry_after))} if error.retry_after else {}
+        wait = min(int(error.retry_after or 0), settings.CHAT_BREAKER_MAX_COOLDOWN)
+        headers = {"retry-after": str(wait)} if wait else {}
         return GatewayError(503, "The model provider is unavailable. Try again shortly.", type="server_error",
                             code="upstream_unavailable", headers=headers)
     return GatewayError(502, "The model provider sent an invalid or incomplete answer.", type="server_error",

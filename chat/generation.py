@@ -226,6 +226,8 @@ def _error_text(error: ProviderError | None) -> str:
         ProviderError.TIMEOUT: "The provider stopped answering (timeout).",
         ProviderError.INTERRUPTED: "The provider cut the answer short.",
         ProviderError.BAD_REQUEST: "The provider refused this request.",
+        ProviderError.CONFIG: ("Your organization's key for this provider cannot be used (it has characters an "
+                               "HTTP header cannot carry). An admin can replace it in Settings → AI providers."),
     }.get(error.kind, "The provider is unavailable. Try again in a moment.")
 
 

@@ -7,8 +7,10 @@ served is announced with `Served`, and billing uses it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from django.conf import settings
 
@@ -24,7 +26,8 @@ class Served:
     option: ModelOption
 
 
-# Failures that say something about the provider's health (not about this request or our key).
+# Failures that say something about the provider's health (not about this request or our key). A
+# request we could not even build (ProviderError.CONFIG) never reached the provider: it says nothing.
 BREAKER_KINDS = frozenset({ProviderError.UNAVAILABLE, ProviderError.TIMEOUT, ProviderError.RATE_LIMITED,
                            ProviderError.INTERRUPTED, ProviderError.PROTOCOL})
 
@@ -35,18 +38,39 @@ class BreakerState:
     failures: int
 
 
+def breaker_name(provider: str, api_key: str | None = None) -> str:
+    """Whose failures a breaker counts: the platform key's are shared by every organization, an
+    organization's own key's only by whoever uses that key (named by a hash, never the key)."""
+    if not api_key:
+        return provider
+    return f"{provider}:key:{_key_digest(api_key)}"
+
+
+@lru_cache(maxsize=4096)
+def _key_digest(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def breaker_cooldown(error: ProviderError) -> int:
+    """How long a failure opens the breaker: the provider's Retry-After when longer than ours, capped
+    (a hostile or buggy upstream must not pin a provider shut for hours)."""
+    told = min(int(error.retry_after or 0), settings.CHAT_BREAKER_MAX_COOLDOWN)
+    return max(settings.CHAT_BREAKER_COOLDOWN, told)
+
+
 class CircuitBreaker:
-    """Per provider, shared by every process through Redis.
+    """Per credential (see `breaker_name`), shared by every process through Redis.
 
     `CHAT_BREAKER_FAILURES` failures within `CHAT_BREAKER_WINDOW` seconds open it for
-    `CHAT_BREAKER_COOLDOWN` seconds (or the provider's Retry-After, if longer); while open,
-    the router skips that provider and goes straight to the fallbacks.
+    `CHAT_BREAKER_COOLDOWN` seconds (or the provider's Retry-After, if longer, up to
+    `CHAT_BREAKER_MAX_COOLDOWN`); while open, the router skips that credential and goes straight
+    to the fallbacks.
     """
 
-    def __init__(self, provider: str, known: BreakerState | None = None):
-        self.provider = provider
-        self.failures_key = f"chat:breaker:{provider}:failures"
-        self.open_key = f"chat:breaker:{provider}:open"
+    def __init__(self, name: str, known: BreakerState | None = None):
+        self.name = name
+        self.failures_key = f"chat:breaker:{name}:failures"
+        self.open_key = f"chat:breaker:{name}:open"
         self.known = known  # read by the caller in a round trip it made anyway (the /v1 gateway)
 
     async def is_open(self) -> bool:
@@ -59,11 +83,9 @@ class CircuitBreaker:
         failures = await client.incr(self.failures_key)
         if failures == 1:  # the window starts with the first failure
             await client.expire(self.failures_key, settings.CHAT_BREAKER_WINDOW)
-        cooldown = max(settings.CHAT_BREAKER_COOLDOWN, int(error.retry_after or 0))
-        if error.kind == ProviderError.RATE_LIMITED and error.retry_after:
-            await client.set(self.open_key, "1", ex=cooldown)  # the provider told us when to come back
-        elif failures >= settings.CHAT_BREAKER_FAILURES:
-            await client.set(self.open_key, "1", ex=cooldown)
+        told_to_wait = error.kind == ProviderError.RATE_LIMITED and error.retry_after
+        if told_to_wait or failures >= settings.CHAT_BREAKER_FAILURES:
+            await client.set(self.open_key, "1", ex=breaker_cooldown(error))
 
     async def record_success(self) -> None:
         if self.known is None or self.known.failures:  # nothing to forgive: spare the round trip
@@ -79,13 +101,14 @@ async def route_stream(candidates: list[ModelOption], request: ChatRequest, *, o
     """
     last_error: ProviderError | None = None
     for option in candidates:
-        breaker = CircuitBreaker(option.model.provider, (breakers or {}).get(option.model.provider))
+        provider = option.model.provider
+        breaker = CircuitBreaker(breaker_name(provider, own_keys.get(provider)), (breakers or {}).get(provider))
         if await breaker.is_open():
-            last_error = ProviderError(ProviderError.UNAVAILABLE, "circuit open", provider=option.model.provider)
+            last_error = ProviderError(ProviderError.UNAVAILABLE, "circuit open", provider=provider)
             continue
         started = False
         try:
-            adapter = adapter_shared(option.model.provider, api_key=own_keys.get(option.model.provider))
+            adapter = adapter_shared(provider, api_key=own_keys.get(provider))
             async for event in adapter.stream(replace(request, model=option.model.provider_model)):
                 if not started:
                     started = True

@@ -233,17 +233,14 @@ def generation_stop(*, message: Message) -> None:
 # ---------------------------------------------------------------- closing an answer
 
 
-def _credits_for(*, served: str, input_tokens: int, output_tokens: int,
-                 reservation: CreditReservation | None) -> tuple[Decimal, Price | None]:
+def _credits_for(*, served: str, input_tokens: int, output_tokens: int) -> tuple[Decimal, Price | None]:
     try:
         cost = usage_cost(kind=UsageEvent.Kind.MODEL, key=served, input_tokens=input_tokens,
                           output_tokens=output_tokens)
     except UnknownPrice:
         return Decimal(0), None
-    credits = cost.credits
-    if reservation is not None:
-        credits = min(credits, reservation.amount)  # never more than the person agreed to hold
-    return credits, cost.price
+    # More than was held is charged too (the ledger debits the difference as far as the balance goes).
+    return cost.credits, cost.price
 
 
 @transaction.atomic
@@ -267,11 +264,10 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
         output_tokens = tokens_estimate(text)
     served = served_model_id or answer.model_id
     reservation = CreditReservation.objects.filter(key=answer.billing_key).first()
-    credits, price = _credits_for(served=served, input_tokens=input_tokens, output_tokens=output_tokens,
-                                  reservation=reservation)
+    credits, price = _credits_for(served=served, input_tokens=input_tokens, output_tokens=output_tokens)
     if reservation is not None:
         if credits > 0:
-            credit_settle(reservation=reservation, actual=credits)
+            credit_settle(reservation=reservation, actual=credits, beyond_hold=True)
         else:
             credit_release(reservation=reservation)
     if price is not None and (input_tokens or output_tokens):

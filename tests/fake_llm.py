@@ -9,6 +9,7 @@ providers fail: `fake.fail_next(AUTH)`, `RATE_LIMIT` (with `retry-after`), `SERV
 `HANG_BEFORE` / `HANG_AFTER_FIRST` (silence longer than a read timeout), `MALFORMED`,
 `CUT` (the connection closes mid-answer), `STREAM_ERROR` (an error event after the first
 chunk, as when a provider is overloaded mid-answer) or `STATUS` (any status and body).
+`GET` on a fake's model list (`models_path`) answers a one-model list (how a key is tested).
 
 An answer can call tools: `fake.tool_call_next("get_weather", {"city": "Lisboa"})` makes the
 next answer one call (finish "tool_calls"), streamed as the provider streams calls (OpenAI's
@@ -277,6 +278,8 @@ class FakeProvider:
         """Path parameters when this fake serves `path`, else None."""
         raise NotImplementedError
 
+    models_path = ""  # `GET` here lists the models (how a key is tested); `fail_next(AUTH)` refuses it
+
     def wants_stream(self, request: Received, params: dict) -> bool:
         return bool(isinstance(request.body, dict) and request.body.get("stream"))
 
@@ -328,6 +331,13 @@ class FakeProvider:
             handler.close_connection = True
 
     def _answer(self, handler, request: Received, failure: Failure | None, answer: Answer) -> None:
+        if request.method == "GET" and self.models_path and request.path.endswith(self.models_path):
+            if failure is not None and failure.mode in ERROR_STATUS:
+                status = ERROR_STATUS[failure.mode]
+                self._send_json(handler, status, self.error_body(status, "Invalid API key."))
+            else:
+                self._send_json(handler, 200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+            return
         params = self.route(request.path)
         if params is None:
             self._send_json(handler, 404, self.error_body(404, f"Unknown path {request.path}"))
@@ -436,6 +446,7 @@ class FakeOpenAI(FakeProvider):
 
     name = "openai"
     FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
+    models_path = "/models"
 
     def route(self, path: str) -> dict | None:
         return {} if path.endswith("/chat/completions") else None
@@ -509,6 +520,7 @@ class FakeAnthropic(FakeProvider):
     """`POST /v1/messages`: SSE with `event:` lines, from message_start to message_stop."""
 
     name = "anthropic"
+    models_path = "/v1/models"
     FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
     def route(self, path: str) -> dict | None:
@@ -584,6 +596,7 @@ class FakeGemini(FakeProvider):
 
     name = "gemini"
     content_type = "text/event-stream"
+    models_path = "/v1beta/models"
     FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "content_filter": "SAFETY", "tool_calls": "STOP"}
     STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                     429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}

@@ -6,14 +6,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from accounts.models import User
 from billing.models import Price
+from chat.providers.base import key_is_printable_ascii
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
 
 from .crypto import key_encrypt, key_rotate
-from .models import Model, ModelAlias, ProviderKey
+from .models import Model, ModelAlias, Provider, ProviderKey
 
 PRICES_FROM = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -77,11 +79,39 @@ def catalog_seed(*, model_class=Model, alias_class=ModelAlias, price_class=Price
     return added
 
 
+# The prefixes providers give their keys (OpenAI's sk-proj-/sk-svcacct- keys start with sk- too); Ollama's
+# optional key (a proxy in front of it) has no known shape.
+KEY_PREFIXES = {"openai": "sk-", "deepseek": "sk-", "anthropic": "sk-ant-", "gemini": "AIza"}
+KEY_MIN_LENGTH = 20
+KEY_MAX_LENGTH = 300
+
+
+def provider_key_problem(*, provider: str, secret: str) -> str | None:
+    """Why `secret` cannot be `provider`'s key, as a sentence for the form; None when it looks right."""
+    if not key_is_printable_ascii(secret):
+        return _("An API key has only printable ASCII characters, without spaces or accents. Copy it again "
+                 "from the provider's console.")
+    prefix = KEY_PREFIXES.get(provider)
+    if prefix and not secret.startswith(prefix):
+        return _("%(provider)s keys start with “%(prefix)s”. Check that you copied the whole key, for the "
+                 "right provider.") % {"provider": Provider(provider).label, "prefix": prefix}
+    if not KEY_MIN_LENGTH <= len(secret) <= KEY_MAX_LENGTH:
+        return _("An API key has between %(low)s and %(high)s characters; this one has %(length)s.") % {
+            "low": KEY_MIN_LENGTH, "high": KEY_MAX_LENGTH, "length": len(secret)}
+    return None
+
+
 @transaction.atomic
 def provider_key_set(*, organization: Organization, provider: str, secret: str, user: User,
                      actor: Actor) -> ProviderKey:
-    """Store (or replace) the organization's key for `provider`; only its last 4 characters are shown again."""
+    """Store (or replace) the organization's key for `provider`; only its last 4 characters are shown again.
+
+    The form checks the key's shape (`provider_key_problem`); here a key that no HTTP request could
+    carry is refused whoever calls.
+    """
     secret = secret.strip()
+    if not key_is_printable_ascii(secret):
+        raise ValueError("a provider key must be printable ASCII without spaces")
     key, created = ProviderKey.objects.update_or_create(
         organization=organization, provider=provider,
         defaults={"encrypted_key": key_encrypt(secret), "last4": secret[-4:], "created_by": user},

@@ -10,22 +10,41 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
+from chat.providers import key_probe
 from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role
 
 from .models import Provider
 from .selectors import provider_key_list
-from .services import provider_key_delete, provider_key_set
+from .services import provider_key_delete, provider_key_problem, provider_key_set
 
 KEYED_PROVIDERS = [(value, label) for value, label in Provider.choices if value not in ("demo", "ollama")]
 
 
 class ProviderKeyForm(forms.Form):
     provider = forms.ChoiceField(label=gettext_lazy("Provider"), choices=KEYED_PROVIDERS)
-    secret = forms.CharField(label=gettext_lazy("API key"), min_length=8, max_length=500, strip=True,
+    secret = forms.CharField(label=gettext_lazy("API key"), max_length=500, strip=True,
                              widget=forms.PasswordInput(attrs={"autocomplete": "off"}),
                              help_text=gettext_lazy("Stored encrypted. It is never shown again."))
+    test = forms.BooleanField(label=gettext_lazy("Test this key with the provider before saving"), required=False,
+                              help_text=gettext_lazy("Lists the provider's models with it (a free call)."))
+
+    def clean(self):
+        data = super().clean()
+        provider, secret = data.get("provider"), data.get("secret")
+        if not provider or not secret:
+            return data
+        if problem := provider_key_problem(provider=provider, secret=secret):
+            self.add_error("secret", problem)
+        elif data.get("test"):
+            outcome = key_probe(provider, secret)
+            if outcome == "refused":
+                self.add_error("secret", _("The provider refused this key. Check it in the provider's console."))
+            elif outcome == "unreachable":
+                self.add_error("test", _("The provider could not be reached to test the key. Try again, or "
+                                         "save it without the test."))
+        return data
 
 
 @org_member_required(role=Role.ADMIN)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 
+import httpx
 from django.conf import settings
 from django.utils.module_loading import import_string
 
@@ -33,7 +35,7 @@ from .base import (
 __all__ = [
     "ADAPTERS", "ChatMessage", "ChatRequest", "Event", "Finish", "ImagePart", "ProviderAdapter", "ProviderError",
     "StreamError", "TextDelta", "Timeouts", "ToolCall", "ToolCallDelta", "Usage", "adapter_for", "adapter_shared",
-    "adapters_close", "provider_configured", "tool_calls_assemble",
+    "adapters_close", "key_probe", "provider_configured", "tool_calls_assemble",
 ]
 
 # Provider -> adapter class. DeepSeek (and any OpenAI-compatible API) speaks OpenAI's protocol.
@@ -91,3 +93,26 @@ async def adapters_close() -> None:
     """Close this loop's shared adapters (for loops that end: a Celery task's `asyncio.run`, tests)."""
     for adapter in _shared.pop(asyncio.get_running_loop(), {}).values():
         await adapter.aclose()
+
+
+# How to list a provider's models with a key: the cheapest call that proves the key works.
+KEY_PROBES: dict[str, tuple[str, Callable[[str], dict[str, str]]]] = {
+    "openai": ("/models", lambda key: {"Authorization": f"Bearer {key}"}),
+    "deepseek": ("/models", lambda key: {"Authorization": f"Bearer {key}"}),
+    "anthropic": ("/v1/models", lambda key: {"x-api-key": key, "anthropic-version": "2023-06-01"}),
+    "gemini": ("/v1beta/models", lambda key: {"x-goog-api-key": key}),
+}
+KEY_PROBE_TIMEOUT = 5.0
+
+
+def key_probe(provider: str, api_key: str) -> str:
+    """Try `api_key` on the provider (list its models): "ok", "refused" (401/402/403) or "unreachable"."""
+    path, headers = KEY_PROBES[provider]
+    url = provider_settings(provider).get("base_url", "").rstrip("/") + path
+    try:
+        response = httpx.get(url, headers=headers(api_key), timeout=KEY_PROBE_TIMEOUT)
+    except (httpx.HTTPError, UnicodeEncodeError):
+        return "unreachable"
+    if response.status_code in (401, 402, 403):
+        return "refused"
+    return "ok" if response.status_code == 200 else "unreachable"

@@ -31,7 +31,7 @@ from .base import (
     ToolCallDelta,
     Usage,
 )
-from .http import describe, kind_for_status, retry_after, tls_context
+from .http import describe, kind_for_status, local_error, retry_after, tls_context
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                 "model_context_window_exceeded": "length", "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -175,6 +175,7 @@ class AnthropicAdapter(ProviderAdapter):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
             raise self.error(ProviderError.AUTH, "No API key configured.")
+        self.key_check()
         started = stopped = False
         input_tokens = output_tokens = 0
         finish = "other"
@@ -226,6 +227,8 @@ class AnthropicAdapter(ProviderAdapter):
         except (anthropic.APITimeoutError, httpx2.TimeoutException) as error:
             raise self.error(ProviderError.TIMEOUT, "No answer within the read timeout.") from error
         except (anthropic.APIConnectionError, *TRANSPORT_ERRORS) as error:
+            if not started and (local := local_error(error)) is not None:
+                raise self.error(ProviderError.CONFIG, f"The request could not be built: {describe(local)}") from error
             if started:
                 raise self.error(ProviderError.INTERRUPTED, f"The stream broke off: {describe(error)}") from error
             raise self.error(ProviderError.UNAVAILABLE, f"Cannot connect: {describe(error)}") from error

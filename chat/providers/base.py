@@ -132,6 +132,11 @@ def tool_calls_assemble(events: Iterable[Any]) -> tuple[ToolCall, ...]:
                  for _index, call in sorted(calls.items()))
 
 
+def key_is_printable_ascii(key: str) -> bool:
+    """Printable ASCII without spaces: what an API key is, and what an HTTP header can carry."""
+    return all("!" <= character <= "~" for character in key)
+
+
 class ProviderError(Exception):
     """A provider call that failed. `kind` is one of the KIND_* constants."""
 
@@ -142,6 +147,7 @@ class ProviderError(Exception):
     TIMEOUT = "timeout"  # no (more) bytes within the read timeout
     PROTOCOL = "protocol"  # a malformed chunk or an answer we cannot parse
     INTERRUPTED = "interrupted"  # the stream ended before the provider said it had finished
+    CONFIG = "config"  # the request could not be built here (a key HTTP cannot carry): nothing was sent
 
     RETRYABLE = frozenset({RATE_LIMITED, UNAVAILABLE, TIMEOUT, PROTOCOL, INTERRUPTED})
 
@@ -186,6 +192,13 @@ class ProviderAdapter:
 
     async def __aexit__(self, *exc_info) -> None:
         await self.aclose()
+
+    def key_check(self) -> None:
+        """Refuse, before anything is sent, a key that cannot go in an HTTP header (non-ASCII, spaces,
+        control characters): the call would fail here, and the provider is not to blame."""
+        if not key_is_printable_ascii(self.api_key):
+            raise self.error(ProviderError.CONFIG, f"The API key for {self.provider} contains characters that "
+                             "cannot be sent in an HTTP header (only printable ASCII, no spaces).")
 
     def error(self, kind: str, message: str, **kwargs) -> ProviderError:
         return ProviderError(kind, message, provider=self.provider, **kwargs)

@@ -223,6 +223,7 @@ class GeminiAdapter(HttpxAdapter):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
             raise self.error(ProviderError.AUTH, "No API key configured.")
+        self.key_check()
         url = f"{self.base_url}/v1beta/models/{request.model}:streamGenerateContent"
         started = False
         finish: str | None = None

@@ -48,6 +48,23 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+# Raised while the request is being built, before a byte leaves: our configuration, not the provider.
+LOCAL_ERRORS = (UnicodeEncodeError, httpx.LocalProtocolError, httpx.InvalidURL, httpx.UnsupportedProtocol)
+
+
+def local_error(error: BaseException) -> BaseException | None:
+    """The request-construction error behind `error` (itself or a cause an SDK wrapped), if any."""
+    import httpx2  # the Anthropic SDK's HTTP client raises its own copies of httpx's errors
+
+    local = (*LOCAL_ERRORS, httpx2.LocalProtocolError, httpx2.InvalidURL, httpx2.UnsupportedProtocol)
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, local):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def describe(error: BaseException) -> str:
     """`Type: message` of the transport error behind an SDK's generic "Connection error."."""
     cause = error.__cause__ or error
@@ -82,6 +99,8 @@ class HttpxAdapter(ProviderAdapter):
 
     def stream_error(self, error: Exception, *, started: bool) -> ProviderError:
         """What an httpx or parsing error while reading a stream means (after `started`, a cut answer)."""
+        if not started and (local := local_error(error)) is not None:
+            return self.error(ProviderError.CONFIG, f"The request could not be built: {describe(local)}")
         if isinstance(error, httpx.TimeoutException):
             return self.error(ProviderError.TIMEOUT, "No answer within the read timeout.")
         if isinstance(error, httpx.TransportError):

@@ -91,6 +91,7 @@ class OllamaAdapter(HttpxAdapter):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.base_url:
             raise self.error(ProviderError.UNAVAILABLE, "No Ollama URL configured.")
+        self.key_check()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         started = False
         done: dict | None = None

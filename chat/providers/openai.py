@@ -81,6 +81,7 @@ class OpenAIAdapter(HttpxAdapter):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if not self.api_key:
             raise self.error(ProviderError.AUTH, "No API key configured.")
+        self.key_check()
         started = False
         finish: str | None = None
         usage: Usage | None = None

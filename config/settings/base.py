@@ -382,6 +382,8 @@ TRIAL_MAX_OUTPUT_TOKENS = 1024
 CHAT_BREAKER_FAILURES = int(os.environ.get("CHAT_BREAKER_FAILURES", "5"))
 CHAT_BREAKER_WINDOW = int(os.environ.get("CHAT_BREAKER_WINDOW", "60"))
 CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
+# The longest a provider's Retry-After may keep a breaker open (seconds).
+CHAT_BREAKER_MAX_COOLDOWN = int(os.environ.get("CHAT_BREAKER_MAX_COOLDOWN", "60"))
 
 # REST framework
 REST_FRAMEWORK = {
@@ -422,6 +424,10 @@ RATELIMIT_VIEW = "config.views.ratelimited"
 ASYNC_DB_POOL_SIZE = int(os.environ.get("ASYNC_DB_POOL_SIZE", "4"))
 GATEWAY_MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(25 * 1024 * 1024)))
 GATEWAY_HOLD_TIMEOUT_SECONDS = int(os.environ.get("GATEWAY_HOLD_TIMEOUT_SECONDS", "1800"))
+# `tools` and `response_format` are sent to the provider as given: their size is capped (400 beyond).
+GATEWAY_TOOLS_MAX_COUNT = int(os.environ.get("GATEWAY_TOOLS_MAX_COUNT", "128"))
+GATEWAY_TOOLS_MAX_BYTES = int(os.environ.get("GATEWAY_TOOLS_MAX_BYTES", str(64 * 1024)))
+GATEWAY_RESPONSE_FORMAT_MAX_BYTES = int(os.environ.get("GATEWAY_RESPONSE_FORMAT_MAX_BYTES", str(64 * 1024)))
 
 # Logging: readable in development, JSON in production (see prod.py).
 LOG_FORMAT = os.environ.get("LOG_FORMAT", "text")

@@ -1,0 +1,70 @@
+"""/v1 in this process for the security tests: chat.v1's ASGI app behind httpx's ASGI transport
+(raw HTTP, to read statuses, envelopes and headers), real PostgreSQL and Redis, fake providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import httpx
+
+from billing.ledger import credit_debit, credit_grant
+from billing.models import BillingAccount, Plan
+from chat import v1
+from chat.redis import async_client_close, sync_client
+from config import db_async
+from tenants.api_keys import api_key_create
+from tenants.audit.services import Actor
+from tenants.services import organization_create
+
+CHEAP = "openai/gpt-4.1-mini"
+
+
+def api_organization(owner, *, credits: str = "1000"):
+    """A committed organization on Starter (API access) with `credits` and a chat key: (org, raw key)."""
+    org = organization_create(user=owner, name=f"Security {uuid.uuid4().hex[:6]}", actor=Actor.system("tests"))
+    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
+    balance_set(org, Decimal(credits))
+    key = api_key_create(organization=org, name="security", scopes=["chat"], actor=Actor.system())
+    return org, key.raw
+
+
+def balance_set(org, credits: Decimal) -> None:
+    """Move the balance to `credits` through the ledger (so the ledger still adds up to it)."""
+    current = BillingAccount.objects.get(pk=org.pk).credits
+    key = f"tests:{uuid.uuid4().hex}"
+    if credits > current:
+        credit_grant(organization=org, amount=credits - current, key=key)
+    elif credits < current:
+        credit_debit(organization=org, amount=current - credits, key=key)
+
+
+def redis_forget(*patterns: str) -> None:
+    for pattern in patterns:
+        for key in sync_client().scan_iter(pattern):
+            sync_client().delete(key)
+
+
+def post(key: str, body: dict) -> httpx.Response:
+    """POST /v1/chat/completions once, in a fresh event loop (closing the loop's pools after)."""
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=v1.application, client=("127.0.0.1", 5000))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                response = await client.post("/v1/chat/completions", content=json.dumps(body),
+                                             headers={"authorization": f"Bearer {key}",
+                                                      "content-type": "application/json"})
+                await response.aread()
+                return response
+        finally:
+            await db_async.async_pool_close()
+            await async_client_close()
+
+    return asyncio.run(call())
+
+
+def ask(key: str, text: str = "Hello", **extra) -> httpx.Response:
+    return post(key, {"model": CHEAP, "messages": [{"role": "user", "content": text}], **extra})
