@@ -173,7 +173,7 @@ class MessageDetailView(ChatAPIView):
     serializer_class = MessageSerializer
 
     @extend_schema(operation_id="messages_retrieve", responses=MessageSerializer,
-                   summary="One message (poll an answer until its status is no longer pending/streaming)")
+                   summary="One message (poll an answer until its status is no longer waiting/pending/streaming)")
     def get(self, request: Request, thread_id: int, message_id: int) -> Response:
         return Response(MessageSerializer(self.message_or_404(thread_id, message_id)).data)
 

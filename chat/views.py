@@ -17,7 +17,7 @@ from tenants.guards import org_member_required
 
 from . import selectors, services
 from .files import FileRefused
-from .models import Message
+from .models import Attachment, Message
 from .streams import answer_events, answer_final
 
 
@@ -85,7 +85,9 @@ def _last_question_id(rows: list[Message]) -> int | None:
 def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: bool = False,
                     tokens: list[str] = ()) -> HttpResponse:
     """The composer again, with the person's text and files kept (sent again with the retry) and the reason."""
-    pending = selectors.attachment_pending_list(user=request.user, tokens=tokens)
+    # A file that could not be read is not offered again (the error says why).
+    pending = selectors.attachment_pending_list(user=request.user, tokens=tokens).exclude(
+        status=Attachment.Status.FAILED)
     context = _composer_context(request, thread=thread, text=request.POST.get("content", ""), error=error,
                                 credits_short=credits_short, pending=pending)
     if request.htmx:

@@ -348,6 +348,11 @@ PROVIDER_KEY_ENCRYPTION_KEYS = env_list("PROVIDER_KEY_ENCRYPTION_KEYS")
 # window that attached files may fill.
 CHAT_MAX_OUTPUT_TOKENS = int(os.environ.get("CHAT_MAX_OUTPUT_TOKENS", "4096"))
 CHAT_ATTACHMENT_TOKEN_BUDGET = int(os.environ.get("CHAT_ATTACHMENT_TOKEN_BUDGET", "24000"))
+# Reading an uploaded PDF (a task, in a child process): CPU seconds and memory it may use, and the
+# decoded content-stream bytes over its pages (a shared stream counted per page) beyond which it is refused.
+CHAT_PDF_CPU_SECONDS = int(os.environ.get("CHAT_PDF_CPU_SECONDS", "10"))
+CHAT_PDF_MEMORY_MB = int(os.environ.get("CHAT_PDF_MEMORY_MB", "512"))
+CHAT_PDF_CONTENT_BYTES = int(os.environ.get("CHAT_PDF_CONTENT_BYTES", str(8 * 1024 * 1024)))
 # Streaming: deltas are batched this long before they go to Redis; an SSE connection ends
 # (with `retry:`, the browser resumes) before gunicorn's graceful timeout would cut it.
 CHAT_FLUSH_SECONDS = float(os.environ.get("CHAT_FLUSH_SECONDS", "0.05"))
