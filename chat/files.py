@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import math
-import resource
 import signal
 import subprocess
 import sys
@@ -252,16 +251,6 @@ def pdf_text_read(data: bytes, *, pages: int, chars: int, content_bytes: int) ->
     return "\n\n".join(texts)
 
 
-def _child_limits(limits: PdfLimits):
-    def apply() -> None:
-        # SIGXCPU at the soft limit, SIGKILL a second later; the address-space cap stops decompression bombs.
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        memory = limits.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    return apply
-
-
 def _refused(code: str) -> FileRefused:
     if code in PDF_LIMIT_REASONS:
         return FileRefused(lazy_format(PDF_OVER_LIMITS, reason=PDF_LIMIT_REASONS[code]))
@@ -270,12 +259,14 @@ def _refused(code: str) -> FileRefused:
 
 def _pdf_text(data: bytes, limits: PdfLimits) -> str:
     """Read the PDF in a child process under `limits`; raises FileRefused with the reason for the person."""
-    command = [sys.executable, "-m", "chat.pdf_child", str(limits.pages), str(limits.chars), str(limits.content_bytes)]
+    # The child caps its own CPU time and memory before it reads a byte (no preexec_fn: workers use threads).
+    command = [sys.executable, "-m", "chat.pdf_child", str(limits.pages), str(limits.chars), str(limits.content_bytes),
+               str(limits.cpu_seconds), str(limits.memory_mb)]
     # A wall-clock backstop for a child that sleeps or blocks instead of computing.
     wall = limits.cpu_seconds * 3 + 5
     try:
         child = subprocess.run(command, input=data, capture_output=True, timeout=wall, check=False,
-                               cwd=Path(__file__).resolve().parent.parent, preexec_fn=_child_limits(limits))
+                               cwd=Path(__file__).resolve().parent.parent)
     except subprocess.TimeoutExpired:
         raise _refused("cpu") from None
     if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
