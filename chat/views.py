@@ -13,6 +13,7 @@ from django_tenants.utils import schema_context
 
 from billing.ledger import InsufficientCredits
 from billing.selectors import billing_account_get
+from config.pagination import page_number
 from tenants.guards import org_member_required
 
 from . import selectors, services
@@ -27,8 +28,10 @@ def _options(request: HttpRequest):
 
 def _sidebar(request: HttpRequest) -> dict:
     search = request.GET.get("q", "")
-    page = _int(request.GET.get("page"), 1)
+    page = page_number(request.GET.get("page"))
     threads, has_more = selectors.thread_page(user=request.user, search=search, page=page)
+    if page > 1 and not threads:
+        raise Http404("There is no such page.")
     return {"threads": threads, "has_more": has_more, "next_page": page + 1, "search": search}
 
 

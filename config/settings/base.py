@@ -376,8 +376,19 @@ CHAT_BREAKER_FAILURES = int(os.environ.get("CHAT_BREAKER_FAILURES", "5"))
 CHAT_BREAKER_WINDOW = int(os.environ.get("CHAT_BREAKER_WINDOW", "60"))
 CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
 
+# Request bodies: form fields (files aside) are refused past DATA_UPLOAD_MAX_MEMORY_SIZE (400); an
+# uploaded file spills to disk past FILE_UPLOAD_MAX_MEMORY_SIZE and is then held to the plan's
+# max_upload_mb; API JSON bodies past API_JSON_MAX_BYTES get 413 unparsed (config.parsers).
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(2_621_440)))
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+DATA_UPLOAD_MAX_NUMBER_FILES = 20  # chat.serializers.ATTACHMENTS_MAX files per question
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+API_JSON_MAX_BYTES = int(os.environ.get("API_JSON_MAX_BYTES", str(2 * 1024 * 1024)))
+
 # REST framework
 REST_FRAMEWORK = {
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
