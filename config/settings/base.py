@@ -384,6 +384,10 @@ DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 DATA_UPLOAD_MAX_NUMBER_FILES = 20  # chat.serializers.ATTACHMENTS_MAX files per question
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 API_JSON_MAX_BYTES = int(os.environ.get("API_JSON_MAX_BYTES", str(2 * 1024 * 1024)))
+# Whole bodies, before Django reads them (config.body_limit): uploads may carry the largest file
+# any plan allows (UPLOAD_MAX_MB ≥ every Plan.max_upload_mb), every other request this many bytes.
+UPLOAD_MAX_MB = int(os.environ.get("UPLOAD_MAX_MB", "500"))
+REQUEST_BODY_MAX_BYTES = int(os.environ.get("REQUEST_BODY_MAX_BYTES", str(10 * 1024 * 1024)))
 
 # REST framework
 REST_FRAMEWORK = {

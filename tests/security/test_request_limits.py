@@ -83,6 +83,66 @@ def test_a_body_that_lies_about_its_length_is_cut_at_the_limit(api, settings):
     assert JSONParser().parse(BytesIO(b'{"a": 1}'), parser_context={}) == {"a": 1}
 
 
+def asgi_call(path: str, chunks: list[bytes], *, declared: int | None = None, accept_language: str = "en"):
+    """POST `chunks` through the production ASGI app (config.asgi); returns (status, headers, body, chunks read)."""
+    import asyncio
+
+    from config.asgi import application
+
+    headers = [(b"host", b"127.0.0.1"), (b"accept-language", accept_language.encode())]
+    if declared is not None:
+        headers.append((b"content-length", str(declared).encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    pending = list(chunks)
+    read, sent = [], []
+
+    async def receive():
+        body = pending.pop(0)
+        read.append(body)
+        return {"type": "http.request", "body": body, "more_body": bool(pending)}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(application(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body, len(read)
+
+
+def test_a_body_declared_over_the_limit_is_refused_before_it_is_read(org_a, settings):
+    status, headers, body, read = asgi_call(f"/o/{org_a.slug}/settings/", [b"x" * 100],
+                                            declared=settings.REQUEST_BODY_MAX_BYTES + 1)
+    assert (status, read) == (413, 0)
+    assert body.decode() == "This request is too large (over 10.0\xa0MB). Send a smaller file or less text."
+    status, headers, body, read = asgi_call("/api/v1/threads/", [b"{}"], declared=settings.REQUEST_BODY_MAX_BYTES + 1)
+    assert (status, read, headers[b"content-type"]) == (413, 0, b"application/json")
+    assert json.loads(body)["code"] == "request_too_large"
+
+
+def test_a_chunked_body_is_cut_when_it_passes_the_limit(settings):
+    settings.REQUEST_BODY_MAX_BYTES = 1000
+    chunks = [b"a" * 600] * 50  # no Content-Length: 30 KB in 600-byte chunks
+    status, _headers, body, read = asgi_call("/accounts/login/", chunks)
+    assert (status, read) == (413, 2)  # stopped at the chunk that passed 1,000 bytes; Django never ran
+    assert body.decode() == "This request is too large (over 1000\xa0bytes). Send a smaller file or less text."
+
+
+def test_uploads_may_carry_the_largest_file_any_plan_allows(org_a, settings):
+    from config.body_limit import body_limit_for
+
+    largest = max(Plan.objects.values_list("max_upload_mb", flat=True))
+    assert settings.UPLOAD_MAX_MB >= largest, "a plan allows files the request body limit refuses"
+    for path in (f"/o/{org_a.slug}/chat/new/", f"/o/{org_a.slug}/chat/t/12/send/", "/api/v1/threads/12/attachments/"):
+        assert body_limit_for(path) > largest * 1024 * 1024
+    assert body_limit_for(f"/o/{org_a.slug}/settings/") == settings.REQUEST_BODY_MAX_BYTES
+    status, _headers, _body, read = asgi_call(f"/o/{org_a.slug}/chat/new/", [b""],
+                                              declared=settings.UPLOAD_MAX_MB * 1024 * 1024 + 2 * 1024 * 1024)
+    assert (status, read) == (413, 0)
+
+
 # ---------------------------------------------------------------- page numbers
 
 
