@@ -5,7 +5,9 @@ acts as the member who created it (or the organization's first owner: see config
 key sees and writes that member's threads. Reading needs the `read` or `chat` scope (or any
 role), writing the `chat` scope (or the member role). Asking a question (or regenerating the
 last answer, or editing the last question) returns the pending answer at once (202); a Celery
-task writes it, GET on the message shows its progress, and POST .../stop/ stops it.
+task writes it, GET on the message shows its progress, and POST .../stop/ stops it. An uploaded
+PDF is read by a task (its `status` is `pending`, then `ready` or `failed`); an answer to a
+question with a PDF still being read is `waiting` until then, or `failed` with the reason.
 """
 
 from __future__ import annotations

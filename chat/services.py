@@ -194,7 +194,7 @@ def _answer_wake(*, question_id: int) -> None:
         return
     if any(file.status == Attachment.Status.PENDING for file in files):
         return
-    option = option_get_or_none(current_organization(), answer.model_id)
+    option = _option_or_none(current_organization(), answer.model_id)
     if option is not None:  # the real estimate, now that the text is known (the hold covered the worst case)
         _messages, answer.prompt_tokens_estimate = context_build(thread=question.thread, answer=answer,
                                                                  model=option.model, load_images=False)
@@ -203,7 +203,7 @@ def _answer_wake(*, question_id: int) -> None:
     transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
 
 
-def option_get_or_none(organization: Organization, model_id: str) -> ModelOption | None:
+def _option_or_none(organization: Organization, model_id: str) -> ModelOption | None:
     try:
         return option_get(organization, model_id)
     except ChatError:

@@ -221,6 +221,37 @@ def test_a_file_that_could_not_be_read_cannot_be_sent(api, django_capture_on_com
     assert client.get(f"{url}messages/", **auth).json()["results"] == []
 
 
+def test_a_waiting_answer_can_be_stopped_or_reaped_and_its_hold_comes_back(
+        client_for, org_a, openai, settings, django_capture_on_commit_callbacks):
+    from chat import tasks
+    from chat.services import PENDING_SET
+
+    before = balance(org_a)
+    answers = []
+    for name in ("stop.pdf", "lost.pdf"):
+        with django_capture_on_commit_callbacks(execute=False):  # the extraction is never queued
+            client_for("a").post(f"/o/{org_a.slug}/chat/new/", {
+                "model": CHEAP, "content": "read", "files": SimpleUploadedFile(name, pdf_bytes("Hello"))})
+        with schema_context(org_a.schema_name):
+            answer = Thread.objects.latest("id").messages.get(role="assistant")
+            answers.append((answer, answer.stream_key))
+    (stopped, _key), (lost, lost_key) = answers
+    assert stopped.status == lost.status == "waiting" and balance(org_a) < before
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client_for("a").post(f"/o/{org_a.slug}/chat/m/{stopped.pk}/stop/").status_code == 302
+    # The reaper closes a waiting answer whose file was never read (its task was lost).
+    sync_client().zadd(PENDING_SET, {lost_key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    assert tasks.generations_reap() == 1
+
+    with schema_context(org_a.schema_name):
+        stopped.refresh_from_db()
+        lost.refresh_from_db()
+    assert (stopped.status, lost.status) == ("stopped", "failed")
+    assert ledger_kinds(org_a, stopped) == ledger_kinds(org_a, lost) == ["reserve", "release"]
+    assert balance(org_a) == before and openai.count == 0
+
+
 # ---------------------------------------------------------------- the live server and a real worker
 
 
