@@ -71,7 +71,7 @@ def _format(message: str, **values: str) -> str:
 
 
 # Formatted when shown, so the reason is in the reader's language (FileRefused.reason stays lazy).
-lazy_format = lazy(_format, str)
+_lazy_format = lazy(_format, str)
 
 
 class FileRefused(Exception):
@@ -253,7 +253,7 @@ def pdf_text_read(data: bytes, *, pages: int, chars: int, content_bytes: int) ->
 
 def _refused(code: str) -> FileRefused:
     if code in PDF_LIMIT_REASONS:
-        return FileRefused(lazy_format(PDF_OVER_LIMITS, reason=PDF_LIMIT_REASONS[code]))
+        return FileRefused(_lazy_format(PDF_OVER_LIMITS, reason=PDF_LIMIT_REASONS[code]))
     return FileRefused(PDF_UNREADABLE)
 
 

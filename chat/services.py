@@ -188,9 +188,9 @@ def _answer_wake(*, question_id: int) -> None:
     failed = next((file for file in files if file.status == Attachment.Status.FAILED), None)
     schema = connection.schema_name
     if failed is not None:  # the hold is released: nothing is charged for a file that could not be read
-        answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="",
-                      error=f"{failed.filename}: {failed.error}")
-        transaction.on_commit(lambda: _stream_close(answer.stream_key, Message.Status.FAILED))
+        answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="", error=_file_error(failed))
+        key = answer.stream_key
+        transaction.on_commit(lambda: _stream_close(key, Message.Status.FAILED))
         return
     if any(file.status == Attachment.Status.PENDING for file in files):
         return
@@ -201,6 +201,10 @@ def _answer_wake(*, question_id: int) -> None:
     answer.status = Message.Status.PENDING
     answer.save(update_fields=["status", "prompt_tokens_estimate"])
     transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
+
+
+def _file_error(attachment: Attachment) -> str:
+    return f"{attachment.filename[:80]}: {attachment.error}"
 
 
 def _option_or_none(organization: Organization, model_id: str) -> ModelOption | None:
@@ -287,7 +291,7 @@ def message_send(*, organization: Organization, user: User, thread: Thread, cont
         raise ChatError(_("Write a message first."))
     unreadable = next((a for a in attachments if a.status == Attachment.Status.FAILED), None)
     if unreadable is not None:
-        raise ChatError(f"{unreadable.filename}: {unreadable.error}")
+        raise ChatError(_file_error(unreadable))
     if _busy(thread):
         raise ChatError(_("Wait for the current answer to finish, or stop it."))
     option = option_get(organization, model_id or thread.model_id)
@@ -345,9 +349,10 @@ def generation_stop(*, message: Message) -> None:
     """Ask the running generation to stop (it ends within a second and keeps what it wrote)."""
     sync_client().set(cancel_key(message.stream_key), "1", ex=3600)
     if message.status == Message.Status.WAITING:  # nothing runs yet: close it now, its hold released
+        key = message.stream_key
         with transaction.atomic():
             if answer_finish(answer_id=message.pk, status=Message.Status.STOPPED, text="") is not None:
-                transaction.on_commit(lambda: _stream_close(message.stream_key, Message.Status.STOPPED))
+                transaction.on_commit(lambda: _stream_close(key, Message.Status.STOPPED))
 
 
 # ---------------------------------------------------------------- closing an answer
