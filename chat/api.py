@@ -7,7 +7,9 @@ create_api_key`) is no person: it has no threads of its own and never sees anyon
 endpoint here answers it 403 (it serves /v1 and the checks API). Reading needs the `read` or `chat` scope (or any
 role), writing the `chat` scope (or the member role). Asking a question (or regenerating the
 last answer, or editing the last question) returns the pending answer at once (202); a Celery
-task writes it, GET on the message shows its progress, and POST .../stop/ stops it.
+task writes it, GET on the message shows its progress, and POST .../stop/ stops it. An uploaded
+PDF is read by a task (its `status` is `pending`, then `ready` or `failed`); an answer to a
+question with a PDF still being read is `waiting` until then, or `failed` with the reason.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class MessageDetailView(ChatAPIView):
     serializer_class = MessageSerializer
 
     @extend_schema(operation_id="messages_retrieve", responses=MessageSerializer,
-                   summary="One message (poll an answer until its status is no longer pending/streaming)")
+                   summary="One message (poll an answer until its status is no longer waiting/pending/streaming)")
     def get(self, request: Request, thread_id: int, message_id: int) -> Response:
         return Response(MessageSerializer(self.message_or_404(thread_id, message_id)).data)
 

@@ -2,19 +2,26 @@
 
 Browsers and clients report whatever content type they like, so an upload is typed by sniffing its
 content, and anything a browser could execute or render as a document (HTML, SVG, XML) is refused.
-Pure functions: no models, no database.
+Pure functions: no models, no database. A PDF is parsed in a child process with a CPU-time and memory limit
+(chat.pdf_child): a small file can hold enough operators to keep a parser busy for minutes.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import signal
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import Path
 
-from django.utils.functional import Promise
+from django.conf import settings
+from django.utils.functional import Promise, lazy
 from django.utils.translation import gettext_lazy as _
 from pypdf import PasswordType, PdfReader
 
@@ -28,6 +35,8 @@ __all__ = [
     "WEBP",
     "FileKind",
     "FileRefused",
+    "PdfLimits",
+    "PdfUnreadable",
     "file_sniff",
     "file_text",
     "text_fit",
@@ -36,6 +45,9 @@ __all__ = [
 
 PDF_PAGE_LIMIT = 500
 PDF_CHAR_LIMIT = 2_000_000
+# Decoded content-stream bytes over the pages read, a stream counted once per page that uses it: pypdf
+# parses each page's operators, so this bounds the parsing work before any of it starts.
+PDF_CONTENT_LIMIT = 8 * 1024 * 1024
 # Share of control characters (other than tab, newlines and form feed) above which "text" is binary.
 CONTROL_CHAR_RATIO = 0.05
 TEXT_CONTROLS = frozenset("\t\n\r\f")
@@ -46,6 +58,20 @@ CHARS_PER_TOKEN = 4
 UNSUPPORTED = _("This file type is not supported. Upload text, Markdown, CSV, PDF, PNG, JPEG or WebP.")
 EMPTY = _("The file is empty.")
 PDF_UNREADABLE = _("We could not read the text of this PDF.")
+PDF_OVER_LIMITS = _("This PDF could not be read within the limits: %(reason)s. Try a smaller file or paste the text.")
+PDF_LIMIT_REASONS = {
+    "content": _("its pages hold too many drawing instructions"),
+    "cpu": _("reading it took too long"),
+    "memory": _("reading it needed too much memory"),
+}
+
+
+def _format(message: str, **values: str) -> str:
+    return str(message) % {name: str(value) for name, value in values.items()}
+
+
+# Formatted when shown, so the reason is in the reader's language (FileRefused.reason stays lazy).
+_lazy_format = lazy(_format, str)
 
 
 class FileRefused(Exception):
@@ -160,41 +186,111 @@ def file_sniff(data: bytes, filename: str) -> FileKind:
     return TEXT
 
 
-def _pdf_text(data: bytes) -> str:
-    """The PDF's text, page by page, stopping at a page and a character limit (decompression bombs)."""
+class PdfUnreadable(Exception):
+    """Raised by `pdf_text_read`; `code` is "unreadable" or a key of PDF_LIMIT_REASONS (no Django needed)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PdfLimits:
+    """What reading one PDF may cost: pages and characters read (beyond them the text is cut), decoded
+    content-stream bytes (beyond them the file is refused), and the child process's CPU time and memory."""
+
+    pages: int
+    chars: int
+    content_bytes: int
+    cpu_seconds: int
+    memory_mb: int
+
+    @classmethod
+    def current(cls) -> PdfLimits:
+        return cls(pages=PDF_PAGE_LIMIT, chars=PDF_CHAR_LIMIT,
+                   content_bytes=getattr(settings, "CHAT_PDF_CONTENT_BYTES", PDF_CONTENT_LIMIT),
+                   cpu_seconds=getattr(settings, "CHAT_PDF_CPU_SECONDS", 10),
+                   memory_mb=getattr(settings, "CHAT_PDF_MEMORY_MB", 512))
+
+
+def _content_size(page) -> int:
+    """The decoded size of a page's content streams (pypdf caches the decoded data of a shared stream)."""
+    contents = page.get("/Contents")
+    if contents is None:
+        return 0
+    contents = contents.get_object()
+    streams = contents if isinstance(contents, list) else [contents]
+    return sum(len(stream.get_object().get_data()) for stream in streams)
+
+
+def pdf_text_read(data: bytes, *, pages: int, chars: int, content_bytes: int) -> str:
+    """The PDF's text, page by page, cut at `pages` and `chars`; raises PdfUnreadable. Runs in chat.pdf_child."""
     try:
         reader = PdfReader(io.BytesIO(data))
         # Encrypted with an empty user password (owner restrictions only) is readable; a real password is not.
         locked = reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED
         if locked or len(reader.pages) == 0:
-            raise FileRefused(PDF_UNREADABLE)
-        pages: list[str] = []
+            raise PdfUnreadable("unreadable")
+        selected = list(islice(reader.pages, pages))
+        if sum(_content_size(page) for page in selected) > content_bytes:
+            raise PdfUnreadable("content")
+        texts: list[str] = []
         size = 0
-        for page in islice(reader.pages, PDF_PAGE_LIMIT):
-            if size >= PDF_CHAR_LIMIT:
+        for page in selected:
+            if size >= chars:
                 break
             text = (page.extract_text() or "").strip()
             if text:
-                pages.append(text[: PDF_CHAR_LIMIT - size])
-                size += len(pages[-1]) + 2
-    except FileRefused:
+                texts.append(text[: chars - size])
+                size += len(texts[-1]) + 2
+    except (PdfUnreadable, MemoryError):
         raise
     except Exception as error:
         # Any failure of the parser on an untrusted file means the same thing to the user.
-        raise FileRefused(PDF_UNREADABLE) from error
-    return "\n\n".join(pages)
+        raise PdfUnreadable("unreadable") from error
+    return "\n\n".join(texts)
 
 
-def file_text(data: bytes, kind: FileKind | str) -> str:
+def _refused(code: str) -> FileRefused:
+    if code in PDF_LIMIT_REASONS:
+        return FileRefused(_lazy_format(PDF_OVER_LIMITS, reason=PDF_LIMIT_REASONS[code]))
+    return FileRefused(PDF_UNREADABLE)
+
+
+def _pdf_text(data: bytes, limits: PdfLimits) -> str:
+    """Read the PDF in a child process under `limits`; raises FileRefused with the reason for the person."""
+    # The child caps its own CPU time and memory before it reads a byte (no preexec_fn: workers use threads).
+    command = [sys.executable, "-m", "chat.pdf_child", str(limits.pages), str(limits.chars), str(limits.content_bytes),
+               str(limits.cpu_seconds), str(limits.memory_mb)]
+    # A wall-clock backstop for a child that sleeps or blocks instead of computing.
+    wall = limits.cpu_seconds * 3 + 5
+    try:
+        child = subprocess.run(command, input=data, capture_output=True, timeout=wall, check=False,
+                               cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        raise _refused("cpu") from None
+    if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise _refused("cpu")
+    try:
+        outcome = json.loads(child.stdout)
+    except ValueError:
+        raise _refused("memory" if b"MemoryError" in child.stderr else "unreadable") from None
+    if "error" in outcome:
+        raise _refused(outcome["error"])
+    return outcome["text"]
+
+
+def file_text(data: bytes, kind: FileKind | str, *, limits: PdfLimits | None = None) -> str:
     """The text of a text, Markdown, CSV or PDF file already typed by `file_sniff`.
 
-    A PDF without a text layer (a scan) gives an empty string. Images have no text: ValueError.
+    A PDF is read in a child process within `limits` (default: PdfLimits.current()); one without a text
+    layer (a scan) gives an empty string. Images have no text: ValueError.
     """
     kind = KINDS[kind] if isinstance(kind, str) else kind
     if kind.is_image:
         raise ValueError(f"{kind.kind} files have no text")
     if kind == PDF:
-        return _pdf_text(data)
+        return _pdf_text(data, limits or PdfLimits.current())
     return data.decode("utf-8-sig", errors="replace")
 
 

@@ -41,8 +41,13 @@ class Message(models.Model):
         ASSISTANT = "assistant", _("Assistant")
 
     class Status(models.TextChoices):
-        """pending → streaming → complete | stopped | interrupted | failed (assistant messages)."""
+        """[waiting →] pending → streaming → complete | stopped | interrupted | failed (assistant messages).
 
+        `waiting`: the question's files are still being read (chat.tasks.attachment_extract); the last one
+        read moves the answer to `pending` and queues it, a file that cannot be read fails it.
+        """
+
+        WAITING = "waiting", _("Reading files")
         PENDING = "pending", _("Waiting")
         STREAMING = "streaming", _("Writing")
         COMPLETE = "complete", _("Complete")
@@ -50,7 +55,7 @@ class Message(models.Model):
         INTERRUPTED = "interrupted", _("Interrupted")
         FAILED = "failed", _("Failed")
 
-    ACTIVE = (Status.PENDING, Status.STREAMING)
+    ACTIVE = (Status.WAITING, Status.PENDING, Status.STREAMING)
 
     thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)
@@ -97,6 +102,13 @@ def attachment_path(instance: Attachment, filename: str) -> str:
 
 
 class Attachment(models.Model):
+    class Status(models.TextChoices):
+        """pending → ready | failed: a PDF is read by chat.tasks.attachment_extract, other files at once."""
+
+        PENDING = "pending", _("Reading")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Could not be read")
+
     thread = models.ForeignKey(Thread, null=True, blank=True, on_delete=models.CASCADE, related_name="attachments")
     message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL,
                                 related_name="attachments")
@@ -111,6 +123,8 @@ class Attachment(models.Model):
     text_tokens = models.PositiveIntegerField(default=0)
     # The text did not fit the context budget and was cut for the model.
     truncated = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.READY)
+    error = models.CharField(max_length=300, blank=True)  # why it could not be read, for the person
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

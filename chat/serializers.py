@@ -47,10 +47,13 @@ class AttachmentSerializer(serializers.ModelSerializer):
     message = serializers.IntegerField(source="message_id", read_only=True, allow_null=True,
                                        help_text=_("The question it was sent with; null until then."))
 
+    status = serializers.CharField(read_only=True, help_text=_(
+        "pending (a PDF's text is being read), ready, or failed (`error` says why; it cannot be sent)."))
+
     class Meta:
         model = Attachment
-        fields = ["id", "filename", "kind", "content_type", "size", "text_tokens", "truncated", "thread", "message",
-                  "created_at"]
+        fields = ["id", "filename", "kind", "content_type", "size", "status", "error", "text_tokens", "truncated",
+                  "thread", "message", "created_at"]
         read_only_fields = fields
 
 

@@ -13,7 +13,7 @@ from decimal import ROUND_UP, Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from accounts.models import User
@@ -25,7 +25,7 @@ from tenants.models import Organization
 
 from .catalog.selectors import ModelOption, model_options, provider_keys_for
 from .context import context_build
-from .files import FileRefused, file_sniff, file_text, text_fit, tokens_estimate
+from .files import PDF, FileRefused, file_sniff, file_text, text_fit, tokens_estimate
 from .models import Attachment, Message, Thread
 from .redis import sync_client
 
@@ -103,24 +103,121 @@ def thread_delete(*, thread: Thread) -> None:
 
 
 def attachment_upload(*, organization: Organization, thread: Thread | None, user: User, upload) -> Attachment:
-    """Store an uploaded file after checking its size (plan limit) and its type (by content)."""
+    """Store an uploaded file after checking its size (plan limit) and its type (by content).
+
+    Text is decoded at once (linear in a size the plan bounds); a PDF is stored `pending` and read by
+    chat.tasks.attachment_extract, off the request, within a CPU-time limit and a content budget.
+    """
     limit_mb = entitlements_for(organization).max_upload_mb
     if upload.size > limit_mb * 1024 * 1024:
         raise FileRefused(_("This file is larger than your plan allows (%(limit)s MB).") % {"limit": limit_mb})
     data = upload.read()
     kind = file_sniff(data, upload.name)
     text, truncated = "", False
-    if not kind.is_image:
+    status = Attachment.Status.PENDING if kind == PDF else Attachment.Status.READY
+    if kind.has_text and kind != PDF:
         text, truncated = text_fit(file_text(data, kind), settings.CHAT_ATTACHMENT_TOKEN_BUDGET)
     attachment = Attachment(
         thread=thread, uploaded_by=user, token=secrets.token_hex(16), filename=upload.name[-200:],
         kind=kind.kind, content_type=kind.content_type, size=len(data), text=text,
-        text_tokens=tokens_estimate(text), truncated=truncated,
+        text_tokens=tokens_estimate(text), truncated=truncated, status=status,
     )
     upload.seek(0)
     attachment.file.save(upload.name[-100:], upload, save=False)
     attachment.save()
+    if status == Attachment.Status.PENDING:
+        schema = connection.schema_name
+        transaction.on_commit(lambda: _extraction_enqueue(attachment.pk, schema))
     return attachment
+
+
+def _extraction_enqueue(attachment_id: int, schema: str) -> None:
+    from .tasks import attachment_extract
+
+    attachment_extract.apply_async(args=[attachment_id], headers={"_schema_name": schema})
+
+
+def attachment_text_extract(*, attachment_id: int) -> Attachment | None:
+    """Read a pending attachment's text (chat.tasks.attachment_extract); None when it was read already.
+
+    The reading runs outside any transaction (it may take the whole CPU budget); its outcome is written
+    by `_attachment_close`, which also wakes or fails the answer waiting for the file.
+    """
+    attachment = Attachment.objects.filter(pk=attachment_id, status=Attachment.Status.PENDING).first()
+    if attachment is None:
+        return None
+    with attachment.file.open("rb") as handle:
+        data = handle.read()
+    try:
+        text, truncated = text_fit(file_text(data, attachment.kind), settings.CHAT_ATTACHMENT_TOKEN_BUDGET)
+    except FileRefused as refused:
+        uploader = User.objects.filter(pk=attachment.uploaded_by_id).first()
+        # Stored as text: shown later to its uploader, so in their language.
+        with translation.override(uploader.language if uploader else None):
+            error = str(refused.reason)
+        return _attachment_close(attachment_id=attachment_id, status=Attachment.Status.FAILED, error=error)
+    return _attachment_close(attachment_id=attachment_id, status=Attachment.Status.READY, text=text,
+                             truncated=truncated)
+
+
+@transaction.atomic
+def _attachment_close(*, attachment_id: int, status: str, text: str = "", truncated: bool = False,
+                      error: str = "") -> Attachment | None:
+    # Locked: a send that took this file waits for this write, or this write sees the send's question.
+    attachment = Attachment.objects.select_for_update().filter(pk=attachment_id,
+                                                                status=Attachment.Status.PENDING).first()
+    if attachment is None:
+        return None
+    attachment.status, attachment.text, attachment.truncated = status, text, truncated
+    attachment.text_tokens, attachment.error = tokens_estimate(text), error[:300]
+    attachment.save(update_fields=["status", "text", "truncated", "text_tokens", "error"])
+    if attachment.message_id is not None:
+        _answer_wake(question_id=attachment.message_id)
+    return attachment
+
+
+def _answer_wake(*, question_id: int) -> None:
+    """The question's files changed: queue its waiting answer once all are read, or fail it if one cannot be."""
+    question = Message.objects.get(pk=question_id)
+    # Locked, so two files finishing together see each other's outcome and only one queues the answer.
+    answer = (Message.objects.select_for_update().filter(thread_id=question.thread_id, id__gt=question.id,
+                                                         role=Message.Role.ASSISTANT).order_by("id").first())
+    if answer is None or answer.status != Message.Status.WAITING:
+        return
+    files = list(question.attachments.all())
+    failed = next((file for file in files if file.status == Attachment.Status.FAILED), None)
+    schema = connection.schema_name
+    if failed is not None:  # the hold is released: nothing is charged for a file that could not be read
+        answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="", error=_file_error(failed))
+        key = answer.stream_key
+        transaction.on_commit(lambda: _stream_close(key, Message.Status.FAILED))
+        return
+    if any(file.status == Attachment.Status.PENDING for file in files):
+        return
+    option = _option_or_none(current_organization(), answer.model_id)
+    if option is not None:  # the real estimate, now that the text is known (the hold covered the worst case)
+        _messages, answer.prompt_tokens_estimate = context_build(thread=question.thread, answer=answer,
+                                                                 model=option.model, load_images=False)
+    answer.status = Message.Status.PENDING
+    answer.save(update_fields=["status", "prompt_tokens_estimate"])
+    transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
+
+
+def _file_error(attachment: Attachment) -> str:
+    return f"{attachment.filename[:80]}: {attachment.error}"
+
+
+def _option_or_none(organization: Organization, model_id: str) -> ModelOption | None:
+    try:
+        return option_get(organization, model_id)
+    except ChatError:
+        return None  # the generation fails it with the reason
+
+
+def _stream_close(key: str, status: str) -> None:
+    from .generation import stream_end
+
+    stream_end(key, status)
 
 
 # ---------------------------------------------------------------- questions and answers
@@ -129,9 +226,13 @@ def attachment_upload(*, organization: Organization, thread: Thread | None, user
 def _answer_create(*, organization: Organization, thread: Thread, option: ModelOption, user: User) -> Message:
     """A pending answer with its worst-case cost reserved, then the generation queued (on commit)."""
     max_tokens = min(option.model.max_output_tokens, settings.CHAT_MAX_OUTPUT_TOKENS)
-    answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=Message.Status.PENDING,
+    unread = _files_unread(thread)
+    status = Message.Status.WAITING if unread else Message.Status.PENDING
+    answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=status,
                                     model_id=option.id, max_tokens=max_tokens)
     _messages, prompt_tokens = context_build(thread=thread, answer=answer, model=option.model, load_images=False)
+    # A file still being read adds at most its token budget once read: the hold covers that.
+    prompt_tokens += unread * settings.CHAT_ATTACHMENT_TOKEN_BUDGET
     answer.prompt_tokens_estimate = prompt_tokens
     answer.save(update_fields=["prompt_tokens_estimate"])
     worst = max(candidate.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens)
@@ -142,11 +243,26 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
                        description=f"chat answer {answer.pk}")
     Thread.objects.filter(pk=thread.pk).update(updated_at=timezone.now(), model_id=option.id)
     schema = connection.schema_name
-    transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
+    if unread:  # the last file read queues it (_answer_wake); the reaper closes it if that never happens
+        transaction.on_commit(lambda: _pending_watch(answer.pk, schema))
+    else:
+        transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
     return answer
 
 
+def _files_unread(thread: Thread) -> int:
+    """How many files of the thread's last question are still being read."""
+    question = thread.messages.filter(role=Message.Role.USER).order_by("-id").first()
+    if question is None:
+        return 0
+    return question.attachments.filter(status=Attachment.Status.PENDING).count()
+
+
 PENDING_SET = "chat:pending"
+
+
+def _pending_watch(answer_id: int, schema: str) -> None:
+    sync_client().zadd(PENDING_SET, {f"chat:gen:{schema}:{answer_id}": time.time()})
 
 
 def _generation_enqueue(answer_id: int, schema: str) -> None:
@@ -168,10 +284,14 @@ def message_send(*, organization: Organization, user: User, thread: Thread, cont
                  model_id: str | None = None, attachment_tokens: list[str] | None = None) -> Message:
     """Ask a question in `thread`; returns the (pending) answer."""
     content = content.strip()
-    attachments = list(Attachment.objects.filter(token__in=attachment_tokens or [], uploaded_by=user,
-                                                 message__isnull=True))
+    # Locked: a file being read either finishes before this send reads its status or sees the question.
+    attachments = list(Attachment.objects.select_for_update().filter(token__in=attachment_tokens or [],
+                                                                     uploaded_by=user, message__isnull=True))
     if not content and not attachments:
         raise ChatError(_("Write a message first."))
+    unreadable = next((a for a in attachments if a.status == Attachment.Status.FAILED), None)
+    if unreadable is not None:
+        raise ChatError(_file_error(unreadable))
     if _busy(thread):
         raise ChatError(_("Wait for the current answer to finish, or stop it."))
     option = option_get(organization, model_id or thread.model_id)
@@ -228,6 +348,11 @@ def cancel_key(stream_key: str) -> str:
 def generation_stop(*, message: Message) -> None:
     """Ask the running generation to stop (it ends within a second and keeps what it wrote)."""
     sync_client().set(cancel_key(message.stream_key), "1", ex=3600)
+    if message.status == Message.Status.WAITING:  # nothing runs yet: close it now, its hold released
+        key = message.stream_key
+        with transaction.atomic():
+            if answer_finish(answer_id=message.pk, status=Message.Status.STOPPED, text="") is not None:
+                transaction.on_commit(lambda: _stream_close(key, Message.Status.STOPPED))
 
 
 # ---------------------------------------------------------------- closing an answer

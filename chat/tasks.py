@@ -14,7 +14,7 @@ from .gateway import holds_reap
 from .generation import ACTIVE_SET, answer_generate, answer_never_started, answer_recover
 from .models import Message
 from .redis import sync_client
-from .services import PENDING_SET
+from .services import PENDING_SET, attachment_text_extract
 from .titles import thread_title_write
 
 
@@ -23,6 +23,14 @@ def generation_run(answer_id: int) -> None:
     """Stream one answer. A redelivery after a crash closes it as interrupted instead of re-running it;
     a database that refuses connections is retried (claiming the answer is idempotent)."""
     answer_generate(answer_id)
+
+
+@shared_task(acks_late=True, ignore_result=True, soft_time_limit=settings.CHAT_PDF_CPU_SECONDS * 3 + 30,
+             time_limit=settings.CHAT_PDF_CPU_SECONDS * 3 + 60)
+def attachment_extract(attachment_id: int) -> None:
+    """Read an uploaded PDF's text, then queue or fail the answer waiting for it. The reading runs in a child
+    process with a CPU-time limit (chat.files); these time limits are only a wall-clock backstop."""
+    attachment_text_extract(attachment_id=attachment_id)
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -51,7 +59,8 @@ def generations_reap() -> int:
     for key in never_started:
         _prefix, _gen, schema, answer_id = key.split(":")
         with schema_context(schema):
-            answer = Message.objects.filter(pk=int(answer_id), status=Message.Status.PENDING).first()
+            answer = Message.objects.filter(pk=int(answer_id),
+                                            status__in=[Message.Status.WAITING, Message.Status.PENDING]).first()
             if answer is not None:
                 answer_never_started(answer)
                 closed += 1

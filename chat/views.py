@@ -13,11 +13,12 @@ from django_tenants.utils import schema_context
 
 from billing.ledger import InsufficientCredits
 from billing.selectors import billing_account_get
+from config.pagination import page_number
 from tenants.guards import org_member_required
 
 from . import selectors, services
 from .files import FileRefused
-from .models import Message
+from .models import Attachment, Message
 from .streams import answer_events, answer_final
 
 
@@ -27,8 +28,10 @@ def _options(request: HttpRequest):
 
 def _sidebar(request: HttpRequest) -> dict:
     search = request.GET.get("q", "")
-    page = _int(request.GET.get("page"), 1)
+    page = page_number(request.GET.get("page"))
     threads, has_more = selectors.thread_page(user=request.user, search=search, page=page)
+    if page > 1 and not threads:
+        raise Http404("There is no such page.")
     return {"threads": threads, "has_more": has_more, "next_page": page + 1, "search": search}
 
 
@@ -85,7 +88,9 @@ def _last_question_id(rows: list[Message]) -> int | None:
 def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: bool = False,
                     tokens: list[str] = ()) -> HttpResponse:
     """The composer again, with the person's text and files kept (sent again with the retry) and the reason."""
-    pending = selectors.attachment_pending_list(user=request.user, tokens=tokens)
+    # A file that could not be read is not offered again (the error says why).
+    pending = selectors.attachment_pending_list(user=request.user, tokens=tokens).exclude(
+        status=Attachment.Status.FAILED)
     context = _composer_context(request, thread=thread, text=request.POST.get("content", ""), error=error,
                                 credits_short=credits_short, pending=pending)
     if request.htmx:

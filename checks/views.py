@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -20,6 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST, require_safe
 
+from config.pagination import page_get
 from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role
@@ -102,7 +102,7 @@ def _home(request: HttpRequest, add_form: TargetAddForm, *, refusal: dict | None
     filters = filter_form.filters()
     targets = selectors.target_list(search=filters["q"], risk=filters["risk"], status=filters["status"],
                                     tag=filters["tag"])
-    page = Paginator(targets, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = page_get(targets, PAGE_SIZE, request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     context = {"add_form": add_form, "filter_form": filter_form, "page": page, "query": query.urlencode(),
@@ -308,7 +308,7 @@ def target_diff(request: HttpRequest, target_id: int) -> HttpResponse:
 @org_member_required
 @require_safe
 def alert_list_view(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.alert_list(), ALERTS_PAGE_SIZE).get_page(request.GET.get("page"))
+    page = page_get(selectors.alert_list(), ALERTS_PAGE_SIZE, request.GET.get("page"))
     rows = [presentation.alert_view(alert) for alert in page.object_list]
     return _render(request, "checks/alerts.html", {"page": page, "rows": rows})
 

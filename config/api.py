@@ -47,7 +47,6 @@ from drf_spectacular.openapi import AutoSchema
 from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.generics import GenericAPIView
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
@@ -57,6 +56,7 @@ from accounts.reauthentication import reauthentication_url, recently_reauthentic
 from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
 from config.observability import organization_var
+from config.pagination import CheckedCursorPagination
 from tenants.api_keys import KeyAuth, bearer_token, may_hold_keys
 from tenants.audit.services import client_ip
 from tenants.models import Membership, Organization, Role
@@ -222,7 +222,7 @@ class OrgAccess(BasePermission):
         return True
 
 
-class CursorPage(CursorPagination):
+class CursorPage(CheckedCursorPagination):
     """Newest first; `?cursor=` from `next`/`previous`, `?page_size=` up to 100."""
 
     ordering = ("-created_at", "-id")

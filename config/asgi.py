@@ -21,15 +21,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 django_application = get_asgi_application()
 
 from chat import v1  # noqa: E402  (needs the apps loaded by get_asgi_application)
+from config.body_limit import body_limited  # noqa: E402
 
 STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/\d+/events/$")
 stream_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streams")
 
 
-async def application(scope, receive, send):
-    if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-        return await v1.application(scope, receive, send)
+@body_limited  # bodies are capped before Django's handler spools them (config.body_limit); /v1 caps its own
+async def django_routed(scope, receive, send):
     if scope["type"] == "http" and STREAM_PATH.match(scope.get("path", "")):
         async with ThreadSensitiveContext(executor=stream_executor):
             return await django_application(scope, receive, send)
     return await django_application(scope, receive, send)
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        return await v1.application(scope, receive, send)
+    return await django_routed(scope, receive, send)

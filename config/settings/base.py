@@ -360,6 +360,11 @@ PROVIDER_KEY_ENCRYPTION_KEYS = env_list("PROVIDER_KEY_ENCRYPTION_KEYS")
 # window that attached files may fill.
 CHAT_MAX_OUTPUT_TOKENS = int(os.environ.get("CHAT_MAX_OUTPUT_TOKENS", "4096"))
 CHAT_ATTACHMENT_TOKEN_BUDGET = int(os.environ.get("CHAT_ATTACHMENT_TOKEN_BUDGET", "24000"))
+# Reading an uploaded PDF (a task, in a child process): CPU seconds and memory it may use, and the
+# decoded content-stream bytes over its pages (a shared stream counted per page) beyond which it is refused.
+CHAT_PDF_CPU_SECONDS = int(os.environ.get("CHAT_PDF_CPU_SECONDS", "10"))
+CHAT_PDF_MEMORY_MB = int(os.environ.get("CHAT_PDF_MEMORY_MB", "512"))
+CHAT_PDF_CONTENT_BYTES = int(os.environ.get("CHAT_PDF_CONTENT_BYTES", str(8 * 1024 * 1024)))
 # Streaming: deltas are batched this long before they go to Redis; an SSE connection ends
 # (with `retry:`, the browser resumes) before gunicorn's graceful timeout would cut it.
 CHAT_FLUSH_SECONDS = float(os.environ.get("CHAT_FLUSH_SECONDS", "0.05"))
@@ -385,8 +390,23 @@ CHAT_BREAKER_COOLDOWN = int(os.environ.get("CHAT_BREAKER_COOLDOWN", "30"))
 # The longest a provider's Retry-After may keep a breaker open (seconds).
 CHAT_BREAKER_MAX_COOLDOWN = int(os.environ.get("CHAT_BREAKER_MAX_COOLDOWN", "60"))
 
+# Request bodies: form fields (files aside) are refused past DATA_UPLOAD_MAX_MEMORY_SIZE (400); an
+# uploaded file spills to disk past FILE_UPLOAD_MAX_MEMORY_SIZE and is then held to the plan's
+# max_upload_mb; API JSON bodies past API_JSON_MAX_BYTES get 413 unparsed (config.parsers).
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(2_621_440)))
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+DATA_UPLOAD_MAX_NUMBER_FILES = 20  # chat.serializers.ATTACHMENTS_MAX files per question
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+API_JSON_MAX_BYTES = int(os.environ.get("API_JSON_MAX_BYTES", str(2 * 1024 * 1024)))
+# Whole bodies, before Django reads them (config.body_limit): uploads may carry the largest file
+# any plan allows (UPLOAD_MAX_MB ≥ every Plan.max_upload_mb), every other request this many bytes.
+UPLOAD_MAX_MB = int(os.environ.get("UPLOAD_MAX_MB", "500"))
+REQUEST_BODY_MAX_BYTES = int(os.environ.get("REQUEST_BODY_MAX_BYTES", str(10 * 1024 * 1024)))
+
 # REST framework
 REST_FRAMEWORK = {
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
