@@ -194,7 +194,8 @@ def main() -> None:
         time.sleep(0.1)
     fake_url = (logs / "fake.log").read_text().split()[0]
     env = {**base_env, "DJANGO_SETTINGS_MODULE": "config.settings.prod", "DATABASE_URL": url, "REDIS_URL": redis_url,
-           "SECRET_KEY": secrets.token_urlsafe(40), "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "SECRET_KEY": secrets.token_urlsafe(50), "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+           "MFA_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
            "ALLOWED_HOSTS": "127.0.0.1,localhost",
            "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0", "OPENAI_BASE_URL": fake_url,
            "OPENAI_API_KEY": "sk-bench", "WEB_CONCURRENCY": "1", "BIND": f"127.0.0.1:{web_port}",

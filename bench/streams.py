@@ -232,8 +232,9 @@ def server_env(*, url: str, redis_url: str, secret: str, fake_url: str, bind: st
            if not key.startswith(("CELERY_", "DJANGO_", "GUNICORN_")) and key not in ("PORT", "BIND")}
     env.update({
         "DATABASE_URL": url, "REDIS_URL": redis_url, "DJANGO_SETTINGS_MODULE": settings, "SECRET_KEY": secret,
-        # Production settings insist on it; the bench stores no provider keys, so any key will do.
+        # Production settings insist on them; the bench stores no provider keys or TOTP secrets: any key will do.
         "PROVIDER_KEY_ENCRYPTION_KEYS": base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode(),
+        "MFA_ENCRYPTION_KEYS": base64.urlsafe_b64encode(hashlib.sha256(b"mfa:" + secret.encode()).digest()).decode(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost", "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0",
         "OPENAI_BASE_URL": f"{fake_url}/v1", "OPENAI_API_KEY": "sk-bench-streams", "WEB_CONCURRENCY": "1",
         "BIND": bind, "PYTHONUNBUFFERED": "1",

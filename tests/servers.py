@@ -38,6 +38,19 @@ MESSAGE_SEPARATOR = re.compile(rb"^-{79}\r?$\n?", re.MULTILINE)
 T = TypeVar("T")
 
 
+# ---------------------------------------------------------------- production secrets
+
+
+def production_secrets() -> dict[str, str]:
+    """Fresh values for the secrets production settings insist on (config/settings/prod.py)."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    return {"SECRET_KEY": secrets.token_urlsafe(50), "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            "MFA_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
+
+
 # ---------------------------------------------------------------- database URL
 
 

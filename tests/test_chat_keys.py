@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from chat.models import Attachment
 from chat.redis import sync_client
 
 from .fake_llm import Answer, FakeAnthropic
+from .servers import production_secrets
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +134,7 @@ def _prod_setting(name: str, **env: str) -> str:
     code = f"from django.conf import settings; print(settings.{name})"
     result = subprocess.run(
         [sys.executable, "-c", f"import django; django.setup(); {code}"], cwd=ROOT, capture_output=True, text=True,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.prod", "SECRET_KEY": secrets.token_urlsafe(50),
-             "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings.prod", **production_secrets(),
              "DATABASE_URL": "postgresql://u@db.internal/prumo", **env}, timeout=60,
     )
     assert result.returncode == 0, result.stderr

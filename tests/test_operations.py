@@ -6,17 +6,17 @@ import io
 import json
 import logging
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
 from django.test import Client
 
 from config.observability import RequestContextFilter
 from tenants.models import Membership
+
+from .servers import production_secrets
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -96,8 +96,7 @@ def _manage(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def test_production_settings_refuse_to_start_without_secret_and_database(missing):
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings.prod",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        **production_secrets(),
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
     }
     env.pop(missing)
@@ -109,11 +108,9 @@ def test_production_settings_refuse_to_start_without_secret_and_database(missing
 def test_check_deploy_passes_under_production_settings():
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings.prod",
-        "SECRET_KEY": secrets.token_urlsafe(50),
-        "PROVIDER_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        **production_secrets(),
         "DATABASE_URL": "postgresql://u@db.internal/prumo",
         "ALLOWED_HOSTS": "prumo.example.com",
-        "MFA_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
     result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,6 @@ Django's own admin form would skip MFA, allauth's rate limits and email verifica
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ import pytest
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from cryptography.fernet import Fernet
 from django.test import Client
+
+from tests.servers import production_secrets
 
 from .totp import PASSWORD, password_login, person, signed_in, totp_enrol, totp_now
 
@@ -112,9 +113,9 @@ def test_failed_admin_sign_ins_hit_allauths_rate_limit(settings):
 
 def _production_check(**env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in {"MFA_ENCRYPTION_KEYS", "ADMIN_REQUIRE_MFA"}}
-    base.update(DJANGO_SETTINGS_MODULE="config.settings.prod", SECRET_KEY=secrets.token_urlsafe(50),
-                PROVIDER_KEY_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+    base.update(production_secrets(), DJANGO_SETTINGS_MODULE="config.settings.prod",
                 DATABASE_URL="postgresql://u@db.internal/prumo", ALLOWED_HOSTS="prumo.example.com")
+    base.pop("MFA_ENCRYPTION_KEYS")
     code = "from django.conf import settings; print('ADMIN_REQUIRE_MFA', settings.ADMIN_REQUIRE_MFA)"
     return subprocess.run([sys.executable, "manage.py", "shell", "-c", code], cwd=Path(__file__).resolve().parents[2],
                           env={**base, **env}, capture_output=True, text=True, timeout=120)
