@@ -274,7 +274,6 @@ def test_an_interactive_check_of_b_finishes_while_as_large_batch_runs(fair_plan,
             a_left = a_checks.exclude(status__in=Check.FINAL).count()
     assert batch.status == Batch.Status.RUNNING and a_left > BATCH_ROWS // 2  # A's batch is far from done
     # B waited behind a handful of A's checks (its slice), not behind the batch.
-    print("FAIRNESS", before, a_done_by_then, a_left)
     assert a_done_by_then - before <= 3 * CAP, (before, a_done_by_then)
     response = _post(a, web.url, f"{bulk}{batch.pk}/", f"{bulk}{batch.pk}/cancel/")
     assert response.status_code == 302
