@@ -234,13 +234,6 @@ def slot_release(slot: Slot) -> None:
     redis_client().zrem(slot.key, slot.token)
 
 
-def slots_held(*, kind: str, organization_id: int) -> int:
-    """Slots of `kind` the organization holds now (leases still running)."""
-    import time
-
-    return int(redis_client().zcount(slot_key(kind, organization_id), int(time.time() * 1000), "+inf"))
-
-
 def send_limited(*, organization_id: int, user_id: int, per_minute: int) -> int | None:
     """Count one chat send by a member; the seconds to wait when over the plan's per-minute limit, else None."""
     ttl = int(_script(_WINDOW_COUNT)(keys=[f"rl:send:{organization_id}:{user_id}"],
