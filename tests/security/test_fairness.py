@@ -8,7 +8,8 @@
 - A check over its organization's cap of checks at once waits (pending, `run_after`), then runs.
 - Answers over the plan's cap of answers at once wait their turn: with a real worker (four
   threads), never more than the cap stream at once, and all end complete.
-- A member over the plan's chat messages a minute gets 429 with the reason; another member does not.
+- A member over the plan's chat messages a minute gets 429 with the reason; another member does not;
+  in a browser, the thread page shows the reason under the composer.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ from checks.models import Batch, Check, Report, Target
 from checks.registries.limits import rate_limit_acquire, redis_key
 from config.redis_shared import redis_client
 
+from .. import test_browser as harness
 from ..fake_registries import PROVIDERS, RATE_LIMIT, FakeRegistries
-from ..servers import start_celery_worker, start_live_server
+from ..servers import in_thread, start_celery_worker, start_live_server
 from ..test_celery_worker import csrf_token, sign_in
-from ..test_chat_streaming import DEMO, Chat, expected_answer, signed_in  # noqa: F401 (signed_in: a fixture)
+from ..test_chat_streaming import DEMO, Chat, expected_answer, signed_in, threads_remove  # noqa: F401 (a fixture)
 from ..test_checks_bulk import upload
 
 db = pytest.mark.django_db
+# test_browser.py's fixtures (one Chromium, screenshots on failure), for the last test of this module.
+browser = harness.browser
+new_page = harness.new_page
 PASSWORD = "correct-horse-battery"
 FOUND = "19131243000197"  # cnpj.ws: 404; BrasilAPI and minha-receita: a company
 CAP = 4  # the test plan's answers and checks at once
@@ -156,7 +161,8 @@ def fair_plan(tenant_world, django_db_blocker):
     """Orgs A and B on a plan of their own (CAP answers and checks at once, no monthly check quota, 5,000
     credits), committed; afterwards the accounts are restored and what the test's work wrote is removed."""
     orgs = [tenant_world[key]["org"] for key in ("a", "b")]
-    with django_db_blocker.unblock():
+
+    def setup():
         plan, _created = Plan.objects.update_or_create(code="fairness-test", defaults={
             "name": "Fairness test", "is_public": False, "model_tiers": ["basic", "standard", "premium"],
             "requests_per_minute": 1000, "tokens_per_minute": 1_000_000, "checks_per_month": None,
@@ -171,8 +177,9 @@ def fair_plan(tenant_world, django_db_blocker):
                 tenant_marks[org.pk] = {model: model.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
                                         for model in (Report, Check, Batch, Target)}
         BillingAccount.objects.filter(pk__in=saved).update(plan=plan, credits=Decimal("5000"))
-    yield plan
-    with django_db_blocker.unblock():
+        return plan, saved, marks, tenant_marks
+
+    def teardown():
         for org in orgs:
             with schema_context(org.schema_name):
                 for model in (Report, Check, Batch, Target):
@@ -182,6 +189,12 @@ def fair_plan(tenant_world, django_db_blocker):
         for pk, (plan_id, credits) in saved.items():
             BillingAccount.objects.filter(pk=pk).update(plan_id=plan_id, credits=credits)
         plan.delete()
+
+    with django_db_blocker.unblock():
+        plan, saved, marks, tenant_marks = in_thread(setup)
+    yield plan
+    with django_db_blocker.unblock():
+        in_thread(teardown)
 
 
 @pytest.fixture
@@ -310,3 +323,29 @@ def test_answers_over_the_plans_cap_wait_their_turn_and_all_complete(fair_plan, 
     for one in asked:
         answer = chat.message(one.answer_id)
         assert answer.status == Message.Status.COMPLETE and answer.content == expected_answer(one.question)
+
+
+@pytest.mark.browser
+def test_the_thread_page_shows_why_a_send_over_the_limit_was_refused(fair_plan, new_page, celery_worker_process,
+                                                                   tenant_world, django_db_blocker):
+    """Last in this module: Playwright's event loop stays in the main thread until the module ends."""
+    from playwright.sync_api import expect
+
+    from ..test_browser_chat import ask
+    from ..test_browser_chat import sign_in as browser_sign_in
+
+    with django_db_blocker.unblock():
+        in_thread(lambda: Plan.objects.filter(pk=fair_plan.pk).update(messages_per_minute=1))
+    threads: list[int] = []
+    try:
+        page = new_page()
+        browser_sign_in(page)
+        ask(page, threads, f"The one message this minute {uuid.uuid4().hex[:8]}")
+        page.locator("#composer-input").fill("And one more")
+        page.locator("#composer-input").press("Enter")  # htmx: 429, swapped in by chat.js
+        error = page.get_by_test_id("composer-error")
+        expect(error).to_contain_text("faster than your plan allows (1 a minute)")
+        expect(page.locator("#composer-input")).to_have_value("And one more")
+    finally:
+        with django_db_blocker.unblock():
+            in_thread(lambda: threads_remove(tenant_world["a"]["org"], threads))
