@@ -39,6 +39,13 @@ class Plan(models.Model):
     webhooks = models.BooleanField(_("webhooks"), default=False)
     audit_retention_days = models.PositiveIntegerField(_("audit log retention (days)"))
     metered_overage = models.BooleanField(_("metered overage"), default=False)
+    # Fair sharing: one organization cannot take every worker, nor one member every send.
+    concurrent_answers = models.PositiveSmallIntegerField(
+        _("chat answers generated at once"), default=4, help_text=_("More wait their turn in the queue."))
+    concurrent_checks = models.PositiveSmallIntegerField(
+        _("CNPJ checks run at once"), default=4, help_text=_("More wait their turn in the queue."))
+    messages_per_minute = models.PositiveSmallIntegerField(
+        _("chat messages per minute per member"), default=20)
 
     class Meta:
         ordering = ["sort_order", "pk"]

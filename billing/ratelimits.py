@@ -203,3 +203,64 @@ async def ip_over_limit_async(client, ip: str) -> int | None:
         pipe.get(f"rl:ip:{ip}")
         pipe.pttl(f"rl:ip:{ip}")
         return _over(*await pipe.execute())
+
+
+# Fair sharing between organizations: per-organization slots (a counting semaphore with leases)
+# and per-member send counters. A slot is one member of a sorted set scored by its lease's end:
+# a worker that dies stops renewing, and its slot frees itself when the lease runs out.
+
+_SLOT_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[4] == '0' and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+return 1
+"""
+
+_WINDOW_COUNT = """
+local used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if used > tonumber(ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
+return -1
+"""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One of an organization's slots for `kind` ("answers", "checks"), held until released or its lease ends."""
+
+    key: str
+    token: str
+    lease_ms: int
+
+
+def slot_key(kind: str, organization_id: int) -> str:
+    return f"fair:slots:{kind}:{organization_id}"
+
+
+def slot_acquire(*, kind: str, organization_id: int, limit: int, lease_seconds: float) -> Slot | None:
+    """Take one of the organization's `limit` slots for `kind`; None when all are held."""
+    import secrets
+
+    slot = Slot(slot_key(kind, organization_id), secrets.token_hex(8), max(1, int(lease_seconds * 1000)))
+    taken = _script(_SLOT_TAKE)(keys=[slot.key], args=[max(limit, 1), slot.lease_ms, slot.token, 0])
+    return slot if int(taken) else None
+
+
+async def slot_renew_async(client, slot: Slot) -> None:
+    """Extend the lease of a slot still in use (a running answer's heartbeat); re-taken if it had lapsed."""
+    await client.eval(_SLOT_TAKE, 1, slot.key, 0, slot.lease_ms, slot.token, 1)
+
+
+def slot_release(slot: Slot) -> None:
+    redis_client().zrem(slot.key, slot.token)
+
+
+def send_limited(*, organization_id: int, user_id: int, per_minute: int) -> int | None:
+    """Count one chat send by a member; the seconds to wait when over the plan's per-minute limit, else None."""
+    ttl = int(_script(_WINDOW_COUNT)(keys=[f"rl:send:{organization_id}:{user_id}"],
+                                     args=[per_minute, WINDOW_SECONDS]))
+    return None if ttl < 0 else max(1, -(-ttl // 1000))

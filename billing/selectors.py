@@ -30,6 +30,9 @@ class Entitlements:
     webhooks: bool
     audit_retention_days: int
     metered_overage: bool
+    concurrent_answers: int = 4  # answers generated at once; more wait their turn
+    concurrent_checks: int = 4  # checks run at once (a bulk batch feeds this many at a time)
+    messages_per_minute: int = 20  # chat sends per member and minute in the web UI
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Entitlements:
@@ -39,6 +42,8 @@ class Entitlements:
             monthly_credits=plan.monthly_credits, seats=plan.seats, checks_per_month=plan.checks_per_month,
             max_upload_mb=plan.max_upload_mb, api_access=plan.api_access, webhooks=plan.webhooks,
             audit_retention_days=plan.audit_retention_days, metered_overage=plan.metered_overage,
+            concurrent_answers=plan.concurrent_answers, concurrent_checks=plan.concurrent_checks,
+            messages_per_minute=plan.messages_per_minute,
         )
 
     def allows_model_tier(self, tier: str) -> bool:

@@ -42,6 +42,15 @@ PLAN_SEEDS: list[dict] = [
      "audit_retention_days": 730, "metered_overage": True, "sort_order": 4},
 ]
 
+# Fair-sharing limits per seeded plan (kept apart from PLAN_SEEDS: migration 0002 seeds those with the
+# Plan of its time, which has no such fields). Answers and checks at once; chat sends per member a minute.
+PLAN_FAIR_LIMITS: dict[str, dict] = {
+    "free": {"concurrent_answers": 2, "concurrent_checks": 2, "messages_per_minute": 10},
+    "starter": {"concurrent_answers": 4, "concurrent_checks": 4, "messages_per_minute": 20},
+    "pro": {"concurrent_answers": 8, "concurrent_checks": 8, "messages_per_minute": 30},
+    "business": {"concurrent_answers": 16, "concurrent_checks": 16, "messages_per_minute": 60},
+    "enterprise": {"concurrent_answers": 32, "concurrent_checks": 32, "messages_per_minute": 120},
+}
 
 # Checks are priced per check, by kind: a registry lookup, or an answer from the shared cache.
 CHECK_PRICES = {"cnpj": Decimal("5"), "cnpj_cached": Decimal("1")}
@@ -63,7 +72,8 @@ def plans_seed() -> int:
     """Create the standard plans that do not exist yet. Returns how many were created."""
     created = 0
     for seed in PLAN_SEEDS:
-        _plan, was_created = Plan.objects.get_or_create(code=seed["code"], defaults=seed)
+        _plan, was_created = Plan.objects.get_or_create(
+            code=seed["code"], defaults={**seed, **PLAN_FAIR_LIMITS.get(seed["code"], {})})
         created += was_created
     return created
 

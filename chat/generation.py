@@ -7,7 +7,13 @@ and closing the tab changes nothing. While it runs, the generation
 
 - heartbeats in the sorted set `chat:active`, so a reaper can close answers whose worker
   died (`interrupted`, billed for what they produced: never a silent half-answer);
-- watches its cancel key, so Stop ends it within a second (`stopped`, also billed).
+- watches its cancel key, so Stop ends it within a second (`stopped`, also billed);
+- holds one of its organization's slots (billing.ratelimits `slot_acquire`, the plan's
+  `concurrent_answers`), its lease renewed with the heartbeat and released in `finally`, so a
+  dead worker's slot frees itself within CHAT_HEARTBEAT_TIMEOUT. An answer that finds every slot
+  taken stays pending and its task asks again in SLOT_RETRY_SECONDS (chat.tasks): it waits its
+  turn, it is never refused or failed for it. How many can wait is bounded by the plan's
+  per-member sends a minute and one running answer per thread.
 
 Redis stream entries: `{"t": "start", "model", "name"}`, `{"t": "delta", "d": text}`,
 `{"t": "end", "status"}` (after the database has the final message).
@@ -22,6 +28,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
+
+from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async
+from billing.selectors import entitlements_for
 
 from .catalog.selectors import ModelOption, provider_keys_for
 from .context import context_build
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 ACTIVE_SET = "chat:active"
 STREAM_TTL = 3600  # a finished answer's stream stays readable this long (late resumes)
 STREAM_MAXLEN = 20_000
+SLOT_KIND = "answers"
+SLOT_RETRY_SECONDS = 1.0  # an answer waiting for a slot asks again this soon
 
 
 @dataclass
@@ -69,8 +80,9 @@ class Outcome:
 
 
 async def generation_stream(*, key: str, candidates: list[ModelOption], request: ChatRequest,
-                            own_keys: dict[str, str]) -> Outcome:
-    """Stream the answer into the Redis stream `key`; returns what happened. Never raises ProviderError."""
+                            own_keys: dict[str, str], slot: Slot | None = None) -> Outcome:
+    """Stream the answer into the Redis stream `key`; returns what happened. Never raises ProviderError.
+    The heartbeat also renews `slot`'s lease."""
     client = async_client()
     outcome = Outcome()
     pending: list[str] = []
@@ -116,6 +128,8 @@ async def generation_stream(*, key: str, candidates: list[ModelOption], request:
             now = time.monotonic()
             if now >= next_beat:
                 await client.zadd(ACTIVE_SET, {member: time.time()})
+                if slot is not None:
+                    await slot_renew_async(client, slot)
                 next_beat = now + settings.CHAT_HEARTBEAT_SECONDS
             if now >= next_check and not task.done():
                 next_check = now + 0.25
@@ -170,12 +184,38 @@ def _heartbeat_alive(key: str) -> bool:
     return score is not None and time.time() - score < settings.CHAT_HEARTBEAT_TIMEOUT
 
 
-def answer_generate(answer_id: int) -> None:
-    """Generate the pending answer `answer_id` (in the current schema). Safe to call twice."""
+def _slot_take(organization) -> Slot | None:
+    return slot_acquire(kind=SLOT_KIND, organization_id=organization.pk,
+                        limit=entitlements_for(organization).concurrent_answers,
+                        lease_seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
+
+
+def answer_generate(answer_id: int) -> bool:
+    """Generate the pending answer `answer_id` (in the current schema). Safe to call twice.
+
+    False when its organization already generates as many answers as its plan allows: the answer
+    stays pending (its place in the reaper's pending set renewed), for the caller to run again soon."""
     answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
     if answer is None:
-        return
-    key = answer.stream_key
+        return True
+    organization = current_organization()
+    slot = None
+    # A stopped answer or a redelivered one needs no slot: it is closed at once.
+    if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
+        slot = _slot_take(organization)
+        if slot is None:
+            sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()})
+            return False
+    try:
+        _answer_run(answer, organization, slot)
+    finally:
+        if slot is not None:
+            slot_release(slot)
+    return True
+
+
+def _answer_run(answer: Message, organization, slot: Slot | None) -> None:
+    answer_id, key = answer.pk, answer.stream_key
     if not _claim(answer_id):
         # Redelivered after a worker died: close it as interrupted, never generate it twice.
         if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
@@ -189,7 +229,6 @@ def answer_generate(answer_id: int) -> None:
         answer_finish(answer_id=answer_id, status=Message.Status.STOPPED, text="")
         stream_end(key, Message.Status.STOPPED)
         return
-    organization = current_organization()
     try:
         option = option_get(organization, answer.model_id)
     except ChatError as error:  # the plan changed or the model went away since it was asked
@@ -204,7 +243,8 @@ def answer_generate(answer_id: int) -> None:
     # transaction (eager tasks in tests): closing would abort it.
     if not connection.in_atomic_block:
         connection.close()
-    outcome = asyncio.run(_stream_and_close(key=key, candidates=candidates, request=request, own_keys=own_keys))
+    outcome = asyncio.run(_stream_and_close(key=key, candidates=candidates, request=request, own_keys=own_keys,
+                                            slot=slot))
     usage = outcome.usage
     final = answer_finish(
         answer_id=answer_id, status=outcome.status, text=outcome.text,

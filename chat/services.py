@@ -15,10 +15,12 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from accounts.models import User
 from billing.ledger import credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, Price, UsageEvent
+from billing.ratelimits import send_limited
 from billing.selectors import entitlements_for
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, usage_cost, usage_record
 from tenants.models import Organization
@@ -42,6 +44,26 @@ def current_organization() -> Organization:
 
 class ChatError(Exception):
     """A request we refuse, with a message for the person who made it."""
+
+
+class SendLimited(ChatError):
+    """A member sent more messages this minute than the plan allows; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def send_allow(*, organization: Organization, user: User) -> None:
+    """Count one send from the chat pages; SendLimited when the member is over the plan's messages a minute."""
+    limit = entitlements_for(organization).messages_per_minute
+    wait = send_limited(organization_id=organization.pk, user_id=user.pk, per_minute=limit)
+    if wait is not None:
+        raise SendLimited(ngettext(
+            "You are sending messages faster than your plan allows (%(limit)s a minute). Try again in "
+            "%(seconds)s second.",
+            "You are sending messages faster than your plan allows (%(limit)s a minute). Try again in "
+            "%(seconds)s seconds.", wait) % {"limit": limit, "seconds": wait}, retry_after=wait)
 
 
 # ---------------------------------------------------------------- models available

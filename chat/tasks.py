@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
 
 from celery import shared_task
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, connection
 from django_tenants.utils import schema_context
 
 from .gateway import holds_reap
-from .generation import ACTIVE_SET, answer_generate, answer_never_started, answer_recover
+from .generation import ACTIVE_SET, SLOT_RETRY_SECONDS, answer_generate, answer_never_started, answer_recover
 from .models import Message
 from .redis import sync_client
 from .services import PENDING_SET, attachment_text_extract
 from .titles import thread_title_write
 
 
-@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
-def generation_run(answer_id: int) -> None:
+@shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def generation_run(self, answer_id: int) -> None:
     """Stream one answer. A redelivery after a crash closes it as interrupted instead of re-running it;
-    a database that refuses connections is retried (claiming the answer is idempotent)."""
-    answer_generate(answer_id)
+    a database that refuses connections is retried (claiming the answer is idempotent).
+
+    When the organization is at its plan's cap of answers at once, the answer waits its turn: the task
+    runs again in about a second (run eagerly, in-process tests, it stays pending instead)."""
+    if not answer_generate(answer_id) and not self.request.is_eager:
+        generation_run.apply_async(args=[answer_id], countdown=SLOT_RETRY_SECONDS + random.uniform(0, 0.5),
+                                   headers={"_schema_name": connection.schema_name})
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=settings.CHAT_PDF_CPU_SECONDS * 3 + 30,

@@ -109,6 +109,13 @@ def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: 
 def _send(request: HttpRequest, thread, *, new_thread: bool) -> HttpResponse:
     tokens = request.POST.getlist("attachments")
     try:
+        services.send_allow(organization=request.tenant, user=request.user)
+    except services.SendLimited as error:
+        response = _composer_error(request, thread, str(error), tokens=tokens)
+        response.status_code = 429  # chat.js swaps the message in all the same
+        response["Retry-After"] = str(error.retry_after)
+        return response
+    try:
         for upload in request.FILES.getlist("files"):
             tokens.append(services.attachment_upload(organization=request.tenant, thread=thread, user=request.user,
                                                      upload=upload).token)
@@ -159,6 +166,7 @@ def message_create(request: HttpRequest, thread_id: int) -> HttpResponse:
 def _rerun(request: HttpRequest, thread_id: int, run) -> HttpResponse:
     thread = _thread_or_404(request, thread_id)
     try:
+        services.send_allow(organization=request.tenant, user=request.user)
         run(thread)
     except services.ChatError as error:
         flash.error(request, str(error))

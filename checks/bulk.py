@@ -7,9 +7,16 @@
     batch_results_csv(batch)    the results as CSV lines, read in chunks and streamed
 
 A batch checks each distinct CNPJ once through `check_request(source=BULK, batch=batch)`: cache
-hits finish at once, the others queue to the check workers, which respect the registries' rate
-limits. When the credits (or the quota) run out, the batch stops requesting, says why in
-`Batch.error` and `Batch.total` becomes the number of checks it did request.
+hits finish at once, the others wait their turn. When the credits (or the quota) run out, the
+batch stops requesting, says why in `Batch.error` and `Batch.total` becomes the number of checks
+it did request.
+
+Fair sharing: a batch never floods the `checks` queue. Its checks are requested (rows written,
+credits held) but not queued; `checks.services.checks_feed` queues them in slices of the plan's
+`concurrent_checks` (counting every background check of the organization queued or running)
+and tops the slice up as each check finishes. Other organizations' checks, queued at once when
+someone asks on a page or the API, so wait behind a handful of tasks, not behind the batch;
+and the registries' windows go to them first (checks.registries.limits).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from .services import (
     CheckRefused,
     check_cancel,
     check_request,
+    checks_feed,
     current_organization,
     quota_check,
     tags_clean,
@@ -311,7 +319,8 @@ def batch_create(*, organization: Organization, uploaded_file, user: User | None
 
 
 def batch_start(*, batch_id: int, limit: int | None = None) -> bool:
-    """Request the next `limit` (START_CHUNK) checks of a running batch; True when more remain (run it again).
+    """Request the next `limit` (START_CHUNK) checks of a running batch and feed the queue (`checks_feed`);
+    True when more remain (run it again).
 
     Idempotent: CNPJs that already have a check in the batch are skipped, and a run that finds
     another one at work on the batch (a redelivered task) leaves. A refusal (credits, quota) stops
@@ -338,7 +347,9 @@ def batch_start(*, batch_id: int, limit: int | None = None) -> bool:
                 Batch.objects.filter(pk=batch.pk).update(
                     error=str(refused.message)[:255], total=Check.objects.filter(batch=batch).count())
                 logger.info("batch %s stopped: %s", batch.pk, refused.code)
+                checks_feed()
                 return False
+        checks_feed()
         return len(todo) > len(chunk)
 
 

@@ -67,8 +67,9 @@ def _store(result: LookupResult) -> None:
     redis_client().set(_key(result.cnpj), json.dumps(entry), ex=ttl)
 
 
-def cached_lookup(cnpj: str, *, refresh: bool = False) -> CachedLookup:
-    """The cached answer, or one registry lookup shared by everyone asking for `cnpj` meanwhile."""
+def cached_lookup(cnpj: str, *, refresh: bool = False, background: bool = False, waiter: str = "") -> CachedLookup:
+    """The cached answer, or one registry lookup shared by everyone asking for `cnpj` meanwhile
+    (`background` and `waiter`: see `registry_lookup`)."""
     if not refresh and (cached := _read(cnpj)) is not None:
         return _counted(cached)
     lock = _key("lock", cnpj)
@@ -86,7 +87,7 @@ def cached_lookup(cnpj: str, *, refresh: bool = False) -> CachedLookup:
     try:
         if not refresh and (cached := _read(cnpj)) is not None:
             return _counted(cached)  # answered while we waited for the lock
-        result = registry_lookup(cnpj)
+        result = registry_lookup(cnpj, background=background, waiter=waiter)
         if result.outcome in CACHED_OUTCOMES:
             _store(result)
         return _counted(CachedLookup(result=result, hit=False))

@@ -11,6 +11,19 @@ runs through `check_run`, whose transitions are the state machine of `Check`:
 Found and not-found are billed (the lookup price, or the cached price when another request
 answered meanwhile); failed checks release their hold. Each organization's plan sets how many
 checks a month it may request.
+
+Fair sharing between organizations (the registries' rate limits are one budget for everyone):
+
+- a run holds one of its organization's slots (billing.ratelimits `slot_acquire`, the plan's
+  `concurrent_checks`, released in `finally`, its lease as long as a run can last so a dead
+  worker's slot frees itself); a run over the cap goes back to pending with `run_after`, like a
+  throttled one, and runs again in SLOT_RETRY_SECONDS;
+- interactive checks (a page, the API) are queued at once; background ones (bulk batches,
+  monitoring) are fed to the queue by `checks_feed`, at most `concurrent_checks` of the
+  organization's queued or running at a time, topped up as each finishes. So a 10,000-row batch
+  puts a handful of tasks in the `checks` queue, never 10,000 in front of another organization's;
+- background lookups yield the registries' windows to interactive ones that wait
+  (checks.registries.limits): an interactive check waits one window at most behind any batch.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from django_tenants.utils import schema_context
 from accounts.models import User
 from billing.ledger import InsufficientCredits, credit_debit, credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, Price, UsageEvent
+from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
 from billing.usage import usage_record
 from tenants.models import Organization
@@ -40,7 +54,7 @@ from . import cnpj as cnpj_id
 from .cache import CachedLookup, cache_peek, cached_lookup
 from .diff import report_diff, risk_level_change
 from .models import Alert, Attempt, Check, ChecksSettings, Report, Target
-from .registries import LOOKUP_FOUND, LOOKUP_NOT_FOUND, LOOKUP_THROTTLED
+from .registries import FALLBACK_ORDER, LOOKUP_FOUND, LOOKUP_NOT_FOUND, LOOKUP_THROTTLED
 from .signals import SignalThresholds, risk_level, signals_evaluate
 
 logger = logging.getLogger(__name__)
@@ -49,6 +63,10 @@ LOOKUP_PRICE = "cnpj"
 CACHED_PRICE = "cnpj_cached"
 SCHEDULE_EVERY = {Target.Schedule.DAILY: timedelta(days=1), Target.Schedule.WEEKLY: timedelta(days=7)}
 LANGUAGES = ("en", "pt-br")
+# Checks nobody waits for on a page: fed to the queue a few at a time, and last in line for the registries.
+BACKGROUND_SOURCES = (Check.Source.BULK, Check.Source.MONITOR)
+SLOT_KIND = "checks"
+SLOT_RETRY_SECONDS = 2.0  # a check over its organization's cap runs again this soon (plus up to 1 s)
 
 
 class CheckRefused(Exception):
@@ -172,7 +190,9 @@ def check_request(*, organization: Organization, target: Target, source: str = C
     """Ask about `target`: answered now from the cache, or queued. Raises CheckRefused.
 
     A person (or an API client) asking again while a check of the target is still queued or
-    running gets that check back: a double click or a retried request is not billed twice."""
+    running gets that check back: a double click or a retried request is not billed twice.
+    Background checks (BACKGROUND_SOURCES) are left for `checks_feed`, which the caller runs
+    once it has requested them all."""
     if source in (Check.Source.MANUAL, Check.Source.API):
         running = target.checks.exclude(status__in=Check.FINAL).order_by("-created_at").first()
         if running is not None:
@@ -200,7 +220,7 @@ def check_request(*, organization: Organization, target: Target, source: str = C
             credit_reserve(organization=organization, amount=price.per_unit, key=billing_key,
                            description=_("Check %(cnpj)s") % {"cnpj": target.cnpj_formatted}, user=user)
             Target.objects.filter(pk=target.pk).update(status=Check.Status.PENDING)
-            if enqueue:
+            if enqueue and source not in BACKGROUND_SOURCES:
                 schema = connection.schema_name
                 transaction.on_commit(lambda: check_enqueue(check, schema=schema))
     except InsufficientCredits as error:
@@ -216,6 +236,29 @@ def check_enqueue(check: Check, countdown: float | None = None, *, schema: str |
         check_run_task.apply_async((check.pk,), countdown=countdown)
 
 
+def checks_feed() -> int:
+    """Queue the organization's background checks waiting to be fed, oldest first, until it has its plan's
+    `concurrent_checks` background checks queued or running; returns how many were queued.
+
+    A fed check is pending with `run_after` set (or running); an unfed one is pending without it."""
+    organization = current_organization()
+    limit = entitlements_for(organization).concurrent_checks
+    background = Check.objects.filter(source__in=BACKGROUND_SOURCES)
+    schema = connection.schema_name
+    with transaction.atomic():
+        with connection.cursor() as cursor:  # one feeder at a time per organization: never more than the cap
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"checks.feed:{schema}"])
+        in_flight = background.filter(models.Q(status=Check.Status.RUNNING)
+                                      | models.Q(status=Check.Status.PENDING, run_after__isnull=False)).count()
+        if in_flight >= limit:
+            return 0
+        ids = list(background.filter(status=Check.Status.PENDING, run_after__isnull=True)
+                   .order_by("pk").values_list("pk", flat=True)[:limit - in_flight])
+        Check.objects.filter(pk__in=ids).update(run_after=timezone.now())
+        transaction.on_commit(lambda: [check_enqueue(Check(pk=pk), schema=schema) for pk in ids])
+    return len(ids)
+
+
 def target_delete(*, target: Target) -> None:
     """Delete a target with its checks and reports. Refused (409) while a check runs: its credit hold is
     settled or released only by its run."""
@@ -229,42 +272,70 @@ def target_delete(*, target: Target) -> None:
 class RunOutcome:
     status: str
     retry_in: float | None = None  # seconds: run the check again then
+    background: bool = False  # a background check (its end makes room for `checks_feed`)
+
+
+def _slot_lease() -> float:
+    """The longest a run can last: waiting for another's lookup of the CNPJ, then every provider timing out."""
+    per_provider = settings.CHECKS_CONNECT_TIMEOUT + settings.CHECKS_READ_TIMEOUT
+    return settings.CHECKS_LOCK_SECONDS + len(FALLBACK_ORDER) * per_provider + 10
 
 
 def check_run(check_id: int) -> RunOutcome:
-    """Run a queued check once (idempotent: a check that is not pending is left alone)."""
+    """Run a queued check once (idempotent: a check that is not pending is left alone), holding one of its
+    organization's slots; when they are all taken it stays pending and should run again in `retry_in`."""
+    organization = current_organization()
+    slot = slot_acquire(kind=SLOT_KIND, organization_id=organization.pk,
+                        limit=entitlements_for(organization).concurrent_checks, lease_seconds=_slot_lease())
+    if slot is None:
+        wait = SLOT_RETRY_SECONDS + random.uniform(0, 1)
+        if Check.objects.filter(pk=check_id, status=Check.Status.PENDING).update(
+                run_after=timezone.now() + timedelta(seconds=wait)):
+            return RunOutcome(Check.Status.PENDING, retry_in=wait)
+        return RunOutcome(Check.objects.filter(pk=check_id).values_list("status", flat=True).first() or "")
+    try:
+        outcome = _check_run(check_id, organization)
+    finally:
+        slot_release(slot)
+    if outcome.background and outcome.status in Check.FINAL:
+        checks_feed()
+    return outcome
+
+
+def _check_run(check_id: int, organization: Organization) -> RunOutcome:
     claimed = Check.objects.filter(pk=check_id, status=Check.Status.PENDING).update(
         status=Check.Status.RUNNING, started_at=timezone.now(), run_after=None)
     check = Check.objects.select_related("target").get(pk=check_id)
+    background = check.source in BACKGROUND_SOURCES
     if not claimed:
-        return RunOutcome(check.status)
+        return RunOutcome(check.status, background=background)
     Target.objects.filter(pk=check.target_id).update(status=Check.Status.RUNNING)
-    lookup = cached_lookup(check.target.cnpj, refresh=check.refresh)
+    lookup = cached_lookup(check.target.cnpj, refresh=check.refresh, background=background,
+                           waiter=check.billing_key)
     result = lookup.result
     Attempt.objects.bulk_create([
         Attempt(check_run=check, provider=a.provider, outcome=a.outcome, http_status=a.http_status,
                 latency_ms=int(a.latency_ms or 0)) for a in result.attempts])
-    organization = current_organization()
     if result.outcome in (LOOKUP_FOUND, LOOKUP_NOT_FOUND):
         price = _price(CACHED_PRICE if lookup.hit else LOOKUP_PRICE)
         with transaction.atomic():
             _finish(check, lookup, organization=organization, price=price, settle=True)
-        return RunOutcome(check.status)
+        return RunOutcome(check.status, background=background)
     if result.outcome == LOOKUP_THROTTLED:
         wait = max(1, int(result.retry_after or 1))
         _requeue(check, wait, error="")
         logger.info("check %s throttled: every registry is rate-limited for %s s", check.pk, wait)
-        return RunOutcome(Check.Status.PENDING, retry_in=wait)
+        return RunOutcome(Check.Status.PENDING, retry_in=wait, background=background)
     runs = check.runs + 1
     if runs < settings.CHECKS_MAX_RUNS:
         wait = max(result.retry_after or 0, 5 * 2 ** (runs - 1)) + random.uniform(0, 2)
         Check.objects.filter(pk=check.pk).update(runs=runs)
         _requeue(check, wait, error=result.error or result.outcome)
-        return RunOutcome(Check.Status.PENDING, retry_in=wait)
+        return RunOutcome(Check.Status.PENDING, retry_in=wait, background=background)
     with transaction.atomic():
         check.runs = runs
         _fail(check, result.error or _("The registries could not be reached."))
-    return RunOutcome(Check.Status.FAILED)
+    return RunOutcome(Check.Status.FAILED, background=background)
 
 
 def _requeue(check: Check, wait: float, *, error: str) -> None:
@@ -407,7 +478,8 @@ def checks_due(now: datetime | None = None):
 
 
 def monitoring_run(*, organization: Organization, now: datetime | None = None) -> int:
-    """Queue a fresh check of every monitored target that is due; returns how many were queued.
+    """Request a fresh check of every monitored target that is due, fed to the queue by `checks_feed`;
+    returns how many were requested.
 
     Stops at the plan's monthly quota or the balance (the rest stay due for the next run)."""
     now = now or timezone.now()
@@ -420,23 +492,26 @@ def monitoring_run(*, organization: Organization, now: datetime | None = None) -
             break
         Target.objects.filter(pk=target.pk).update(next_check_at=_next_check(target.schedule, now))
         queued += 1
+    if queued:
+        checks_feed()
     return queued
 
 
 def checks_reap(*, older_than: timedelta = timedelta(minutes=10)) -> int:
     """Checks whose task was lost go back to the queue: left running by a worker that died, or still
-    pending well after they were due. Returns how many."""
+    pending well after they were due (background checks never fed are `checks_feed`'s). Returns how many."""
     cutoff = timezone.now() - older_than
     running = Check.objects.filter(status=Check.Status.RUNNING, started_at__lt=cutoff)
     for check_id in running.values_list("pk", flat=True):
         Check.objects.filter(pk=check_id, status=Check.Status.RUNNING).update(status=Check.Status.PENDING)
     lost = (Check.objects.filter(status=Check.Status.PENDING, created_at__lt=cutoff)
-            .filter(models.Q(run_after__isnull=True) | models.Q(run_after__lt=cutoff)))
+            .filter(models.Q(run_after__isnull=True) | models.Q(run_after__lt=cutoff))
+            .exclude(source__in=BACKGROUND_SOURCES, run_after__isnull=True))
     count = 0
     for check_id in lost.values_list("pk", flat=True):
         check_enqueue(Check(pk=check_id))
         count += 1
-    return count
+    return count + checks_feed()
 
 
 def reports_purge(*, now: datetime | None = None) -> int:

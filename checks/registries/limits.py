@@ -4,6 +4,14 @@ The registries limit us per source IP, i.e. per deployment, so the counters are 
 (never tenant-prefixed). Each decision is one Lua script, atomic across processes, and reads
 the clock from Redis (`TIME`) so workers with skewed clocks agree. Scripts use only commands
 Redis 6.2 has (the embedded server): no `EXPIRE … NX`.
+
+Interactive lookups go first. A lookup someone is waiting for (a check asked from a page or
+the API) that finds a provider's windows full writes itself into that provider's `waiting` set
+(until its wait ends, plus WAITING_GRACE_MS to come back); background lookups (bulk batches,
+monitoring) take no request from a provider while its set is not empty. So the next request a
+window frees goes to an interactive lookup, and one organization's 10,000-row batch delays
+another's interactive check by one window at most. An interactive lookup leaves the set when
+it gets its request or when its lookup ends (`waiting_clear`); an abandoned entry expires.
 """
 
 from __future__ import annotations
@@ -16,28 +24,43 @@ import redis
 from django.conf import settings
 from redis.driver_info import DriverInfo
 
-# Sliding-window log per window: KEYS = one sorted set per window, ARGV = limit1, window_ms1, …, member.
-# Counts the request in every window only if each has room; else returns the ms until one frees.
+# Sliding-window log per window. KEYS = the waiting set, then one sorted set per window; ARGV = background
+# ("1"/"0"), grace ms, waiter, member, then limit, window_ms for each window. Counts the request in every
+# window only if each has room (and, for a background lookup, nobody interactive waits); else returns the
+# ms until one frees. An interactive lookup that must wait is recorded in the waiting set meanwhile.
 _RATE_LIMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local background, grace, waiter, member = ARGV[1] == '1', tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local waiting = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+if background then
+  local first = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+  if first[2] then return math.max(tonumber(first[2]) - now, 1) end
+end
 local wait = 0
-for i, key in ipairs(KEYS) do
-  local limit, window = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local used = redis.call('ZCARD', key)
+for i = 2, #KEYS do
+  local limit, window = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - window)
+  local used = redis.call('ZCARD', KEYS[i])
   if used >= limit then
-    local oldest = redis.call('ZRANGE', key, used - limit, used - limit, 'WITHSCORES')
+    local oldest = redis.call('ZRANGE', KEYS[i], used - limit, used - limit, 'WITHSCORES')
     local frees = tonumber(oldest[2]) + window - now
     if frees > wait then wait = frees end
   end
 end
-if wait > 0 then return wait end
-local member = ARGV[#ARGV]
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now, member)
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i]))
+if wait > 0 then
+  if not background then
+    redis.call('ZADD', waiting, now + wait + grace, waiter)
+    if redis.call('PTTL', waiting) < wait + grace then redis.call('PEXPIRE', waiting, wait + grace) end
+  end
+  return wait
 end
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], now, member)
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 2]))
+end
+if not background then redis.call('ZREM', waiting, waiter) end
 return 0
 """
 
@@ -118,17 +141,31 @@ def parse_limits(spec: str | None) -> list[tuple[int, float]]:
     return limits
 
 
-def rate_limit_acquire(provider: str) -> float:
-    """Count one request to `provider` if every window has room: 0.0, else the seconds until one has."""
+WAITING_GRACE_MS = 2000  # an interactive lookup's place in the waiting set outlasts its wait by this much
+
+
+def rate_limit_acquire(provider: str, *, background: bool = False, waiter: str = "") -> float:
+    """Count one request to `provider` if every window has room: 0.0, else the seconds until one has.
+
+    `background` lookups also wait while an interactive one waits for this provider; an interactive
+    lookup that must wait is recorded as `waiter` (see the module docstring)."""
     limits = parse_limits(settings.CHECKS_RATE_LIMITS.get(provider, ""))
     if not limits:
         return 0.0
-    keys = [redis_key(provider, "rl", f"{count}-{int(window * 1000)}") for count, window in limits]
-    args: list = []
+    keys = [redis_key(provider, "rl", "waiting")]
+    keys += [redis_key(provider, "rl", f"{count}-{int(window * 1000)}") for count, window in limits]
+    args: list = ["1" if background else "0", WAITING_GRACE_MS, waiter or uuid.uuid4().hex, uuid.uuid4().hex]
     for count, window in limits:
         args += [count, int(window * 1000)]
-    args.append(uuid.uuid4().hex)
     return _seconds(_run(_RATE_LIMIT, keys=keys, args=args))
+
+
+def waiting_clear(waiter: str, providers) -> None:
+    """The interactive lookup `waiter` no longer waits for any of `providers`."""
+    with redis_client().pipeline(transaction=False) as pipe:
+        for provider in providers:
+            pipe.zrem(redis_key(provider, "rl", "waiting"), waiter)
+        pipe.execute()
 
 
 # ---------------------------------------------------------------- 429 cooldown

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ from .base import (
 )
 from .brasilapi import BrasilApiClient, MinhaReceitaClient
 from .cnpjws import CnpjWsClient
-from .limits import CircuitBreaker, cooldown_remaining, cooldown_set, rate_limit_acquire
+from .limits import CircuitBreaker, cooldown_remaining, cooldown_set, rate_limit_acquire, waiting_clear
 from .receitaws import ReceitaWsClient
 
 logger = logging.getLogger("checks.registries")
@@ -97,8 +98,10 @@ def _ceil(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def provider_attempt(provider: str, cnpj: str) -> tuple[Attempt, dict | None]:
-    """Ask one provider, unless it is cooling down, its breaker is open or our rate limit is used up."""
+def provider_attempt(provider: str, cnpj: str, *, background: bool = False,
+                     waiter: str = "") -> tuple[Attempt, dict | None]:
+    """Ask one provider, unless it is cooling down, its breaker is open or our rate limit is used up
+    (for a `background` lookup: or an interactive one waits for it; see registries.limits)."""
     cooling = cooldown_remaining(provider)
     if cooling > 0:
         return Attempt(provider, THROTTLED, retry_after=_ceil(cooling)), None
@@ -106,7 +109,7 @@ def provider_attempt(provider: str, cnpj: str) -> tuple[Attempt, dict | None]:
     permit = breaker.allow()
     if not permit.allowed:
         return Attempt(provider, CIRCUIT_OPEN, retry_after=_ceil(permit.wait)), None
-    wait = rate_limit_acquire(provider)
+    wait = rate_limit_acquire(provider, background=background, waiter=waiter)
     if wait > 0:
         if permit.probing:
             breaker.release_probe()
@@ -127,13 +130,24 @@ def provider_attempt(provider: str, cnpj: str) -> tuple[Attempt, dict | None]:
     return attempt, answer.record
 
 
-def registry_lookup(cnpj: str, *, refresh: bool = False, providers: Sequence[str] | None = None) -> LookupResult:
+def registry_lookup(cnpj: str, *, refresh: bool = False, providers: Sequence[str] | None = None,
+                    background: bool = False, waiter: str = "") -> LookupResult:
     """Look `cnpj` up in the registries (fallback order of §2.7) and return the first company found.
 
     `refresh` is accepted for callers that cache around this function; nothing is cached here,
     so every call asks the providers (still within the global rate limits). `providers` narrows
-    or reorders the chain (names of CLIENTS).
+    or reorders the chain (names of CLIENTS). `background` lookups (batches, monitoring) yield the
+    rate limits to interactive ones; `waiter` names an interactive lookup across its retries (a
+    check's billing key), so that it keeps its place while it is throttled.
     """
+    providers, waiter = providers or FALLBACK_ORDER, waiter or uuid.uuid4().hex
+    result = _lookup(cnpj, providers=providers, background=background, waiter=waiter)
+    if not background and result.outcome != LOOKUP_THROTTLED:
+        waiting_clear(waiter, providers)  # answered: nobody waits for the registries on its behalf
+    return result
+
+
+def _lookup(cnpj: str, *, providers: Sequence[str], background: bool, waiter: str) -> LookupResult:
     validation = cnpj_id.validate(cnpj)
     if not validation.is_valid:
         # Not a CNPJ: whatever was typed stays out of the logs.
@@ -143,11 +157,11 @@ def registry_lookup(cnpj: str, *, refresh: bool = False, providers: Sequence[str
     attempts: list[Attempt] = []
     answered: set[str] = set()  # sources that gave a definitive answer (not found / unsupported)
     not_found: set[str] = set()
-    for provider in providers or FALLBACK_ORDER:
+    for provider in providers:
         source = SOURCES[provider]
         if source in answered:
             continue
-        attempt, record = provider_attempt(provider, cnpj)
+        attempt, record = provider_attempt(provider, cnpj, background=background, waiter=waiter)
         attempts.append(attempt)
         if attempt.outcome == FOUND:
             record["provenance"]["attempts"] = [a.as_dict() for a in attempts]

@@ -60,6 +60,11 @@
   });
 
   document.addEventListener("htmx:beforeSwap", (event) => {
+    // A send over the plan's messages a minute answers 429 with the reason for the composer: show it.
+    if (event.detail.xhr && event.detail.xhr.status === 429) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
     // Only the newest exchange offers Regenerate and Edit.
     if (event.detail.target && event.detail.target.id === "messages") {
       event.detail.target.querySelectorAll("[data-last-only]").forEach((node) => node.remove());
