@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass
-from functools import cache
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.mfa.adapter import DefaultMFAAdapter
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import MultiFernet
 from django.conf import settings
 from django.utils import translation
+
+from core.fernet import fernet_for
 
 
 @dataclass(frozen=True)
@@ -33,17 +32,8 @@ class AccountAdapter(DefaultAccountAdapter):
         super().send_mail(template_prefix, email, context)
 
 
-@cache
-def _fernet(keys: tuple[str, ...]) -> MultiFernet:
-    if not keys:
-        # Development and test default; production settings refuse to load without keys.
-        digest = hashlib.sha256(f"mfa-secrets:{settings.SECRET_KEY}".encode()).digest()
-        keys = (base64.urlsafe_b64encode(digest).decode(),)
-    return MultiFernet([Fernet(key) for key in keys])
-
-
 def mfa_fernet() -> MultiFernet:
-    return _fernet(tuple(settings.MFA_ENCRYPTION_KEYS))
+    return fernet_for("mfa-secrets", settings.MFA_ENCRYPTION_KEYS)
 
 
 class MFAAdapter(DefaultMFAAdapter):

@@ -77,7 +77,6 @@ def test_own_key_unlocks_the_provider_and_is_the_one_sent(client_for, org_a, set
 
 
 def test_rotation_reencrypts_every_key_with_the_newest_key(org_a, org_b, settings, tenant_world):
-    from chat.catalog.crypto import _fernet
     from chat.catalog.services import provider_key_set
     from tenants.audit.services import Actor
 
@@ -92,7 +91,6 @@ def test_rotation_reencrypts_every_key_with_the_newest_key(org_a, org_b, setting
     after = dict(ProviderKey.objects.values_list("pk", "encrypted_key"))
     assert all(after[pk] != before[pk] for pk in before)
     settings.PROVIDER_KEY_ENCRYPTION_KEYS = [new]  # the old key is gone: everything still decrypts
-    _fernet.cache_clear()
     assert provider_keys_for(org_a)["openai"] == "sk-a-1111"
     assert provider_keys_for(org_b)["gemini"] == "gm-b-2222"
 

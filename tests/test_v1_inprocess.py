@@ -4,7 +4,6 @@ per-address limit on calls without a valid key."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from contextlib import asynccontextmanager
 
@@ -16,7 +15,7 @@ import pytest
 from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
 from chat import v1
 from chat.gateway import gateway_config_bump
-from chat.redis import async_client_close, sync_client
+from chat.redis import sync_client
 from config import db_async
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
@@ -24,6 +23,7 @@ from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
 from .orgs import organization_drop
+from .security.inprocess_v1 import run
 
 CHEAP = "openai/gpt-4.1-mini"
 
@@ -91,17 +91,6 @@ def sdk(key: str, client_address: str = "127.0.0.1") -> openai.AsyncOpenAI:
     transport = httpx.ASGITransport(app=v1.application, client=(client_address, 5000))
     return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=key, max_retries=0,
                               http_client=httpx.AsyncClient(transport=transport))
-
-
-def run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            await db_async.async_pool_close()
-            await async_client_close()
-
-    return asyncio.run(wrapped())
 
 
 def test_a_call_takes_two_database_round_trips(gateway_settings, api_org, django_db_blocker):

@@ -7,27 +7,16 @@ with the first, any listed key decrypts. To rotate, put a new key first, run
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from functools import cache
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from django.conf import settings
+
+from core.fernet import fernet_for
 
 __all__ = ["InvalidToken", "key_decrypt", "key_encrypt", "key_rotate"]
 
 
-@cache
-def _fernet(keys: tuple[str, ...]) -> MultiFernet:
-    if not keys:
-        # Development default derived from SECRET_KEY; production sets its own keys.
-        digest = hashlib.sha256(f"provider-keys:{settings.SECRET_KEY}".encode()).digest()
-        keys = (base64.urlsafe_b64encode(digest).decode(),)
-    return MultiFernet([Fernet(key) for key in keys])
-
-
 def _current() -> MultiFernet:
-    return _fernet(tuple(settings.PROVIDER_KEY_ENCRYPTION_KEYS))
+    return fernet_for("provider-keys", settings.PROVIDER_KEY_ENCRYPTION_KEYS)
 
 
 def key_encrypt(secret: str) -> str:

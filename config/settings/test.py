@@ -27,3 +27,5 @@ CELERY_TASK_EAGER_PROPAGATES = True
 # Test users repeat across tests and runs while Redis counters persist: tests that are about
 # this limit lower it themselves.
 ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR = 10_000
+# One TOTP period either side, so a code a test computes just before a 30 s boundary is still accepted.
+MFA_TOTP_TOLERANCE = 1

@@ -47,23 +47,32 @@ def redis_forget(*patterns: str) -> None:
             sync_client().delete(key)
 
 
-def post(key: str, body: dict) -> httpx.Response:
-    """POST /v1/chat/completions once, in a fresh event loop (closing the loop's pools after)."""
+def run(scenario):
+    """Run the coroutine function `scenario` in a fresh event loop, closing the loop's pools after."""
 
-    async def call() -> httpx.Response:
-        transport = httpx.ASGITransport(app=v1.application, client=("127.0.0.1", 5000))
+    async def wrapped():
         try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                response = await client.post("/v1/chat/completions", content=json.dumps(body),
-                                             headers={"authorization": f"Bearer {key}",
-                                                      "content-type": "application/json"})
-                await response.aread()
-                return response
+            return await scenario()
         finally:
             await db_async.async_pool_close()
             await async_client_close()
 
-    return asyncio.run(call())
+    return asyncio.run(wrapped())
+
+
+def post(key: str, body: dict) -> httpx.Response:
+    """POST /v1/chat/completions once, in a fresh event loop."""
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=v1.application, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/v1/chat/completions", content=json.dumps(body),
+                                         headers={"authorization": f"Bearer {key}",
+                                                  "content-type": "application/json"})
+            await response.aread()
+            return response
+
+    return run(call)
 
 
 def ask(key: str, text: str = "Hello", **extra) -> httpx.Response:

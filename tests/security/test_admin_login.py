@@ -18,18 +18,9 @@ from django.test import Client
 
 from tests.servers import production_secrets
 
-from .totp import PASSWORD, password_login, person, signed_in, totp_enrol, totp_now
+from .totp import ENROL_URL, PASSWORD, password_login, person, signed_in, totp_enrol, totp_now
 
 pytestmark = pytest.mark.django_db
-
-ENROL_URL = "/accounts/2fa/totp/activate/"
-
-
-@pytest.fixture(autouse=True)
-def totp_tolerance(settings):
-    # One period either side, so a code computed just before a 30 s boundary is still accepted.
-    settings.MFA_TOTP_TOLERANCE = 1
-
 
 def test_admin_login_hands_over_to_allauth_and_its_form_signs_nobody_in():
     staff = person("staff", staff=True)

@@ -30,18 +30,9 @@ from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
 from tenants.models import Membership, Organization, Role
 
-from .totp import password_login, person, reauthenticate, signed_in, totp_enrol, totp_now
+from .totp import ENROL_URL, password_login, person, reauthenticate, signed_in, totp_enrol, totp_now
 
 pytestmark = pytest.mark.django_db
-
-ENROL_URL = "/accounts/2fa/totp/activate/"
-
-
-@pytest.fixture(autouse=True)
-def totp_tolerance(settings):
-    # One period either side, so a code computed just before a 30 s boundary is still accepted.
-    settings.MFA_TOTP_TOLERANCE = 1
-
 
 def test_totp_enrolment_then_sign_in_asks_for_the_code():
     user = person()

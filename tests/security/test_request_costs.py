@@ -8,7 +8,6 @@ its async pool, never opening a database connection per call; /v1 refuses an ove
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import uuid
@@ -22,13 +21,14 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import BillingAccount, Plan
 from chat import v1
-from chat.redis import async_client_close, sync_client
+from chat.redis import sync_client
 from config import db_async
 from tenants.api_keys import api_key_create, cache_key
 from tenants.audit.services import Actor
 from tenants.services import organization_create
 
 from ..orgs import organization_drop
+from .inprocess_v1 import run
 
 
 def _unknown_key() -> str:
@@ -123,17 +123,6 @@ def counted(monkeypatch, django_db_setup, django_db_blocker):
     connection_created.disconnect(created)
 
 
-def _run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            await db_async.async_pool_close()
-            await async_client_close()
-
-    return asyncio.run(wrapped())
-
-
 async def _asgi(raw: str, chunks: list[bytes], *, address: str, length: int | None = None):
     """One POST /v1/chat/completions straight into the ASGI app; (status, body, chunks the app read)."""
     read, pending, sent = [], list(chunks), []
@@ -175,7 +164,7 @@ def test_v1_reads_unknown_keys_on_its_pool_once_and_never_connects_per_call(coun
         results.append(await _asgi(_unknown_key(), [b"{}"], address=address))  # over the limit
         return results, statements_after_misses, statements_after_repeats
 
-    results, after_misses, after_repeats = _run(scenario)
+    results, after_misses, after_repeats = run(scenario)
     statuses = [status for status, _body, _read in results]
     assert statuses == [401] * 8 + [429]
     assert results[0][1]["error"]["code"] == "invalid_api_key"
@@ -213,7 +202,7 @@ def test_v1_refuses_a_declared_over_size_body_before_reading_it(api_key, small_b
     async def scenario():
         return await _asgi(api_key, not_json, address="192.0.2.72", length=2000)
 
-    status, body, read = _run(scenario)
+    status, body, read = run(scenario)
     assert status == 413 and body["error"]["code"] == "request_too_large"
     assert body["error"]["type"] == "invalid_request_error" and "1000 bytes" in body["error"]["message"]
     assert read == []  # refused on its Content-Length: not a byte read, nothing parsed
@@ -225,7 +214,7 @@ def test_v1_stops_reading_an_undeclared_over_size_body(api_key, small_bodies):
     async def scenario():
         return await _asgi(api_key, chunks, address="192.0.2.73")
 
-    status, body, read = _run(scenario)
+    status, body, read = run(scenario)
     assert status == 413 and body["error"]["code"] == "request_too_large"
     assert len(read) == 3  # 1,200 bytes read: the other 2,800 never were
 
@@ -236,7 +225,7 @@ def test_v1_parses_a_body_within_the_limit(api_key, small_bodies):
     async def scenario():
         return await _asgi(api_key, [b"x" * 500], address="192.0.2.74", length=500)
 
-    status, body, _read = _run(scenario)
+    status, body, _read = run(scenario)
     assert status == 400 and body["error"]["code"] != "request_too_large"
 
 
@@ -248,7 +237,7 @@ def test_v1_applies_the_address_limit_before_the_body(small_bodies):
     async def scenario():
         return [await _asgi("prm_bad", [b"x" * 500] * 4, address=address, length=2000) for _ in range(3)]
 
-    results = _run(scenario)
+    results = run(scenario)
     assert [status for status, _body, _read in results] == [401, 401, 429]
     assert all(read == [] for _status, _body, read in results)  # no body was read for a caller without a key
     sync_client().delete(f"rl:ip:{address}")

@@ -14,6 +14,8 @@ from accounts.models import User
 
 PASSWORD = "correct-horse-battery"
 
+ENROL_URL = "/accounts/2fa/totp/activate/"
+
 
 def person(label: str = "person", *, staff: bool = False, verified: bool = True) -> User:
     """A new account (a fresh email per call) with a password and a verified email unless told otherwise."""
