@@ -59,7 +59,8 @@ end
 return 0
 """
 
-_IP = """
+# A fixed window: count one; the milliseconds left when over ARGV[1] in ARGV[2] seconds, else -1.
+_WINDOW_COUNT = """
 local used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if used > tonumber(ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
@@ -172,13 +173,15 @@ async def rate_limit_give_back_async(client, *, organization_id: int, key_id: in
 
 def ip_limited(ip: str) -> int | None:
     """Count an unauthenticated call from `ip`; the seconds to wait when over the limit, else None."""
-    ttl = int(_script(_IP)(keys=[f"rl:ip:{ip}"], args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS]))
+    ttl = int(_script(_WINDOW_COUNT)(keys=[f"rl:ip:{ip}"],
+                                     args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS]))
     return None if ttl < 0 else max(1, -(-ttl // 1000))
 
 
 async def ip_limited_async(client, ip: str) -> int | None:
     """`ip_limited` on an async Redis client."""
-    ttl = int(await client.eval(_IP, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS))
+    ttl = int(await client.eval(_WINDOW_COUNT, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE,
+                                WINDOW_SECONDS))
     return None if ttl < 0 else max(1, -(-ttl // 1000))
 
 
@@ -218,13 +221,6 @@ if ARGV[4] == '0' and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 redis.call('ZADD', KEYS[1], now + lease, ARGV[3])
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
-"""
-
-_WINDOW_COUNT = """
-local used = redis.call('INCR', KEYS[1])
-if used == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-if used > tonumber(ARGV[1]) then return redis.call('PTTL', KEYS[1]) end
-return -1
 """
 
 
