@@ -59,6 +59,7 @@ from config.observability import organization_var
 from config.pagination import CheckedCursorPagination
 from tenants.api_keys import KeyAuth, bearer_token, may_hold_keys
 from tenants.audit.services import client_ip
+from tenants.guards import role_refusal
 from tenants.models import Membership, Organization, Role
 from tenants.selectors import membership_for
 
@@ -217,7 +218,7 @@ class OrgAccess(BasePermission):
             return True
         role = view.read_role if safe else view.write_role
         if not request.membership.has_role(role):
-            self.message = f"Your role in this organization does not allow this call (needs {role} or above)."
+            self.message = role_refusal(request.membership, role)  # the same words as the pages' 403
             return False
         return True
 

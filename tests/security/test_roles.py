@@ -187,7 +187,8 @@ def test_the_api_refuses_a_viewer_session_the_same_way(client_for, org_a, funded
     viewer = client_for("a", "viewer")
     refused = viewer.post("/api/v1/threads/", {"model": "demo/prumo-demo"}, content_type="application/json",
                           **headers)
-    assert refused.status_code == 403 and "needs member" in refused.json()["detail"]
+    assert refused.status_code == 403 and refused.json()["detail"] == (
+        "Your role in this organization (Viewer) can only read. Ask an admin for the Member role.")
     assert viewer.get("/api/v1/threads/", **headers).status_code == 200
     with schema_context(org_a.schema_name):
         assert Thread.objects.count() == threads
