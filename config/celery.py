@@ -1,4 +1,5 @@
-"""Celery app. tenant-schemas-celery's app makes every task run in its caller's schema."""
+"""Celery app. tenant-schemas-celery's app makes every task run in its caller's schema, and
+`config.celery_tasks.SchemaCheckedTask` makes sure it never runs anywhere else."""
 
 import os
 
@@ -6,6 +7,6 @@ from tenant_schemas_celery.app import CeleryApp
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
-app = CeleryApp("prumo")
+app = CeleryApp("prumo", task_cls="config.celery_tasks:SchemaCheckedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
