@@ -12,8 +12,12 @@ and closing the tab changes nothing. While it runs, the generation
   `concurrent_answers`), its lease renewed with the heartbeat and released in `finally`, so a
   dead worker's slot frees itself within CHAT_HEARTBEAT_TIMEOUT. An answer that finds every slot
   taken stays pending and its task asks again in SLOT_RETRY_SECONDS (chat.tasks): it waits its
-  turn, it is never refused or failed for it. How many can wait is bounded by the plan's
-  per-member sends a minute and one running answer per thread.
+  turn, for at most CHAT_PENDING_TIMEOUT from when it was queued, then the reaper fails it with
+  its hold released (a question never waits without bound). How many can wait is bounded by the
+  plan's per-member sends a minute and one running answer per thread.
+
+Reasons stored in `Message.error` are English msgids (gettext_noop) that the page translates
+for its reader (`{% translate message.error %}`); the API returns them as written.
 
 Redis stream entries: `{"t": "start", "model", "name"}`, `{"t": "delta", "d": text}`,
 `{"t": "end", "status"}` (after the database has the final message).
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
+from django.utils.translation import gettext_noop
 
 from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async
 from billing.selectors import entitlements_for
@@ -194,7 +199,7 @@ def answer_generate(answer_id: int) -> bool:
     """Generate the pending answer `answer_id` (in the current schema). Safe to call twice.
 
     False when its organization already generates as many answers as its plan allows: the answer
-    stays pending (its place in the reaper's pending set renewed), for the caller to run again soon."""
+    stays pending (its place in the reaper's pending set kept), for the caller to run again soon."""
     answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
     if answer is None:
         return True
@@ -204,7 +209,8 @@ def answer_generate(answer_id: int) -> bool:
     if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
         slot = _slot_take(organization)
         if slot is None:
-            sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()})
+            # Waiting its turn keeps the time it was queued: the reaper bounds the wait (CHAT_PENDING_TIMEOUT).
+            sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()}, nx=True)
             return False
     try:
         _answer_run(answer, organization, slot)
@@ -261,14 +267,15 @@ def _error_text(error: ProviderError | None) -> str:
     if error is None:
         return ""
     return {
-        ProviderError.AUTH: "The provider refused our credentials.",
-        ProviderError.RATE_LIMITED: "The provider is busy (rate limited). Try again in a moment.",
-        ProviderError.TIMEOUT: "The provider stopped answering (timeout).",
-        ProviderError.INTERRUPTED: "The provider cut the answer short.",
-        ProviderError.BAD_REQUEST: "The provider refused this request.",
-        ProviderError.CONFIG: ("Your organization's key for this provider cannot be used (it has characters an "
-                               "HTTP header cannot carry). An admin can replace it in Settings → AI providers."),
-    }.get(error.kind, "The provider is unavailable. Try again in a moment.")
+        ProviderError.AUTH: gettext_noop("The provider refused our credentials."),
+        ProviderError.RATE_LIMITED: gettext_noop("The provider is busy (rate limited). Try again in a moment."),
+        ProviderError.TIMEOUT: gettext_noop("The provider stopped answering (timeout)."),
+        ProviderError.INTERRUPTED: gettext_noop("The provider cut the answer short."),
+        ProviderError.BAD_REQUEST: gettext_noop("The provider refused this request."),
+        ProviderError.CONFIG: gettext_noop(
+            "Your organization's key for this provider cannot be used (it has characters an HTTP header cannot "
+            "carry). An admin can replace it in Settings → AI providers."),
+    }.get(error.kind, gettext_noop("The provider is unavailable. Try again in a moment."))
 
 
 def answer_recover(answer: Message) -> None:
@@ -276,16 +283,18 @@ def answer_recover(answer: Message) -> None:
     key = answer.stream_key
     text = stream_text(key)
     final = answer_finish(answer_id=answer.pk, status=Message.Status.INTERRUPTED, text=text,
-                          error="The answer was interrupted (the worker stopped).")
+                          error=gettext_noop("The answer was interrupted (the worker stopped)."))
     if final is not None:
         logger.warning("chat answer %s interrupted: worker lost", answer.pk)
     stream_end(key, Message.Status.INTERRUPTED)
 
 
 def answer_never_started(answer: Message) -> None:
-    """Its task was lost before a worker claimed it: close it as failed and give the hold back."""
-    final = answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="",
-                          error="The answer could not start. Ask again.")
+    """No worker claimed it in time (its task was lost, or it waited too long behind its organization's cap of
+    answers at once): close it as failed and give the hold back. A worker claiming it meanwhile wins."""
+    final = answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="", only_from=Message.UNCLAIMED,
+                          error=gettext_noop("The answer could not start in time (too many answers at once). "
+                                             "Ask again."))
     if final is not None:
         logger.warning("chat answer %s never started", answer.pk)
-    stream_end(answer.stream_key, Message.Status.FAILED)
+        stream_end(answer.stream_key, Message.Status.FAILED)

@@ -56,6 +56,7 @@ class Message(models.Model):
         FAILED = "failed", _("Failed")
 
     ACTIVE = (Status.WAITING, Status.PENDING, Status.STREAMING)
+    UNCLAIMED = (Status.WAITING, Status.PENDING)  # no worker has started it
 
     thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=10, choices=Role.choices)

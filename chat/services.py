@@ -393,15 +393,16 @@ def _credits_for(*, served: str, input_tokens: int, output_tokens: int) -> tuple
 @transaction.atomic
 def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: str = "",
                   input_tokens: int | None = None, output_tokens: int | None = None, finish_reason: str = "",
-                  error: str = "") -> Message | None:
-    """Write the finished answer, its usage and its cost in one transaction; once (None when already closed).
+                  error: str = "", only_from: tuple[str, ...] = Message.ACTIVE) -> Message | None:
+    """Write the finished answer, its usage and its cost in one transaction; once (None when already closed,
+    or when its status is not in `only_from`).
 
     Token counts are the provider's; when it never said (a stop, a crash, a cut stream) they are
     estimated from the prompt and the text produced, so partial answers pay for what they used.
     """
     # Lock the answer only: FOR UPDATE on the joined thread would also lock it (see billing.ledger._close).
     answer = Message.objects.select_for_update(of=("self",)).select_related("thread").filter(pk=answer_id).first()
-    if answer is None or answer.status not in Message.ACTIVE:
+    if answer is None or answer.status not in only_from:
         return None
     organization = current_organization()
     estimated = input_tokens is None or output_tokens is None

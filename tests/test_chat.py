@@ -10,6 +10,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django_tenants.utils import schema_context
 
+from accounts.models import User
 from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
 from billing.selectors import ledger_sum
 from chat import generation, tasks
@@ -501,3 +502,70 @@ def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, te
     assert answer.status == "failed" and "could not start" in answer.error
     assert CreditReservation.objects.get(key=billing_key).status == "released"
     assert sync_client().zscore(PENDING_SET, key) is None
+
+
+def test_an_answer_waiting_behind_the_organizations_cap_ends_failed_within_the_bound(
+        client_for, org_a, providers, send, settings):
+    """Waiting its turn keeps the time it was queued, so the reaper closes it CHAT_PENDING_TIMEOUT later,
+    hold released, balance equal to the ledger, and the thread takes the next question."""
+    from billing.ratelimits import slot_acquire, slot_release
+    from billing.selectors import entitlements_for
+    from chat.services import PENDING_SET
+
+    cap = entitlements_for(org_a).concurrent_answers
+    held = [slot_acquire(kind=generation.SLOT_KIND, organization_id=org_a.pk, limit=cap, lease_seconds=60)
+            for _ in range(cap)]  # the organization's answers at once are all running
+    try:
+        assert all(held)
+        assert send(client_for("a"), org_a, "Anyone free?").status_code == 302
+        thread = latest_thread(org_a)
+        _question, answer = messages_of(org_a, thread)
+        with schema_context(org_a.schema_name):
+            key, billing_key = answer.stream_key, answer.billing_key
+        queued = sync_client().zscore(PENDING_SET, key)
+        assert answer.status == "pending" and queued is not None
+        with schema_context(org_a.schema_name):
+            assert generation.answer_generate(answer.pk) is False  # its task asks again: still no slot
+        assert sync_client().zscore(PENDING_SET, key) == queued  # the wait is not renewed
+
+        settings.CHAT_PENDING_TIMEOUT = 0.2
+        time.sleep(0.3)
+        assert tasks.generations_reap() == 1
+        with schema_context(org_a.schema_name):
+            answer.refresh_from_db()
+        assert answer.status == "failed" and "could not start in time" in answer.error
+        assert CreditReservation.objects.get(key=billing_key).status == "released"
+        assert BillingAccount.objects.get(pk=org_a.pk).credits == ledger_sum(organization=org_a)
+        # A worker that finally gets a slot finds it closed and leaves it so.
+        for slot in held:
+            slot_release(slot)
+        with schema_context(org_a.schema_name):
+            assert generation.answer_generate(answer.pk) is True
+            answer.refresh_from_db()
+        assert answer.status == "failed" and providers["openai"].count == 0
+    finally:
+        for slot in filter(None, held):
+            slot_release(slot)
+    providers["openai"].answer = Answer(["Now", " yes"])
+    assert send(client_for("a"), org_a, "And now?", thread=thread).status_code == 302
+    _q1, _a1, _q2, answer = messages_of(org_a, thread)
+    assert (answer.status, answer.content) == ("complete", "Now yes")
+
+
+def test_a_reaped_answer_page_says_why_in_the_readers_language(client_for, org_a, tenant_world, settings):
+    from chat.services import PENDING_SET
+
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
+        Message.objects.create(thread=thread, role="user", content="anyone?")
+        answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
+                                        max_tokens=100)
+        key = answer.stream_key
+    sync_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    assert tasks.generations_reap() == 1
+    url = f"/o/{org_a.slug}/chat/t/{thread.pk}/"
+    page = client_for("a").get(url).content.decode()
+    assert "The answer could not start in time (too many answers at once). Ask again." in page
+    User.objects.filter(pk=tenant_world["a"]["owner"].pk).update(language="pt-br")  # rolled back after the test
+    page = client_for("a").get(url).content.decode()
+    assert "A resposta não pôde começar a tempo (respostas demais ao mesmo tempo). Pergunte de novo." in page

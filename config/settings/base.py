@@ -376,8 +376,10 @@ CHAT_REDIS_MAX_CONNECTIONS = int(os.environ.get("CHAT_REDIS_MAX_CONNECTIONS", "3
 # A generation whose heartbeat is older than this is declared interrupted (worker died).
 CHAT_HEARTBEAT_SECONDS = float(os.environ.get("CHAT_HEARTBEAT_SECONDS", "2"))
 CHAT_HEARTBEAT_TIMEOUT = float(os.environ.get("CHAT_HEARTBEAT_TIMEOUT", "15"))
-# An answer no worker has claimed after this long (its task was lost) is closed as failed.
-CHAT_PENDING_TIMEOUT = float(os.environ.get("CHAT_PENDING_TIMEOUT", "300"))
+# An answer no worker has claimed this long after it was queued (its task was lost, or it waited behind its
+# organization's answers-at-once cap) is closed as failed, its hold released. The reaper runs every 15 s,
+# so an accepted question ends within this + 15 s (+ the time its files took to read).
+CHAT_PENDING_TIMEOUT = float(os.environ.get("CHAT_PENDING_TIMEOUT", "90"))
 # Anonymous trial at /try: messages per visitor (cookie) and per client address, per 24 hours.
 TRIAL_MESSAGES = int(os.environ.get("TRIAL_MESSAGES", "5"))
 TRIAL_MESSAGES_PER_IP = int(os.environ.get("TRIAL_MESSAGES_PER_IP", "20"))
