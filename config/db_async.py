@@ -28,7 +28,8 @@ def _conninfo() -> str:
     params = connections["default"].get_connection_params()
     params = {key: value for key, value in params.items() if isinstance(value, str | int) and value != ""}
     params.pop("prepare_threshold", None)
-    return make_conninfo(**params, application_name="prumo-async")
+    name = params.pop("application_name", "prumo")
+    return make_conninfo(**params, application_name=f"{name}-async")
 
 
 async def async_pool() -> AsyncConnectionPool:

@@ -45,9 +45,39 @@ def ratelimited(request: HttpRequest, exception: Exception) -> HttpResponse:
     return response
 
 
+def _no_connection(error: BaseException | None) -> bool:
+    """Whether `error` (or what caused it) says no database connection was free: the process's pool timed out,
+    or PostgreSQL has no slot left (SQLSTATE 53300)."""
+    from psycopg_pool import PoolTimeout
+
+    while error is not None:
+        if isinstance(error, PoolTimeout) or getattr(error, "sqlstate", None) == "53300" or (
+                "too many clients" in str(error)):
+            return True
+        error = error.__cause__
+    return False
+
+
+def overloaded(request: HttpRequest) -> HttpResponse:
+    """503 with Retry-After: the request changed nothing (no connection, so no transaction), ask again."""
+    retry_after = settings.OVERLOAD_RETRY_AFTER
+    if request.path.startswith("/api/"):
+        response = JsonResponse({"detail": _("Prumo is busy. Try again in a few seconds."), "code": "overloaded"},
+                                status=503)
+    else:
+        response = HttpResponse(loader.get_template("503.html").render({"retry_after": retry_after}), status=503)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
-    """The 500 page with the request id to quote. No context processors: it must render with the database down."""
+    """The 500 page with the request id to quote. No context processors: it must render with the database down.
+    Django calls it inside its `except`: when the error was that no database connection was free, it is a 503."""
+    import sys
+
     from .observability import request_id_var
 
+    if _no_connection(sys.exc_info()[1]):
+        return overloaded(request)
     request_id = getattr(request, "id", "") or request_id_var.get()
     return HttpResponse(loader.get_template("500.html").render({"request_id": request_id}), status=500)

@@ -11,6 +11,8 @@ from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
+from config.processes import THREADED, process_role
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 
@@ -82,11 +84,26 @@ INVITATIONS_PER_ORGANIZATION_PER_HOUR = int(os.environ.get("INVITATIONS_PER_ORGA
 
 # Database
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/prumo")
-# Persistent connections stay off by default: under ASGI each request may run on another
-# thread, and a per-thread connection kept alive there is never reused (see PITFALLS.md).
+# Processes whose requests or tasks run on many threads (web, generator: config.processes) take their
+# connections from a bounded pool (Django's psycopg pool): at most DB_POOL_MAX_SIZE each, a request waits
+# up to DB_POOL_TIMEOUT seconds for one, then gets a 503 (config.views.server_error). django-tenants sets
+# the search_path again on every connection it takes from the pool (tests/test_db_pool.py proves it).
+# Single-threaded processes (prefork worker children, beat, manage.py) hold one connection at most and
+# use no pool; DB_CONN_MAX_AGE only applies to them (0: a new connection per request or task).
+PROCESS_ROLE = process_role()
+DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", "16" if PROCESS_ROLE in THREADED else "0"))
+DB_POOL_MIN_SIZE = min(int(os.environ.get("DB_POOL_MIN_SIZE", "1")), DB_POOL_MAX_SIZE)
+DB_POOL_TIMEOUT = float(os.environ.get("DB_POOL_TIMEOUT", "10"))
+# Seconds a client is told to wait (Retry-After) when a request got no connection in time (503).
+OVERLOAD_RETRY_AFTER = int(os.environ.get("OVERLOAD_RETRY_AFTER", "5"))
 DB_CONN_MAX_AGE = int(os.environ.get("DB_CONN_MAX_AGE", "0"))
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE, conn_health_checks=True)}
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DB_POOL_MAX_SIZE else DB_CONN_MAX_AGE,
+                                              conn_health_checks=not DB_POOL_MAX_SIZE)}
 DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = f"prumo-{PROCESS_ROLE}"
+if DB_POOL_MAX_SIZE:
+    DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE,
+                                               "timeout": DB_POOL_TIMEOUT, "name": f"prumo-{PROCESS_ROLE}"}
 
 # Redis: cache, Celery broker and results, rate-limit counters.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -59,11 +59,26 @@
     if (document.getElementById("messages")) follow(true);
   });
 
+  // The server was too busy to take the send (503, nothing saved): say so, keep what was typed and
+  // attached, and send it again after Retry-After.
+  function resendLater(form, xhr) {
+    const seconds = Math.max(1, parseInt(xhr.getResponseHeader("Retry-After"), 10) || 5);
+    const error = document.getElementById("composer-error");
+    if (error) error.textContent = form.dataset.busyText.replace("{seconds}", seconds);
+    setTimeout(() => form.requestSubmit(), seconds * 1000);
+  }
+
   document.addEventListener("htmx:beforeSwap", (event) => {
     // A send over the plan's messages a minute answers 429 with the reason for the composer: show it.
     if (event.detail.xhr && event.detail.xhr.status === 429) {
       event.detail.shouldSwap = true;
       event.detail.isError = false;
+    }
+    const source = event.detail.requestConfig && event.detail.requestConfig.elt;
+    if (event.detail.xhr && event.detail.xhr.status === 503 && source && source.matches("[data-composer]")) {
+      event.detail.shouldSwap = false;
+      event.detail.isError = false;
+      resendLater(source, event.detail.xhr);
     }
     // Only the newest exchange offers Regenerate and Edit.
     if (event.detail.target && event.detail.target.id === "messages") {
