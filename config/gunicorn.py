@@ -26,8 +26,9 @@ workers = _env_int("WEB_CONCURRENCY", 2)
 
 # Gunicorn supervises processes, uvicorn serves ASGI inside each one. Uvicorn's lifespan
 # default ("auto") probes the app once; Django answers that it does not speak lifespan and
-# uvicorn carries on, so no custom worker subclass is needed.
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn carries on. Our subclass only changes how a worker recycled by max_requests leaves:
+# it drains its keep-alive connections instead of resetting them (config/web_worker.py).
+worker_class = "config.web_worker.DrainingUvicornWorker"
 
 # A worker that stops heartbeating for `timeout` seconds is killed and replaced.
 timeout = 60
@@ -38,6 +39,7 @@ graceful_timeout = 30
 keepalive = 5
 
 # Recycle workers now and then to bound slow memory growth; jitter avoids all restarting at once.
+# A recycled worker drains (no new connections, `Connection: close` on the rest): no request is dropped.
 max_requests = 1000
 max_requests_jitter = 100
 

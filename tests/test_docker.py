@@ -113,6 +113,8 @@ def test_gunicorn_accepts_every_setting_and_loads_the_uvicorn_worker(monkeypatch
     from gunicorn.config import Config
     from uvicorn_worker import UvicornWorker
 
+    from config.web_worker import DrainingUvicornWorker
+
     conf = load_gunicorn_conf(monkeypatch, PORT="9123", WEB_CONCURRENCY="3")
     # Everything the file defines except helpers, imports and dunders.
     settings = {
@@ -127,7 +129,7 @@ def test_gunicorn_accepts_every_setting_and_loads_the_uvicorn_worker(monkeypatch
         cfg.set(name, value)  # runs gunicorn's own validators
     assert cfg.address == [("0.0.0.0", 9123)]
     assert cfg.workers == 3
-    assert cfg.worker_class is UvicornWorker
+    assert cfg.worker_class is DrainingUvicornWorker and issubclass(cfg.worker_class, UvicornWorker)
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -295,8 +297,8 @@ def test_entrypoint_web_migrates_then_serves_asgi_with_uvicorn_workers(stub_bin,
         "python manage.py deploy_migrate",
         "gunicorn config.asgi:application -c config/gunicorn.py",
     ]
-    # The config file gunicorn is pointed at is the one that selects the uvicorn worker.
-    assert load_gunicorn_conf(monkeypatch)["worker_class"] == "uvicorn_worker.UvicornWorker"
+    # The config file gunicorn is pointed at is the one that selects the (draining) uvicorn worker.
+    assert load_gunicorn_conf(monkeypatch)["worker_class"] == "config.web_worker.DrainingUvicornWorker"
 
 
 def test_entrypoint_web_can_skip_migrations(stub_bin):
