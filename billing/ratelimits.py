@@ -246,6 +246,15 @@ def slot_acquire(*, kind: str, organization_id: int, limit: int, lease_seconds: 
     return slot if int(taken) else None
 
 
+async def slot_acquire_async(client, *, kind: str, owner_id: int, limit: int, lease_seconds: float) -> Slot | None:
+    """`slot_acquire` on an async Redis client, for any owner (an organization, or a person for per-person kinds)."""
+    import secrets
+
+    slot = Slot(slot_key(kind, owner_id), secrets.token_hex(8), max(1, int(lease_seconds * 1000)))
+    taken = await client.eval(_SLOT_TAKE, 1, slot.key, max(limit, 1), slot.lease_ms, slot.token, 0)
+    return slot if int(taken) else None
+
+
 async def slot_renew_async(client, slot: Slot) -> None:
     """Extend the lease of a slot still in use (a running answer's heartbeat); re-taken if it had lapsed."""
     await client.eval(_SLOT_TAKE, 1, slot.key, 0, slot.lease_ms, slot.token, 1)

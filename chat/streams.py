@@ -24,11 +24,14 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
+from billing.ratelimits import Slot, slot_acquire_async
+
 from .redis import BLOCK_MS, async_client, async_client_close, async_reader
 
 logger = logging.getLogger(__name__)
 
 RETRY_MS = 1000
+STREAM_RETRY_SECONDS = 5  # Retry-After of a stream refused over CHAT_STREAMS_PER_USER
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
@@ -186,6 +189,25 @@ async def answer_events(key: str, after: str = "0-0") -> AsyncIterator[bytes]:
                 return
     finally:
         stream_hub.unsubscribe(key, queue)
+
+
+async def stream_lease_take(user_id: int) -> Slot | None:
+    """One of the person's CHAT_STREAMS_PER_USER open streams (shared by every web process), None when all are
+    taken. The lease outlives a stream's longest connection (CHAT_SSE_MAX_SECONDS), so a vanished one frees
+    itself even if its release never ran."""
+    return await slot_acquire_async(async_client(), kind="streams", owner_id=user_id,
+                                    limit=settings.CHAT_STREAMS_PER_USER,
+                                    lease_seconds=settings.CHAT_SSE_MAX_SECONDS + 5)
+
+
+async def leased(events: AsyncIterator[bytes], lease: Slot) -> AsyncIterator[bytes]:
+    """`events`, giving the stream's lease back when it ends (or the client leaves)."""
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        with contextlib.suppress(Exception):  # the lease expires by itself
+            await async_client().zrem(lease.key, lease.token)
 
 
 def _valid_id(entry_id: str) -> bool:

@@ -19,7 +19,7 @@ from tenants.guards import org_member_required
 from . import selectors, services
 from .files import FileRefused
 from .models import Attachment, Message
-from .streams import answer_events, answer_final
+from .streams import STREAM_RETRY_SECONDS, answer_events, answer_final, leased, stream_lease_take
 
 
 def _options(request: HttpRequest):
@@ -269,15 +269,22 @@ def _stream_target(schema: str, user, message_id: int) -> tuple[str, str] | None
 
 @org_member_required
 async def message_stream(request: HttpRequest, message_id: int) -> StreamingHttpResponse:
-    """Server-sent events of an answer, resumable with `Last-Event-ID` (see chat.streams)."""
+    """Server-sent events of an answer, resumable with `Last-Event-ID` (see chat.streams); at most
+    CHAT_STREAMS_PER_USER open at once per person."""
     user = await request.auser()
     target = await sync_to_async(_stream_target)(request.tenant.schema_name, user, message_id)
     if target is None:
         raise Http404
     key, status = target
     if status in Message.ACTIVE:
+        lease = await stream_lease_take(user.pk)
+        if lease is None:
+            response = HttpResponse(_("Too many answers are open in your tabs. Close some and reload."),
+                                    status=429, content_type="text/plain; charset=utf-8")
+            response["Retry-After"] = str(STREAM_RETRY_SECONDS)
+            return response
         after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
-        events = answer_events(key, after)
+        events = leased(answer_events(key, after), lease)
     else:  # already final: the page shows it from the database
         events = answer_final(status)
     response = StreamingHttpResponse(events, content_type="text/event-stream")

@@ -1,15 +1,23 @@
 """ASGI entry point (gunicorn + uvicorn worker in production, uvicorn in development).
 
-Answer streams (`.../events/`) hold their request open for as long as the answer takes.
-Django's ASGI handler gives each request its own thread-sensitive executor, so every open
-stream would keep an idle OS thread (1,000 streams = 1,001 threads, PITFALLS.md). Stream
-requests instead share one executor: their short synchronous parts (middleware, the
-membership lookup) run one at a time on a single thread, and the stream itself is async.
+Django's ASGI handler runs each request's synchronous parts (middleware, sync views) on a thread of
+its own, so N requests at once mean N threads and N database connections wanted. Two kinds of chat
+request come by the thousand when many people ask at once, and both are bounded here:
+
+- Answer streams (`.../events/`) hold their request open for as long as the answer takes. Their short
+  synchronous setup (middleware, the membership lookup) runs on one of CHAT_STREAM_SETUP_THREADS
+  single-thread executors, taken in turn (a request's sync parts stay on one thread, as Django needs);
+  the stream itself is async. 1,000 streams keep a handful of threads, not 1,000 (PITFALLS.md).
+- Chat sends run at most CHAT_SEND_CONCURRENCY at once per process; the next wait for a turn up to
+  CHAT_SEND_WAIT_SECONDS and are then refused with 503 and Retry-After before anything is read or
+  written (the composer says so and sends again by itself).
 
 `/v1/` (the OpenAI-compatible gateway) does not go through Django's handler at all: chat.v1
 is its own small ASGI app, which spares each call the middleware's thread hops.
 """
 
+import asyncio
+import itertools
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -20,18 +28,52 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 django_application = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+from django.template import loader  # noqa: E402
+
 from chat import v1  # noqa: E402  (needs the apps loaded by get_asgi_application)
 from config.body_limit import body_limited  # noqa: E402
 
 STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/\d+/events/$")
-stream_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streams")
+SEND_PATH = re.compile(r"^/o/[^/]+/chat/(new|t/\d+/(send|regenerate|edit))/$")
+stream_executors = itertools.cycle([ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"streams-{number}")
+                                    for number in range(max(1, settings.CHAT_STREAM_SETUP_THREADS))])
+_send_turns: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def send_turns() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _send_turns:
+        _send_turns[loop] = asyncio.Semaphore(settings.CHAT_SEND_CONCURRENCY)
+    return _send_turns[loop]
+
+
+async def busy(send) -> None:
+    """503 with Retry-After, in the words of the overload page (config.views.overloaded)."""
+    retry_after = settings.OVERLOAD_RETRY_AFTER
+    body = loader.get_template("503.html").render({"retry_after": retry_after}).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 @body_limited  # bodies are capped before Django's handler spools them (config.body_limit); /v1 caps its own
 async def django_routed(scope, receive, send):
-    if scope["type"] == "http" and STREAM_PATH.match(scope.get("path", "")):
-        async with ThreadSensitiveContext(executor=stream_executor):
+    path = scope.get("path", "")
+    if scope["type"] == "http" and STREAM_PATH.match(path):
+        async with ThreadSensitiveContext(executor=next(stream_executors)):
             return await django_application(scope, receive, send)
+    if scope["type"] == "http" and scope.get("method") == "POST" and SEND_PATH.match(path):
+        turns = send_turns()
+        try:
+            await asyncio.wait_for(turns.acquire(), settings.CHAT_SEND_WAIT_SECONDS)
+        except TimeoutError:
+            return await busy(send)
+        try:
+            return await django_application(scope, receive, send)
+        finally:
+            turns.release()
     return await django_application(scope, receive, send)
 
 

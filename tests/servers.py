@@ -136,6 +136,9 @@ def server_env(*, database_url: str, redis_url: str, email_dir: Path, port: int 
         # The demo model streams ~100 words: at 50 ms a word an answer lasts ~5 s, long enough
         # for streaming tests to act mid-answer (resume, reload, stop).
         CHAT_DEMO_DELAY="0.05",
+        # Some tests open hundreds of streams as one person (one process's fan-out); the per-person cap has a
+        # test of its own, with its own server (tests/test_chat_concurrency.py).
+        CHAT_STREAMS_PER_USER="1000",
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     if port is not None:

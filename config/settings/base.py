@@ -387,6 +387,14 @@ CHAT_PDF_CONTENT_BYTES = int(os.environ.get("CHAT_PDF_CONTENT_BYTES", str(8 * 10
 CHAT_FLUSH_SECONDS = float(os.environ.get("CHAT_FLUSH_SECONDS", "0.05"))
 CHAT_SSE_MAX_SECONDS = float(os.environ.get("CHAT_SSE_MAX_SECONDS", "25"))
 CHAT_SSE_KEEPALIVE_SECONDS = float(os.environ.get("CHAT_SSE_KEEPALIVE_SECONDS", "10"))
+# Answer streams one person may hold open at once (all tabs, all web processes); more get 429.
+CHAT_STREAMS_PER_USER = int(os.environ.get("CHAT_STREAMS_PER_USER", "8"))
+# Threads per web process that run answer streams' short synchronous setup (middleware, the lookup).
+CHAT_STREAM_SETUP_THREADS = int(os.environ.get("CHAT_STREAM_SETUP_THREADS", "4"))
+# Chat sends (new, send, regenerate, edit) one web process runs at once, each on a thread of its own; the
+# next ones wait up to CHAT_SEND_WAIT_SECONDS for a turn, then get 503 with Retry-After (the page retries).
+CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "16"))
+CHAT_SEND_WAIT_SECONDS = float(os.environ.get("CHAT_SEND_WAIT_SECONDS", "5"))
 # Redis connections per web process for streams: one blocking reader fans out to every
 # stream, the rest serve short catch-up reads; callers wait for a free one, never fail.
 CHAT_REDIS_MAX_CONNECTIONS = int(os.environ.get("CHAT_REDIS_MAX_CONNECTIONS", "32"))

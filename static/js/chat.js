@@ -41,6 +41,12 @@
       if (typing) typing.hidden = true;
       follow(stick);
     });
+    source.addEventListener("error", () => {
+      // Refused outright (a person's open streams are capped: 429) or gone: try again in a while.
+      if (source.readyState !== EventSource.CLOSED) return;  // the browser reconnects by itself
+      streams.delete(article.id);
+      setTimeout(() => connect(article), 5000);
+    });
     source.addEventListener("end", () => {
       source.close();
       streams.delete(article.id);
