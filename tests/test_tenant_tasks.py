@@ -153,8 +153,8 @@ def test_a_worker_retries_a_task_whose_schema_switch_failed_and_never_runs_it_in
         assert "does not exist" not in log
         assert len(re.findall(r"chat\.tasks\.generation_run\[[-0-9a-f]+\] retry", log)) == 1
         with django_db_blocker.unblock():
-            kinds = list(CreditEntry.objects.filter(idempotency_key__startswith=f"chat:{org_a.schema_name}:{answer.pk}:")
-                         .order_by("id").values_list("kind", flat=True))
+            entries = CreditEntry.objects.filter(idempotency_key__startswith=f"chat:{org_a.schema_name}:{answer.pk}:")
+            kinds = list(entries.order_by("id").values_list("kind", flat=True))
         assert kinds in ([], ["reserve", "settle"])  # settled once (the demo model costs nothing: no hold)
     finally:
         worker.process.stop()
