@@ -7,17 +7,21 @@ Runs against the bench database of bench/tenants.py (`--database`, default `prum
 on the server of DATABASE_URL; the dev database is never touched), creating it if missing
 and bringing it up to date (`deploy_migrate`) first. Its organizations (`bench-streams`, or
 `bench-streams-0000` … with `--orgs K`; owner `bench-owner@example.com`) are created once
-through `organization_create`; each round grants them the credits its answers reserve
-(`billing.ledger.credit_grant`) and starts from fresh threads (`chat.services.thread_create`,
-named so that no title task runs). Streams go to the organizations round robin.
+through `organization_create` and put on the Business plan (its answers at once per organization and
+messages a minute per member apply: spread N over enough `--orgs`); each stream is asked by another
+member of its organization (`bench-member-NNNN@<slug>.example.com`, created once, signed in with a
+session of their own); each round grants the credits its answers reserve (`billing.ledger.credit_grant`)
+and starts from fresh threads (`chat.services.thread_create`, named so that no title task runs).
+Streams go to the organizations round robin.
 
 The script starts, as subprocesses of its own (process groups stopped on exit, Ctrl-C included):
 - the fake provider (`tests.fake_llm.FakeOpenAI`, the real OpenAI wire format) in its own
   process, answering every request with `--pieces` text chunks `--chunk-delay` s apart;
-- per round, a fresh web process: `gunicorn config.asgi:application -c config/gunicorn.py
-  --max-requests 0` (one uvicorn worker, `WEB_CONCURRENCY=1`; not recycled mid-round) and,
-  for the full path, a fresh generation worker: `celery -A config worker -Q generation
-  --pool threads --concurrency N` (`--generation-concurrency` to cap it); both with
+- per round, a fresh web process: `gunicorn config.asgi:application -c config/gunicorn.py`
+  (one uvicorn worker, `WEB_CONCURRENCY=1`, the production defaults otherwise: recycled after
+  ~1,000 requests, draining) and, for the full path, a fresh generation worker: `celery -A config
+  worker -Q generation --pool threads --concurrency 64` (the image's GENERATION_CONCURRENCY;
+  `--generation-concurrency` changes it); both with
   `DJANGO_SETTINGS_MODULE=config.settings.prod`, the bench database, Redis database
   `--redis-db` (flushed before each round; no other is touched) and `OPENAI_BASE_URL`
   pointing at the fake.
@@ -25,11 +29,13 @@ The script starts, as subprocesses of its own (process groups stopped on exit, C
 `--mode full` (the whole path), for each N:
 1. baseline: N concurrent streamed completions straight from the fake, with the same client
    and concurrency: time from the request to the first content chunk;
-2. through Prumo: N clients (one session each) POST a question to N threads at once
+2. through Prumo: N clients (one member each) POST a question to N threads at once
    (`/o/<slug>/chat/t/<id>/send/`, as htmx does; `--post-concurrency P` lets only P POSTs be
    in flight, the others wait, and that wait counts), then read the answer's SSE stream
    (`/o/<slug>/chat/m/<id>/events/`, resuming with `Last-Event-ID` when the server ends a
-   connection, as EventSource does). TTFT: from the moment the client asks to the first
+   connection, as EventSource does). A send refused with 503/429 is sent again after its
+   `Retry-After`, as the page does (refusals are reported; a question served after a retry is
+   not an error). TTFT: from the moment the client asks to the first
    `delta`. Each delta's delay from its Redis append (the entry id is Redis's clock, the
    same machine's) to the client is also measured.
 `--mode fanout` (the web process alone), for each N: N answers marked `streaming` in the
@@ -99,6 +105,8 @@ MODEL_NAME = "GPT-4.1 mini"
 QUESTION = "Stream me an answer, please."
 CREDITS_PER_ANSWER = Decimal("1")  # the answer reserves ~0.66 (its worst case) and settles far less
 MAX_RECONNECTS = 10
+MAX_RETRIES = 20  # refused sends sent again (after Retry-After) before the client gives up
+PLAN = "business"  # the bench organizations' plan: its answers at once and messages a minute per member
 STREAM_URL = re.compile(r'data-stream-url="([^"]+)"')
 MiB = 1024 * 1024
 
@@ -252,8 +260,8 @@ def wait_for(check, what: str, timeout: float, log: Path) -> float:
 
 
 def start_web(env: dict, port: int, log: Path) -> None:
-    PROCESSES.start("web", [sys.executable, "-m", "gunicorn", "config.asgi:application", "-c", "config/gunicorn.py",
-                            "--max-requests", "0"], env, log)
+    PROCESSES.start("web", [sys.executable, "-m", "gunicorn", "config.asgi:application", "-c", "config/gunicorn.py"],
+                    env, log)
 
     def ready() -> bool:
         if PROCESSES.running["web"].poll() is not None:
@@ -638,8 +646,16 @@ async def prumo_streams(base: str, jobs: list[dict], expected: str, timeout: flo
         try:
             async with posting:
                 result["post_wait"] = time.perf_counter() - started
-                status, response_headers = await connection.request("POST", job["send_url"], headers, form)
-                page = (await connection.body(response_headers)).decode()
+                while True:  # refused (503/429 with Retry-After): wait and send again, as the page does
+                    status, response_headers = await connection.request("POST", job["send_url"], headers, form)
+                    page = (await connection.body(response_headers)).decode()
+                    if status not in (429, 503) or result.get("refused", 0) >= MAX_RETRIES:
+                        break
+                    result["refused"] = result.get("refused", 0) + 1
+                    result.setdefault("refusals", Counter())[status] += 1
+                    connection.close()
+                    await asyncio.sleep(float(response_headers.get("retry-after", "1")))
+                    connection = Connection(host, port)
             result["post"] = time.perf_counter() - started
             if status != 200:
                 result["error"] = f"POST {status}"
@@ -714,30 +730,49 @@ def bench_organizations(count: int) -> list:
         owner, actor = bench_owner(), Actor.system("bench")
         for slug in missing:
             existing[slug] = organization_create(user=owner, name=f"Bench {slug}", slug=slug, actor=actor)
+    # A paid plan's fair-sharing limits (answers at once per organization, messages a minute per member), the
+    # same for every round: put the streams on enough organizations (--orgs) for N / orgs to fit its cap.
+    from billing.models import BillingAccount, Plan
+
+    BillingAccount.objects.filter(organization__slug__in=slugs).update(plan=Plan.objects.get(code=PLAN))
     return [existing[slug] for slug in slugs]
 
 
-def sessions(user, count: int) -> list[tuple[str, str]]:
-    """`count` signed-in sessions of `user` (session key, CSRF secret), as a login would leave them."""
+def members(org, count: int) -> list:
+    """`count` members of `org` (created once): each stream is a different person, as in a real team."""
+    from accounts.models import User
+    from tenants.models import Membership, Role
+
+    people = []
+    for n in range(count):
+        email = f"bench-member-{n:04d}@{org.slug}.example.com"
+        user, created = User.objects.get_or_create(email=email, defaults={"name": f"Bench member {n}"})
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        Membership.objects.get_or_create(user=user, organization=org, defaults={"role": Role.MEMBER})
+        people.append(user)
+    return people
+
+
+def session_of(user) -> tuple[str, str]:
+    """A signed-in session of `user` (session key, CSRF secret), as a login would leave it."""
     from importlib import import_module
 
     from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 
-    store = import_module(settings.SESSION_ENGINE).SessionStore
-    made = []
-    for _ in range(count):
-        session = store()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        made.append((session.session_key, secrets.token_hex(16)))
-    return made
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    return session.session_key, secrets.token_hex(16)
 
 
-def prepare_jobs(orgs: list, user, count: int, run: str, *, answers: str | None = None) -> list[dict]:
-    """`count` fresh named threads (no title task) over `orgs`, one session each, credits for their answers.
+def prepare_jobs(orgs: list, count: int, run: str, *, answers: str | None = None) -> list[dict]:
+    """`count` fresh named threads (no title task) over `orgs`, each of another member (signed in), credits
+    for their answers.
 
     With `answers` (a Message status), each thread also gets an assistant message in that status
     (the fan-out mode streams those without a generation).
@@ -750,7 +785,6 @@ def prepare_jobs(orgs: list, user, count: int, run: str, *, answers: str | None 
     from chat.services import thread_create, thread_rename
 
     jobs: list[dict] = []
-    logins = iter(sessions(user, count))
     for index, org in enumerate(orgs):
         share = len(range(index, count, len(orgs)))
         if not share:
@@ -758,11 +792,12 @@ def prepare_jobs(orgs: list, user, count: int, run: str, *, answers: str | None 
         if answers is None:
             credit_grant(organization=org, amount=CREDITS_PER_ANSWER * share, key=f"bench-streams:{run}:{count}:"
                          f"{len(jobs)}:grant", description="bench/streams.py")
+        people = members(org, share)
         with schema_context(org.schema_name):
-            Thread.objects.filter(user=user).delete()  # the previous rounds' threads and answers
-            for n in range(share):
-                thread = thread_rename(thread=thread_create(user=user, model_id=MODEL), title=f"bench stream {n}")
-                session, csrf = next(logins)
+            Thread.objects.all().delete()  # the previous rounds' threads and answers (bench organizations only)
+            for n, person in enumerate(people):
+                thread = thread_rename(thread=thread_create(user=person, model_id=MODEL), title=f"bench stream {n}")
+                session, csrf = session_of(person)
                 job = {"org": org, "thread": thread.pk, "session": session, "csrf": csrf,
                        "send_url": reverse("chat_send", args=[org.slug, thread.pk])}
                 if answers is not None:
@@ -834,10 +869,10 @@ def full_round(n: int, options, ctx: dict) -> dict:
           f"{pcts([r['end'] for r in baseline['results'] if 'end' in r])}, all done in {baseline['seconds']:.2f} s, "
           f"errors {sum(base_errors.values())} {dict(base_errors) or ''}", flush=True)
 
-    jobs = prepare_jobs(ctx["orgs"], ctx["user"], n + options.warmup, ctx["run"])
+    jobs = prepare_jobs(ctx["orgs"], n + options.warmup, ctx["run"])
     warm, jobs = jobs[:options.warmup], jobs[options.warmup:]
     env, port = round_env(options, ctx)
-    concurrency = options.generation_concurrency or n
+    concurrency = options.generation_concurrency
     label = f"full-{n}"
     web_log, worker_log = ctx["logs"] / f"web-{label}.log", ctx["logs"] / f"worker-{label}.log"
     base = f"http://127.0.0.1:{port}"
@@ -873,6 +908,8 @@ def full_round(n: int, options, ctx: dict) -> dict:
         "delays": [d / 1000 for r in results for d in r.get("delays", ())],
         "total": [r["end"] for r in results if "end" in r],
         "errors": errors_of(results), "seconds": measured["seconds"], "statuses": answer_statuses(jobs),
+        "refusals": sum((r.get("refusals", Counter()) for r in results), Counter()),
+        "served_after_retry": sum(1 for r in results if r.get("refused") and "error" not in r),
         "deltas": sum(r.get("deltas", 0) for r in results), "reconnects": sum(r.get("reconnects", 0) for r in results),
         "logs": {"web": log_errors(web_log), "generation worker": log_errors(worker_log)}, **figures,
         "streams": [{key: value for key, value in r.items() if key != "delays"} for r in results],
@@ -895,7 +932,7 @@ def fanout_round(n: int, options, ctx: dict) -> dict:
     section(f"fan-out alone: {n} concurrent streams fed straight into Redis")
     from chat.models import Message
 
-    jobs = prepare_jobs(ctx["orgs"], ctx["user"], n + options.warmup, ctx["run"], answers=Message.Status.STREAMING)
+    jobs = prepare_jobs(ctx["orgs"], n + options.warmup, ctx["run"], answers=Message.Status.STREAMING)
     warm, jobs = jobs[:options.warmup], jobs[options.warmup:]
     env, port = round_env(options, ctx)
     label = f"fanout-{n}"
@@ -978,6 +1015,8 @@ def report_full(r: dict) -> None:
           f"{r['reconnects']} resumed connections")
     print(f"errors: {sum(r['errors'].values())} {dict(r['errors']) or ''}; answers in the database: "
           f"{dict(r['statuses'])}")
+    print(f"sends refused then sent again: {sum(r['refusals'].values())} refusals {dict(r['refusals']) or ''}; "
+          f"{r['served_after_retry']} questions served after a retry")
     report_processes(r)
 
 
@@ -1039,8 +1078,8 @@ def main() -> None:
     parser.add_argument("--pieces", type=int, default=30, help="text chunks in the fake's answer")
     parser.add_argument("--chunk-delay", type=float, default=0.05, help="seconds between the fake's chunks")
     parser.add_argument("--warmup", type=int, default=5, help="streams run (unmeasured) after the servers start")
-    parser.add_argument("--generation-concurrency", type=int, default=0,
-                        help="threads of the generation worker (default: the number of streams)")
+    parser.add_argument("--generation-concurrency", type=int, default=64,
+                        help="threads of the generation worker (default: the image's GENERATION_CONCURRENCY, 64)")
     parser.add_argument("--post-concurrency", type=int, default=0,
                         help="POSTs in flight at once (default: all at once)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a client waits for its whole answer")

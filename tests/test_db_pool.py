@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import httpx
 import pytest
@@ -46,14 +47,17 @@ def test_each_kind_of_process_gets_its_pool_and_its_name():
               "d = s.DATABASES['default']; print(json.dumps([d['OPTIONS'].get('application_name'), "
               "d['OPTIONS'].get('pool', {}).get('max_size', 0), d['CONN_MAX_AGE']]))")
     seen = {}
-    for role in ("web", "generator", "worker", "beat", "manage"):
-        env = {"PRUMO_PROCESS": role, "DJANGO_SETTINGS_MODULE": "config.settings.test", "PATH": "/usr/bin:/bin"}
+    for case, role, extra in (("web", "web", {}), ("generator", "generator", {}), ("worker", "worker", {}),
+                              ("beat", "beat", {}), ("manage", "manage", {}),
+                              ("named", "web", {"DB_APPLICATION_NAME": "prumo-web-eu"})):
+        env = {"PRUMO_PROCESS": role, "DJANGO_SETTINGS_MODULE": "config.settings.test", "PATH": "/usr/bin:/bin",
+               **extra}
         out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                              check=True).stdout
-        seen[role] = out.strip()
+        seen[case] = out.strip()
     assert seen == {"web": '["prumo-web", 16, 0]', "generator": '["prumo-generator", 16, 0]',
                     "worker": '["prumo-worker", 0, 0]', "beat": '["prumo-beat", 0, 0]',
-                    "manage": '["prumo-manage", 0, 0]'}
+                    "manage": '["prumo-manage", 0, 0]', "named": '["prumo-web-eu", 16, 0]'}
 
 
 @pytest.fixture
@@ -108,11 +112,13 @@ def peak_connections(database: str, name: str, stop: threading.Event, peaks: lis
 def test_two_organizations_at_once_through_the_pool_each_touch_only_their_schema(
         twin_threads, test_database_url, redis_url, tmp_path, django_db_blocker):
     orgs, ids = twin_threads
+    name = f"prumo-web-{uuid.uuid4().hex[:8]}"  # apart from the session's other web servers
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path,
-                               env_extra={"DB_POOL_MAX_SIZE": str(POOL), "DB_POOL_TIMEOUT": "30"})
+                               env_extra={"DB_POOL_MAX_SIZE": str(POOL), "DB_POOL_TIMEOUT": "30",
+                                          "DB_APPLICATION_NAME": name})
     stop, peaks = threading.Event(), []
     database = connection.settings_dict["NAME"]
-    sampler = threading.Thread(target=peak_connections, args=(database, "prumo-web", stop, peaks), daemon=True)
+    sampler = threading.Thread(target=peak_connections, args=(database, name, stop, peaks), daemon=True)
     try:
         sessions = {key: sign_in(server.url, f"owner-{key}@example.com") for key in orgs}
         sampler.start()
@@ -144,7 +150,7 @@ def test_two_organizations_at_once_through_the_pool_each_touch_only_their_schema
                     titles = dict(Thread.objects.filter(pk__gte=FIRST_ID).values_list("pk", "title"))
                 assert titles == {**{pk: f"{key}-{pk}-{ROUNDS - 1}" for pk in ids},
                                   **{pk + THREADS: "decoy" for pk in ids}}
-        assert 1 <= max(peaks) <= POOL, f"connections named prumo-web: peak {max(peaks)}"
+        assert 1 <= max(peaks) <= POOL, f"connections named {name}: peak {max(peaks)}"
         assert "Traceback" not in server.process.log()
     finally:
         stop.set()

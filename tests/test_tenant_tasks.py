@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 from django.db import connection
@@ -64,15 +64,26 @@ def test_a_task_whose_schema_cannot_be_set_raises_and_writes_nothing(
 
 class Gate:
     """A TCP proxy in front of PostgreSQL that refuses the next `refuse(n)` connections it is asked for,
-    as a server with no free connection does, then forwards again."""
+    as a server with no free connection does, then forwards again.
 
-    def __init__(self, port: int) -> None:
-        self.target = port
+    `database_url` says where PostgreSQL listens: a TCP port, or (the embedded server) a Unix socket
+    directory in the `host` query parameter. `.url` is the same database reached through the gate.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        parts = urlsplit(database_url)
+        query = parse_qs(parts.query)
+        directory = query.pop("host", [parts.hostname or ""])[0]
+        port = parts.port or 5432
+        self.target = (socket.AF_UNIX, f"{directory}/.s.PGSQL.{port}") if directory.startswith("/") \
+            else (socket.AF_INET, (directory or "127.0.0.1", port))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.to_refuse = 0
         self.refused = 0
         self.lock = threading.Lock()
+        self.url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}",
+                                             query=urlencode(query, doseq=True)))
         threading.Thread(target=self._accept, daemon=True).start()
 
     def refuse(self, count: int) -> None:
@@ -96,7 +107,9 @@ class Gate:
             if refuse:
                 client.close()
                 continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
+            family, address = self.target
+            upstream = socket.socket(family, socket.SOCK_STREAM)
+            upstream.connect(address)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
@@ -120,11 +133,9 @@ def test_a_worker_retries_a_task_whose_schema_switch_failed_and_never_runs_it_in
         tenant_world, test_database_url, redis_url, tmp_path, django_db_blocker, monkeypatch):
     from chat.tasks import generation_run
 
-    parts = urlsplit(test_database_url)
-    gate = Gate(parts.port or 5432)
-    proxied = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{gate.port}"))
+    gate = Gate(test_database_url)
     queue = f"schema-{uuid.uuid4().hex[:8]}"  # only this worker takes the task
-    worker = start_celery_worker(database_url=proxied, redis_url=redis_url, workdir=tmp_path, email_dir=tmp_path,
+    worker = start_celery_worker(database_url=gate.url, redis_url=redis_url, workdir=tmp_path, email_dir=tmp_path,
                                  queues=queue, env_extra={"CHAT_DEMO_DELAY": "0"})
     org_a = tenant_world["a"]["org"]
     with django_db_blocker.unblock(), schema_context(org_a.schema_name):  # committed: the worker reads it

@@ -100,10 +100,13 @@ DB_CONN_MAX_AGE = int(os.environ.get("DB_CONN_MAX_AGE", "0"))
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0 if DB_POOL_MAX_SIZE else DB_CONN_MAX_AGE,
                                               conn_health_checks=not DB_POOL_MAX_SIZE)}
 DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
-DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = f"prumo-{PROCESS_ROLE}"
+# How this process's connections are named in pg_stat_activity (several deployments on one server, or
+# one web process watched apart from the others, can be told apart by setting it).
+DB_APPLICATION_NAME = os.environ.get("DB_APPLICATION_NAME", f"prumo-{PROCESS_ROLE}")
+DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = DB_APPLICATION_NAME
 if DB_POOL_MAX_SIZE:
     DATABASES["default"]["OPTIONS"]["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE,
-                                               "timeout": DB_POOL_TIMEOUT, "name": f"prumo-{PROCESS_ROLE}"}
+                                               "timeout": DB_POOL_TIMEOUT, "name": DB_APPLICATION_NAME}
 
 # Redis: cache, Celery broker and results, rate-limit counters.
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
