@@ -11,7 +11,7 @@ THREADED = ("web", "generator")
 
 
 def process_role(argv: list[str] | None = None) -> str:
-    """web (gunicorn/uvicorn), generator (Celery on the `generation` queue), worker (other Celery workers),
+    """web (gunicorn/uvicorn), generator (Celery on the GENERATION_QUEUE alone), worker (other Celery workers),
     beat, or manage (manage.py, tests, scripts)."""
     explicit = os.environ.get("PRUMO_PROCESS", "").strip()
     if explicit:
@@ -25,5 +25,6 @@ def process_role(argv: list[str] | None = None) -> str:
             return "beat"
         queues = [value for flag, value in zip(argv, argv[1:], strict=False) if flag in ("-Q", "--queues")]
         queues += [arg.split("=", 1)[1] for arg in argv if arg.startswith(("-Q=", "--queues="))]
-        return "generator" if queues and queues[0].split(",") == ["generation"] else "worker"
+        generation = os.environ.get("GENERATION_QUEUE", "generation")
+        return "generator" if queues and queues[0].split(",") == [generation] else "worker"
     return "manage"

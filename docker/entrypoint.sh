@@ -22,11 +22,11 @@ case "$role" in
     ;;
   worker)
     shift
-    exec celery -A config worker -Q default,checks,webhooks,billing --loglevel INFO "$@"
+    exec celery -A config worker -Q "default,${CHECKS_QUEUE:-checks},webhooks,billing" --loglevel INFO "$@"
     ;;
   generator)
     shift
-    exec celery -A config worker -Q generation --pool threads --concurrency "${GENERATION_CONCURRENCY:-64}" \
+    exec celery -A config worker -Q "${GENERATION_QUEUE:-generation}" --pool threads --concurrency "${GENERATION_CONCURRENCY:-64}" \
       --loglevel INFO "$@"
     ;;
   beat)

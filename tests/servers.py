@@ -110,6 +110,27 @@ def in_thread(fn: Callable[[], T]) -> T:
 # ---------------------------------------------------------------- processes
 
 
+def postgres_address(url: str) -> tuple[str, int]:
+    """Where the PostgreSQL server of `url` listens: (host, port), or (Unix socket directory, port)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    return str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432)
+
+
+def postgres_url_at(url: str, port: int) -> str:
+    """`url` (the same database, user and options) reached over TCP at 127.0.0.1:`port`: a proxy's address."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {key: str(value) for key, value in conninfo_to_dict(url).items()}
+    params.pop("host", None)
+    params.pop("port", None)
+    user, password, name = params.pop("user", ""), params.pop("password", ""), params.pop("dbname")
+    credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{credentials}@127.0.0.1:{port}/{quote(name, safe='')}{query}"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -352,3 +373,76 @@ def start_celery_worker(*, database_url: str, redis_url: str, workdir: Path, ema
 def print_logs(processes: Iterable[Process]) -> None:
     for process in processes:
         process.print_log()
+
+
+# ---------------------------------------------------------------- pgbouncer
+
+PGBOUNCER_INI = ROOT / "docker" / "pgbouncer" / "pgbouncer.ini"
+
+
+@dataclass
+class PgBouncer:
+    process: Process
+    url: str  # the database of `start_pgbouncer`'s URL, through PgBouncer
+    settings: dict[str, str]  # the [pgbouncer] section it runs with
+    directory: Path  # its configuration
+
+    def stop(self) -> None:
+        import shutil
+
+        self.process.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_pgbouncer(*, database_url: str, workdir: Path, settings: dict[str, str] | None = None,
+                    timeout: float = 15.0) -> PgBouncer:
+    """Debian's `pgbouncer` running the compose file's configuration (docker/pgbouncer/pgbouncer.ini) in front of
+    the PostgreSQL of `database_url`: only its address, port and authentication (trust) replaced, plus `settings`.
+
+    PgBouncer refuses to run as root: as root it runs as the owner of PostgreSQL's socket directory (the embedded
+    server's), or as nobody for a TCP server; its configuration goes to a directory that user can read.
+    """
+    import configparser
+    import pwd
+    import shutil
+    import tempfile
+
+    import psycopg
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise RuntimeError("pgbouncer is missing: apt-get install pgbouncer (Debian's package)")
+    host, port = postgres_address(database_url)
+    config = configparser.ConfigParser(interpolation=None)
+    config.optionxform = str  # keep keys as written
+    config.read(PGBOUNCER_INI)
+    directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
+    directory.chmod(0o755)
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    listen_port = free_port()
+    config["databases"] = {"*": f"host={host} port={port}"}
+    config["pgbouncer"].update({"listen_addr": "127.0.0.1", "listen_port": str(listen_port), "auth_type": "trust",
+                                "auth_file": str(directory / "userlist.txt"), **(settings or {})})
+    ini = directory / "pgbouncer.ini"
+    with ini.open("w") as out:
+        config.write(out)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    command = [binary, str(ini)]
+    if os.geteuid() == 0:
+        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name if host.startswith("/") else "nobody"
+        command[1:1] = ["-u", owner]
+    process = Process("pgbouncer", command, dict(os.environ), workdir / "pgbouncer.log").start()
+    url = postgres_url_at(database_url, listen_port)
+    deadline = time.monotonic() + timeout
+    while True:
+        if not process.alive:
+            process.fail(f"exited with {process.popen.returncode}")
+        try:
+            with psycopg.connect(url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return PgBouncer(process=process, url=url, settings=dict(config["pgbouncer"]), directory=directory)
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                process.fail(f"not accepting connections within {timeout}s: {exc}")
+            time.sleep(0.1)

@@ -361,7 +361,7 @@ def test_compose_app_services_share_image_and_point_at_stack_services():
     for service in app:
         env = service["environment"]
         assert {"SECRET_KEY", "PROVIDER_KEY_ENCRYPTION_KEYS", "DATABASE_URL", "REDIS_URL", "ALLOWED_HOSTS"} <= set(env)
-        assert "@postgres:5432/" in env["DATABASE_URL"]
+        assert "@pgbouncer:6432/" in env["DATABASE_URL"]  # PostgreSQL through PgBouncer
         assert env["REDIS_URL"].startswith("redis://redis:6379")
         # The healthcheck's Host must be accepted by Django.
         assert "127.0.0.1" in env["ALLOWED_HOSTS"]
@@ -369,12 +369,13 @@ def test_compose_app_services_share_image_and_point_at_stack_services():
 
 def test_compose_every_service_has_a_healthcheck():
     services = compose()["services"]
-    for name in ("web", "worker", "generator", "beat", "postgres", "redis"):
+    for name in ("web", "worker", "generator", "beat", "postgres", "pgbouncer", "redis"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/healthz" in healthcheck_text(services["web"])
     assert "inspect ping" in healthcheck_text(services["worker"])
     assert "pg_isready -U prumo" in healthcheck_text(services["postgres"])
     assert "redis-cli ping" in healthcheck_text(services["redis"])
+    assert "pg_isready -h 127.0.0.1 -p 6432" in healthcheck_text(services["pgbouncer"])
     # Worker and beat serve no HTTP: they must not inherit the image's /healthz probe.
     for name in ("worker", "generator", "beat"):
         assert "/healthz" not in healthcheck_text(services[name])
@@ -400,5 +401,33 @@ def test_compose_app_waits_for_healthy_dependencies():
     services = compose()["services"]
     for name in ("web", "worker", "beat"):
         depends = services[name]["depends_on"]
-        for dependency in ("postgres", "redis"):
+        for dependency in ("pgbouncer", "redis"):
             assert depends[dependency]["condition"] == "service_healthy", f"{name} -> {dependency}"
+    assert services["pgbouncer"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_compose_pgbouncer_is_debians_with_the_tested_configuration():
+    """The image tests/test_pgbouncer.py stands for: Debian's package, docker/pgbouncer/pgbouncer.ini, not root."""
+    import configparser
+
+    services = compose()["services"]
+    assert services["pgbouncer"]["build"] == "docker/pgbouncer"
+    folder = ROOT / "docker" / "pgbouncer"
+    parsed = DockerfileParser(path=str(folder / "Dockerfile")).structure
+    steps = [(item["instruction"], item["value"]) for item in parsed if item["instruction"] != "COMMENT"]
+    assert steps[0][0] == "FROM" and steps[0][1].startswith("debian:")
+    assert any(kind == "RUN" and "apt-get install" in value and " pgbouncer " in value for kind, value in steps)
+    assert ("COPY", "pgbouncer.ini /etc/pgbouncer/pgbouncer.ini") in steps
+    assert [value for kind, value in steps if kind == "USER"][-1] == "postgres"  # PgBouncer refuses to run as root
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(folder / "pgbouncer.ini")
+    assert config["databases"]["prumo"] == "host=postgres port=5432 dbname=prumo"
+    assert config["pgbouncer"]["listen_port"] == "6432"
+    # The user list is written at start from the environment, with the PostgreSQL password compose gives both.
+    start = (folder / "start.sh").read_text()
+    assert "set -eu" in start and config["pgbouncer"]["auth_file"] in start and start.rstrip().endswith(
+        "exec pgbouncer /etc/pgbouncer/pgbouncer.ini")
+    assert (folder / "start.sh").stat().st_mode & 0o111
+    env = services["pgbouncer"]["environment"]
+    assert env["PGBOUNCER_PASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert env["PGBOUNCER_USER"] == services["postgres"]["environment"]["POSTGRES_USER"]

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 from django.db import connection
@@ -25,7 +24,7 @@ from chat.models import Message, Thread
 from config.celery import app
 from config.celery_tasks import SchemaSwitchFailed
 
-from .servers import start_celery_worker
+from .servers import postgres_address, postgres_url_at, start_celery_worker
 from .test_chat_streaming import threads_remove
 
 DEMO = "demo/prumo-demo"
@@ -64,26 +63,18 @@ def test_a_task_whose_schema_cannot_be_set_raises_and_writes_nothing(
 
 class Gate:
     """A TCP proxy in front of PostgreSQL that refuses the next `refuse(n)` connections it is asked for,
-    as a server with no free connection does, then forwards again.
-
-    `database_url` says where PostgreSQL listens: a TCP port, or (the embedded server) a Unix socket
-    directory in the `host` query parameter. `.url` is the same database reached through the gate.
-    """
+    as a server with no free connection does, then forwards again. `.url` is `database_url` through it."""
 
     def __init__(self, database_url: str) -> None:
-        parts = urlsplit(database_url)
-        query = parse_qs(parts.query)
-        directory = query.pop("host", [parts.hostname or ""])[0]
-        port = parts.port or 5432
-        self.target = (socket.AF_UNIX, f"{directory}/.s.PGSQL.{port}") if directory.startswith("/") \
-            else (socket.AF_INET, (directory or "127.0.0.1", port))
+        host, port = postgres_address(database_url)
+        self.target = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}") if host.startswith("/") \
+            else (socket.AF_INET, (host, port))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.url = postgres_url_at(database_url, self.port)
         self.to_refuse = 0
         self.refused = 0
         self.lock = threading.Lock()
-        self.url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{self.port}",
-                                             query=urlencode(query, doseq=True)))
         threading.Thread(target=self._accept, daemon=True).start()
 
     def refuse(self, count: int) -> None:

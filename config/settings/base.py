@@ -316,12 +316,14 @@ CELERY_BEAT_SCHEDULE: dict = {
 }
 # Registry lookups wait on rate limits: their own queue keeps them from delaying e-mails and the rest.
 CHECKS_QUEUE = os.environ.get("CHECKS_QUEUE", "checks")
+# Chat answers and titles: the generation worker's queue (a thread pool, config.processes).
+GENERATION_QUEUE = os.environ.get("GENERATION_QUEUE", "generation")
 CELERY_TASK_ROUTES = {
     "checks.tasks.check_run_task": {"queue": CHECKS_QUEUE},
     "checks.tasks.batch_start_task": {"queue": CHECKS_QUEUE},
-    "chat.tasks.generation_run": {"queue": "generation"},
-    "chat.tasks.thread_title": {"queue": "generation"},
-    "chat.tasks.trial_answer": {"queue": "generation"},
+    "chat.tasks.generation_run": {"queue": GENERATION_QUEUE},
+    "chat.tasks.thread_title": {"queue": GENERATION_QUEUE},
+    "chat.tasks.trial_answer": {"queue": GENERATION_QUEUE},
 }
 
 # dj-stripe (the Organization is the customer; see billing/stripe.py)
