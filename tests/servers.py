@@ -411,7 +411,9 @@ def start_pgbouncer(*, database_url: str, workdir: Path, settings: dict[str, str
 
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
-        raise RuntimeError("pgbouncer is missing: apt-get install pgbouncer (Debian's package)")
+        import pytest
+
+        pytest.skip("pgbouncer is missing: install Debian's pgbouncer package to run the PgBouncer tests")
     host, port = postgres_address(database_url)
     config = configparser.ConfigParser(interpolation=None)
     config.optionxform = str  # keep keys as written
