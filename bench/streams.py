@@ -43,6 +43,9 @@ database, N SSE clients connected, then a writer process appends to their N Redi
 what a generation writes (`start`, one delta per `--chunk-delay`, `end`); measures the time
 to connect, the delay of each event from Redis to the client, and the web worker's RSS/CPU.
 `--mode both` (default) runs the full path, then the fan-out.
+Scale-out: `--web-processes K` (WEB_CONCURRENCY), `--generators M` (generation worker processes) and
+`--pgbouncer` (the servers reach PostgreSQL through Debian's pgbouncer running the compose file's
+docker/pgbouncer/pgbouncer.ini, session pooling).
 
 The client (this process, asyncio) is a minimal HTTP/1.1 client on asyncio streams, one
 connection per stream (see `Connection`): it shares the two cores with what it measures.
@@ -50,7 +53,9 @@ connection per stream (see `Connection`): it shares the two cores with what it m
 Reported: TTFT p50/p95/p99 of the fake alone and through Prumo and the difference, its POST
 and generation parts, total time, errors (non-200, streams without `end`, `end` not
 `complete`, text that is not the fake's answer), peak RSS / threads / CPU of the web worker,
-the generation worker and the fake, peak PostgreSQL connections and Redis clients, and the
+the generation worker and the fake, peak PostgreSQL connections and Redis clients, sends refused
+(503/429) and served after their retry, answers left pending/streaming, tasks run in the wrong
+schema, CPU per answer (web and generation workers over the measured window, divided by N), and the
 exceptions in the servers' logs (kept in a temporary folder, printed at the start).
 """
 
@@ -235,7 +240,8 @@ def start_fake(pieces: int, delay: float, logs: Path) -> tuple[subprocess.Popen,
     return process, url
 
 
-def server_env(*, url: str, redis_url: str, secret: str, fake_url: str, bind: str, settings: str) -> dict:
+def server_env(*, url: str, redis_url: str, secret: str, fake_url: str, bind: str, settings: str,
+               web_processes: int = 1) -> dict:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("CELERY_", "DJANGO_", "GUNICORN_")) and key not in ("PORT", "BIND")}
     env.update({
@@ -244,7 +250,8 @@ def server_env(*, url: str, redis_url: str, secret: str, fake_url: str, bind: st
         "PROVIDER_KEY_ENCRYPTION_KEYS": base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()).decode(),
         "MFA_ENCRYPTION_KEYS": base64.urlsafe_b64encode(hashlib.sha256(b"mfa:" + secret.encode()).digest()).decode(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost", "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0",
-        "OPENAI_BASE_URL": f"{fake_url}/v1", "OPENAI_API_KEY": "sk-bench-streams", "WEB_CONCURRENCY": "1",
+        "OPENAI_BASE_URL": f"{fake_url}/v1", "OPENAI_API_KEY": "sk-bench-streams",
+        "WEB_CONCURRENCY": str(web_processes),
         "BIND": bind, "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -273,21 +280,22 @@ def start_web(env: dict, port: int, log: Path) -> None:
             return False
 
     seconds = wait_for(ready, "the web process", 60, log)
-    print(f"web process (gunicorn, one uvicorn worker) on 127.0.0.1:{port} ready in {seconds:.1f} s", flush=True)
+    print(f"web process (gunicorn, {env['WEB_CONCURRENCY']} uvicorn worker(s)) on 127.0.0.1:{port} ready in "
+          f"{seconds:.1f} s", flush=True)
 
 
-def start_worker(env: dict, concurrency: int, log: Path, label: str) -> None:
-    PROCESSES.start("worker", [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "generation",
-                               "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO",
-                               "-n", f"bench-streams-{label}@%h"], env, log)
+def start_worker(env: dict, concurrency: int, log: Path, label: str, name: str = "worker") -> None:
+    PROCESSES.start(name, [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "generation",
+                           "--pool", "threads", "--concurrency", str(concurrency), "--loglevel", "INFO",
+                           "-n", f"bench-streams-{label}-{name}@%h"], env, log)
 
     def ready() -> bool:
-        if PROCESSES.running["worker"].poll() is not None:
+        if PROCESSES.running[name].poll() is not None:
             sys.exit(f"the generation worker exited (see {log})")
         return " ready." in log.read_text(errors="replace")
 
     seconds = wait_for(ready, "the generation worker", 60, log)
-    print(f"generation worker (threads, concurrency {concurrency}) ready in {seconds:.1f} s", flush=True)
+    print(f"generation worker {name} (threads, concurrency {concurrency}) ready in {seconds:.1f} s", flush=True)
 
 
 def log_errors(path: Path) -> tuple[int, Counter]:
@@ -855,8 +863,9 @@ def round_env(options, ctx: dict) -> tuple[dict, int]:
 
     redis.Redis.from_url(ctx["redis_url"]).flushdb()  # our database only (--redis-db)
     port = free_port()
-    env = server_env(url=ctx["url"], redis_url=ctx["redis_url"], secret=ctx["secret"], fake_url=ctx["fake_url"],
-                     bind=f"127.0.0.1:{port}", settings=options.settings)
+    env = server_env(url=ctx["server_url"], redis_url=ctx["redis_url"], secret=ctx["secret"],
+                     fake_url=ctx["fake_url"], bind=f"127.0.0.1:{port}", settings=options.settings,
+                     web_processes=options.web_processes)
     return env, port
 
 
@@ -874,24 +883,28 @@ def full_round(n: int, options, ctx: dict) -> dict:
     env, port = round_env(options, ctx)
     concurrency = options.generation_concurrency
     label = f"full-{n}"
-    web_log, worker_log = ctx["logs"] / f"web-{label}.log", ctx["logs"] / f"worker-{label}.log"
+    workers = {f"worker-{i + 1}": ctx["logs"] / f"worker-{i + 1}-{label}.log" for i in range(options.generators)}
+    web_log = ctx["logs"] / f"web-{label}.log"
     base = f"http://127.0.0.1:{port}"
     try:
         start_web(env, port, web_log)
-        start_worker(env, concurrency, worker_log, label)
+        for name, log in workers.items():
+            start_worker(env, concurrency, log, label, name)
         if warm:
             warmed = asyncio.run(prumo_streams(base, warm, ctx["expected"], options.timeout, 0))
             print(f"warm-up: {len(warm)} streams, errors {sum(errors_of(warmed['results']).values())}", flush=True)
-        sampler = Sampler({"web master": PROCESSES.running["web"].pid,
-                           "generation worker": PROCESSES.running["worker"].pid, "fake": ctx["fake_pid"]},
-                          ctx["database"], ctx["url"], ctx["redis_url"])
+        pids = {"web master": PROCESSES.running["web"].pid, "fake": ctx["fake_pid"]}
+        pids.update({"generation worker" + ("" if len(workers) == 1 else f" {name[7:]}"): PROCESSES.running[name].pid
+                     for name in workers})
+        sampler = Sampler(pids, ctx["database"], ctx["url"], ctx["redis_url"])
         sampler.start()
         measured = asyncio.run(prumo_streams(base, jobs, ctx["expected"], options.timeout, options.post_concurrency,
                                              start=sampler.mark))
         figures = sampler.finish()
     finally:
         PROCESSES.stop("web")
-        PROCESSES.stop("worker", timeout=60)
+        for name in workers:
+            PROCESSES.stop(name, timeout=60)
 
     results = measured["results"]
     result = {
@@ -911,9 +924,16 @@ def full_round(n: int, options, ctx: dict) -> dict:
         "refusals": sum((r.get("refusals", Counter()) for r in results), Counter()),
         "served_after_retry": sum(1 for r in results if r.get("refused") and "error" not in r),
         "deltas": sum(r.get("deltas", 0) for r in results), "reconnects": sum(r.get("reconnects", 0) for r in results),
-        "logs": {"web": log_errors(web_log), "generation worker": log_errors(worker_log)}, **figures,
+        "logs": {"web": log_errors(web_log), **{name: log_errors(log) for name, log in workers.items()}}, **figures,
         "streams": [{key: value for key, value in r.items() if key != "delays"} for r in results],
+        "web_processes": options.web_processes, "generators": options.generators, "pgbouncer": options.pgbouncer,
     }
+    # CPU of the web workers and generation workers over the measured window, per question asked.
+    busy = sum(cores for name, cores in result["cores"].items() if name.startswith(("web", "generation worker")))
+    result["cpu_per_answer"] = busy * result["cpu_window"] / n
+    logged = "\n".join(log.read_text(errors="replace") for log in workers.values())
+    result["wrong_schema"] = len(re.findall(r'relation "[^"]+" does not exist', logged))  # a task run in `public`
+    result["switch_retries"] = logged.count("the schema switch failed")  # refused to run there, retried
     report_full(result)
     return result
 
@@ -1017,6 +1037,10 @@ def report_full(r: dict) -> None:
           f"{dict(r['statuses'])}")
     print(f"sends refused then sent again: {sum(r['refusals'].values())} refusals {dict(r['refusals']) or ''}; "
           f"{r['served_after_retry']} questions served after a retry")
+    left = sum(count for status, count in r["statuses"].items() if status in ("pending", "streaming"))
+    print(f"answers left pending/streaming: {left}; tasks run in the wrong schema: {r['wrong_schema']} (schema "
+          f"switches refused and retried: {r['switch_retries']}); CPU per answer (web + generation workers): "
+          f"{r['cpu_per_answer'] * 1000:.0f} ms")
     report_processes(r)
 
 
@@ -1042,17 +1066,19 @@ def summary(rounds: list[dict]) -> None:
     if full:
         print("| Streams | TTFT fake alone p50 / p95 / p99 | TTFT through Prumo p50 / p95 / p99 | "
               "Added p50 / p95 / p99 | POST p50 / p95 | Delta Redis -> client p50 / p99 | Total | Errors | "
-              "Peak RSS web / generation worker | Busiest second web / worker (cores) |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "Refused, then served | Left pending/streaming | Wrong schema | Peak PostgreSQL connections | "
+              "CPU per answer | Peak RSS web / generation worker |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in full:
             added = " / ".join(f"{ms(r['ttft'], p) - ms(r['base_ttft'], p):+.0f}" for p in (50, 95, 99))
-            cores = " / ".join(f"{r['peak_cores'].get(name, float('nan')):.2f}"
-                               for name in ("web worker", "generation worker"))
+            left = sum(count for status, count in r["statuses"].items() if status in ("pending", "streaming"))
             print(f"| {r['n']:,} | {pcts(r['base_ttft'])} | {pcts(r['ttft'])} | {added} ms | "
                   f"{ms(r['post'], 50):.0f} / {ms(r['post'], 95):.0f} ms | "
                   f"{ms(r['delays'], 50):.0f} / {ms(r['delays'], 99):.0f} ms | {r['seconds']:.1f} s | "
-                  f"{sum(r['errors'].values())} of {r['n']} | {r['rss'].get('web worker', 0) / MiB:.0f} / "
-                  f"{r['rss'].get('generation worker', 0) / MiB:.0f} MiB | {cores} |")
+                  f"{sum(r['errors'].values())} of {r['n']} | {sum(r['refusals'].values())} refusals, "
+                  f"{r['served_after_retry']} served | {left} | {r['wrong_schema']} | {r['pg']} | "
+                  f"{r['cpu_per_answer'] * 1000:.0f} ms | {r['rss'].get('web worker', 0) / MiB:.0f} / "
+                  f"{r['rss'].get('generation worker', r['rss'].get('generation worker 1', 0)) / MiB:.0f} MiB |")
     fanout = [r for r in rounds if r["mode"] == "fanout"]
     if fanout:
         print("\n| Streams (fan-out alone) | All connected after | Open p50 / p95 / p99 | First delta p50 / p95 / p99 "
@@ -1080,6 +1106,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="streams run (unmeasured) after the servers start")
     parser.add_argument("--generation-concurrency", type=int, default=64,
                         help="threads of the generation worker (default: the image's GENERATION_CONCURRENCY, 64)")
+    parser.add_argument("--web-processes", type=int, default=1, help="uvicorn workers of the web process "
+                        "(WEB_CONCURRENCY)")
+    parser.add_argument("--generators", type=int, default=1, help="generation worker processes")
+    parser.add_argument("--pgbouncer", action="store_true", help="the servers reach PostgreSQL through Debian's "
+                        "pgbouncer running docker/pgbouncer/pgbouncer.ini (session pooling)")
     parser.add_argument("--post-concurrency", type=int, default=0,
                         help="POSTs in flight at once (default: all at once)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a client waits for its whole answer")
@@ -1122,7 +1153,17 @@ def main() -> None:
           f"{options.chunk_delay * 1000:.0f} ms apart ({len(''.join(pieces))} characters, about "
           f"{options.pieces * options.chunk_delay:.1f} s per answer); streams over {len(orgs)} organization(s); "
           f"server logs in {logs}", flush=True)
-    ctx = {"url": url, "database": options.database, "redis_url": redis_url, "secret": secret, "orgs": orgs,
+    server_url = url
+    if options.pgbouncer:
+        from tests.servers import start_pgbouncer
+
+        bouncer = start_pgbouncer(database_url=url, workdir=logs)
+        atexit.register(bouncer.stop)
+        server_url = bouncer.url
+        print(f"PgBouncer {bouncer.settings['pool_mode']} pooling, at most {bouncer.settings['max_db_connections']} "
+              f"server connections: {server_url}", flush=True)
+    ctx = {"url": url, "server_url": server_url, "database": options.database, "redis_url": redis_url,
+           "secret": secret, "orgs": orgs,
            "user": bench_owner(), "run": uuid.uuid4().hex[:10], "fake_url": fake_url, "fake_pid": fake.pid,
            "expected": "".join(pieces), "logs": logs}
     rounds = []
