@@ -298,6 +298,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
+# Nothing reads a task's return value: without this, every send subscribed to a result channel in Redis
+# (the result backend's pub/sub) and every task stored its result (bench/RESULTS.md, Streams).
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {
     # Idempotent (one grant per organization and month), so hourly is only a retry cadence.
