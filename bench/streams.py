@@ -346,6 +346,7 @@ class Sampler(threading.Thread):
 
     def mark(self) -> None:
         self.marked, self.cpu_start = time.perf_counter(), self.cpu_times()
+        self.cpu_last = dict(self.cpu_start)  # pid -> (name, CPU seconds), kept for processes that exit
         self.client_start, self.machine_start = time.process_time(), machine_busy()
 
     def all_processes(self) -> dict:
@@ -359,15 +360,25 @@ class Sampler(threading.Thread):
                 pass
         return found
 
-    def cpu_times(self) -> dict[str, float]:
+    def cpu_times(self) -> dict[int, tuple[str, float]]:
+        """pid -> (name, CPU seconds) of the processes alive now. By pid: a web worker recycled by max_requests
+        comes back under the same name as another process."""
         times = {}
         for name, process in self.all_processes().items():
             try:
                 cpu = process.cpu_times()
-                times[name] = cpu.user + cpu.system
+                times[process.pid] = (name, cpu.user + cpu.system)
             except self.psutil.Error:
                 pass
         return times
+
+    @staticmethod
+    def by_name(start: dict, end: dict) -> dict[str, float]:
+        """CPU seconds per name between two `cpu_times()`: a process born in between counts from zero."""
+        used: Counter = Counter()
+        for pid, (name, cpu) in end.items():
+            used[name.split(" (")[0]] += cpu - start.get(pid, (name, 0.0))[1]
+        return dict(used)
 
     def run(self) -> None:
         import psycopg
@@ -380,9 +391,9 @@ class Sampler(threading.Thread):
             while not self.stopping.is_set():
                 if time.perf_counter() - second >= 1:
                     now, cpu = time.perf_counter(), self.cpu_times()
-                    for name, used in cpu.items():
-                        cores = (used - second_cpu.get(name, used)) / (now - second)
-                        self.peak_cores[name] = max(self.peak_cores[name], cores)
+                    self.cpu_last.update(cpu)
+                    for name, used in self.by_name(second_cpu, cpu).items():
+                        self.peak_cores[name] = max(self.peak_cores[name], used / (now - second))
                     second, second_cpu = now, cpu
                 for name, process in self.all_processes().items():
                     try:
@@ -405,15 +416,16 @@ class Sampler(threading.Thread):
     def finish(self) -> dict:
         """Stop sampling (before the servers stop); the figures."""
         wall = time.perf_counter() - self.marked
-        end = self.cpu_times()
-        cores = {name: (end[name] - self.cpu_start.get(name, 0.0)) / wall for name in end}
+        end = {**self.cpu_last, **self.cpu_times()}  # with the last figures of processes that exited
+        cores = {name: used / wall for name, used in self.by_name(self.cpu_start, end).items()}
         cores["bench client"] = (time.process_time() - self.client_start) / wall
         machine = (machine_busy() - self.machine_start) / wall
         self.stopping.set()
         self.join(5)
         return {"rss": dict(self.peak_rss), "rss_idle": dict(self.first_rss), "threads": dict(self.peak_threads),
                 "cores": cores, "peak_cores": dict(self.peak_cores), "machine": machine, "cpu_window": wall,
-                "pg": self.pg_peak, "pg_total": self.pg_total_peak, "redis": self.redis_peak}
+                "pg": self.pg_peak, "pg_total": self.pg_total_peak, "redis": self.redis_peak,
+                "web_workers_seen": sum(1 for name, _cpu in end.values() if name.startswith("web worker"))}
 
 
 # ---------------------------------------------------------------- clients
@@ -1009,7 +1021,8 @@ def report_processes(r: dict) -> None:
           f"{os.cpu_count()} cores busy, of which {rest:.2f} outside these processes (PostgreSQL, Redis, the rest "
           f"of the VM) (CPU over the {window:.1f} s measured)")
     print(f"peak PostgreSQL connections: {r['pg']} to the bench database, {r['pg_total']} on the server; "
-          f"peak Redis clients (whole server): {r['redis']}")
+          f"peak Redis clients (whole server): {r['redis']}; web worker processes seen: {r['web_workers_seen']} "
+          f"(more than WEB_CONCURRENCY: recycled by max_requests, their CPU counted)")
     for name, (count, kinds) in r["logs"].items():
         if count or kinds:
             print(f"{name} log: {count} error lines; " + "; ".join(f"{k} (x{v})" for k, v in kinds.most_common(5)))

@@ -265,9 +265,11 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
                        description=f"chat answer {answer.pk}")
     Thread.objects.filter(pk=thread.pk).update(updated_at=timezone.now(), model_id=option.id)
     schema = connection.schema_name
-    if unread:  # the last file read queues it (_answer_wake); the reaper closes it if that never happens
-        transaction.on_commit(lambda: _pending_watch(answer.pk, schema))
-    else:
+    # Watched before the commit: a process that dies between the commit and the enqueue still leaves the answer
+    # to the reaper (which drops an entry whose answer never committed). Files still being read: the last one
+    # read queues it (_answer_wake).
+    _pending_watch(answer.pk, schema)
+    if not unread:
         transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
     return answer
 

@@ -504,6 +504,42 @@ def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, te
     assert sync_client().zscore(PENDING_SET, key) is None
 
 
+def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_reaper(
+        client_for, org_a, providers, settings, django_capture_on_commit_callbacks):
+    """The answer is watched before the send commits: a process that dies between the commit and the enqueue
+    (on-commit callbacks never run) leaves it to the reaper, hold released, thread free again."""
+    from chat.services import PENDING_SET
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = client_for("a").post(f"/o/{org_a.slug}/chat/new/", {"model": CHEAP, "content": "Anyone?"})
+    assert response.status_code == 302, response.content[:500]
+    assert callbacks, "the enqueue is an on-commit callback, and it never ran"
+    thread = latest_thread(org_a)
+    _question, answer = messages_of(org_a, thread)
+    with schema_context(org_a.schema_name):
+        key, billing_key = answer.stream_key, answer.billing_key
+    assert answer.status == "pending" and sync_client().zscore(PENDING_SET, key) is not None
+    assert CreditReservation.objects.get(key=billing_key).status == "open"
+    settings.CHAT_PENDING_TIMEOUT = 0.2
+    time.sleep(0.3)
+    assert tasks.generations_reap() == 1
+    with schema_context(org_a.schema_name):
+        answer.refresh_from_db()
+    assert answer.status == "failed"
+    assert CreditReservation.objects.get(key=billing_key).status == "released"
+    assert BillingAccount.objects.get(pk=org_a.pk).credits == ledger_sum(organization=org_a)
+    assert sync_client().zscore(PENDING_SET, key) is None
+
+
+def test_a_pending_watch_whose_send_rolled_back_is_dropped(org_a, tenant_world):
+    from chat.services import PENDING_SET
+
+    key = f"chat:gen:{org_a.schema_name}:987654321"  # an answer that never committed
+    sync_client().zadd(PENDING_SET, {key: time.time() - 3600})
+    tasks.generations_reap()
+    assert sync_client().zscore(PENDING_SET, key) is None
+
+
 def test_an_answer_waiting_behind_the_organizations_cap_ends_failed_within_the_bound(
         client_for, org_a, providers, send, settings):
     """Waiting its turn keeps the time it was queued, so the reaper closes it CHAT_PENDING_TIMEOUT later,
