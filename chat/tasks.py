@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
-from collections import defaultdict
 
 from celery import shared_task
 from django.conf import settings
 from django.db import OperationalError, connection
-from django_tenants.utils import schema_context
+from django_tenants.utils import schema_context, schema_exists
 
 from .gateway import holds_reap
 from .generation import ACTIVE_SET, SLOT_RETRY_SECONDS, answer_generate, answer_never_started, answer_recover
@@ -17,6 +17,8 @@ from .models import Message
 from .redis import sync_client
 from .services import PENDING_SET, attachment_text_extract
 from .titles import thread_title_write
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
@@ -55,41 +57,48 @@ def trial_answer(visitor: str, answer_id: int, model_id: str) -> None:
 
 @shared_task(acks_late=True, ignore_result=True)
 def generations_reap() -> int:
-    """Beat: close answers whose worker died (no heartbeat) or whose task never started. Returns how many."""
+    """Beat: close answers whose worker died (no heartbeat) or whose task never started. Returns how many.
+
+    Each entry on its own: one that cannot be closed (a database error) is logged and tried again on the
+    next run, and one whose organization was deleted is dropped; neither keeps the reaper from the others."""
     client = sync_client()
-    deadline = time.time() - settings.CHAT_HEARTBEAT_TIMEOUT
-    stale = client.zrangebyscore(ACTIVE_SET, "-inf", deadline)
-    by_schema: dict[str, list[tuple[str, int]]] = defaultdict(list)
     closed = 0
-    never_started = client.zrangebyscore(PENDING_SET, "-inf", time.time() - settings.CHAT_PENDING_TIMEOUT)
-    for key in never_started:
-        _prefix, _gen, schema, answer_id = key.split(":")
-        with schema_context(schema):
-            answer = Message.objects.filter(pk=int(answer_id),
-                                            status__in=[Message.Status.WAITING, Message.Status.PENDING]).first()
-            if answer is not None:
-                answer_never_started(answer)
-                closed += 1
-        client.zrem(PENDING_SET, key)
-    for key in stale:
-        _prefix, kind, owner, answer_id = key.split(":")
+    for key in client.zrangebyscore(PENDING_SET, "-inf", time.time() - settings.CHAT_PENDING_TIMEOUT):
+        closed += _reap(client, PENDING_SET, key)
+    for key in client.zrangebyscore(ACTIVE_SET, "-inf", time.time() - settings.CHAT_HEARTBEAT_TIMEOUT):
+        closed += _reap(client, ACTIVE_SET, key)
+    return closed
+
+
+def _reap(client, queue: str, key: str) -> int:
+    """Close the answer of one stale entry of `queue` (never started, or its worker died); 1 if it was closed."""
+    _prefix, kind, owner, answer_id = key.split(":")
+    try:
         if kind == "trial":
             from .trial import trial_recover
 
             trial_recover(owner, int(answer_id))
-            closed += 1
-        else:
-            by_schema[owner].append((key, int(answer_id)))
-    for schema, entries in by_schema.items():
-        with schema_context(schema):
-            for key, answer_id in entries:
-                answer = Message.objects.filter(pk=answer_id).first()
-                if answer is not None and answer.status in Message.ACTIVE:
+            return 1
+        if not schema_exists(owner):  # the organization was deleted, its answers with it
+            client.zrem(queue, key)
+            return 0
+        with schema_context(owner):
+            if queue == PENDING_SET:
+                answer = Message.objects.filter(pk=int(answer_id),
+                                                status__in=[Message.Status.WAITING, Message.Status.PENDING]).first()
+                if answer is not None:
+                    answer_never_started(answer)
+                client.zrem(queue, key)
+            else:
+                answer = Message.objects.filter(pk=int(answer_id), status__in=Message.ACTIVE).first()
+                if answer is not None:
                     answer_recover(answer)
-                    closed += 1
                 else:
-                    client.zrem(ACTIVE_SET, key)
-    return closed
+                    client.zrem(queue, key)
+            return int(answer is not None)
+    except Exception:
+        logger.exception("chat reaper: %s could not be closed; the next run tries again", key)
+        return 0
 
 
 @shared_task(acks_late=True, ignore_result=True)

@@ -531,6 +531,38 @@ def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_r
     assert sync_client().zscore(PENDING_SET, key) is None
 
 
+def test_the_reaper_goes_past_entries_it_cannot_close(org_a, tenant_world, settings, caplog):
+    """An organization deleted with a stale entry, and an entry that fails, never keep the reaper from a lost
+    answer behind them."""
+    from billing.ledger import credit_reserve
+    from chat.generation import ACTIVE_SET
+    from chat.services import PENDING_SET
+
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
+        Message.objects.create(thread=thread, role="user", content="still there?")
+        answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
+                                        max_tokens=100)
+        key, billing_key = answer.stream_key, answer.billing_key
+    credit_reserve(organization=org_a, amount=Decimal("1"), key=billing_key)
+    old = time.time() - settings.CHAT_PENDING_TIMEOUT - settings.CHAT_HEARTBEAT_TIMEOUT - 60
+    gone, broken = "chat:gen:org_deleted_meanwhile:1", f"chat:gen:{org_a.schema_name}:not-a-number"
+    sync_client().zadd(PENDING_SET, {gone: old - 2, broken: old - 1, key: old})
+    sync_client().zadd(ACTIVE_SET, {gone: old})
+    try:
+        assert tasks.generations_reap() == 1
+        with schema_context(org_a.schema_name):
+            answer.refresh_from_db()
+        assert answer.status == "failed"
+        assert CreditReservation.objects.get(key=billing_key).status == "released"
+        assert sync_client().zscore(PENDING_SET, gone) is None and sync_client().zscore(ACTIVE_SET, gone) is None
+        assert sync_client().zscore(PENDING_SET, broken) is not None  # tried again next time, and logged
+        assert f"{broken} could not be closed" in caplog.text
+    finally:
+        sync_client().zrem(PENDING_SET, broken, gone, key)
+        sync_client().zrem(ACTIVE_SET, gone)
+
+
 def test_a_pending_watch_whose_send_rolled_back_is_dropped(org_a, tenant_world):
     from chat.services import PENDING_SET
 
