@@ -262,21 +262,23 @@ def exhaustion(org, threads: int, attempts: int, covers: int, run: str) -> dict:
 
 
 PGBENCH_SCRIPT = """\\set org {org}
-BEGIN;
-UPDATE billing_billingaccount SET credits = credits + 0.01, updated_at = now()
-  WHERE organization_id = :org AND credits + 0.01 >= 0 RETURNING credits \\gset
-INSERT INTO billing_creditentry (organization_id, kind, amount, balance_after, idempotency_key, description,
-  metadata, created_at) VALUES (:org, 'adjustment', 0.01, :credits,
-  replace('{key}', '|', ':') || gen_random_uuid(), 'pgbench', '{{}}', now());
-COMMIT;
+WITH account AS (SELECT credits FROM billing_billingaccount WHERE organization_id = :org FOR UPDATE),
+entry AS (INSERT INTO billing_creditentry (organization_id, kind, amount, balance_after, idempotency_key, description,
+    metadata, created_at)
+  SELECT :org, 'adjustment', 0.01, account.credits + 0.01, replace('{key}', '|', ':') || gen_random_uuid(),
+    'pgbench', '{{}}', now() FROM account WHERE account.credits + 0.01 >= 0
+  ON CONFLICT (idempotency_key) DO NOTHING RETURNING balance_after),
+moved AS (UPDATE billing_billingaccount SET credits = entry.balance_after, updated_at = now() FROM entry
+  WHERE organization_id = :org)
+SELECT balance_after FROM entry;
 """
 
 
 def pgbench_baseline(pgbench: str, url: str, orgs: list, threads: int, seconds: int, run: str) -> list[dict]:
-    """The ledger's two statements without Django: pgbench, prepared, same four scenarios.
+    """The ledger's statement without Django: pgbench, prepared, same four scenarios.
 
-    Each transaction is the UPDATE + INSERT of `_move` for +0.01 credits (an adjustment,
-    so no grant is needed and balance = ledger_sum still holds).
+    Each transaction is `billing.ledger.MOVE_SQL` for +0.01 credits (an adjustment, so no grant
+    is needed and balance = ledger_sum still holds).
     """
     from urllib.parse import urlsplit
 

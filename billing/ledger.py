@@ -1,14 +1,16 @@
 """The credit ledger: every movement of credits goes through `_move`.
 
-A movement is one transaction: a conditional UPDATE of the balance (`credits + amount
->= 0`, so concurrent requests can never overspend) and the insert of its `CreditEntry`,
-whose unique idempotency key makes a retried movement a no-op that returns the
-original entry. Callers choose keys that name the business event (`grant:<org>:<month>`,
-a Stripe checkout session id, a request id), never random ones.
+A movement is one statement (MOVE_SQL): the balance row locked, the `CreditEntry` inserted
+when the balance covers it (`credits + amount >= 0`, so concurrent requests can never
+overspend) and its key is new, and the balance updated from that entry. The entry's unique
+idempotency key makes a retried movement a no-op that returns the original entry. Callers
+choose keys that name the business event (`grant:<org>:<month>`, a Stripe checkout session
+id, a request id), never random ones.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -54,41 +56,52 @@ def _existing(key: str, *, organization: Organization, kind: str, amount: Decima
     return Movement(entry=entry, created=False)
 
 
+# One round trip, no savepoint: the account row is locked first (a concurrent movement of the same organization
+# waits, then sees its committed balance), the entry goes in only if the balance covers it and its key is new
+# (ON CONFLICT: a concurrent retry of the same key inserts nothing), and the balance follows the entry.
+MOVE_SQL = f"""
+WITH account AS (
+    SELECT credits FROM {BillingAccount._meta.db_table} WHERE organization_id = %(organization)s FOR UPDATE
+), entry AS (
+    INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
+        reservation_id, description, created_by_id, metadata, created_at)
+    SELECT %(organization)s::bigint, %(kind)s::text, %(amount)s::numeric, account.credits + %(amount)s::numeric,
+        %(key)s::text, %(reservation)s::bigint, %(description)s::text, %(user)s::bigint, %(metadata)s::jsonb, now()
+    FROM account WHERE account.credits + %(amount)s::numeric >= 0
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id, balance_after, created_at
+), moved AS (
+    UPDATE {BillingAccount._meta.db_table} SET credits = entry.balance_after, updated_at = now()
+    FROM entry WHERE organization_id = %(organization)s
+)
+SELECT id, balance_after, created_at FROM entry
+"""
+
+
 def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, description: str = "",
           user: User | None = None, reservation: CreditReservation | None = None,
           metadata: dict | None = None) -> Movement:
     amount = Decimal(amount)
-    if (found := _existing(key, organization=organization, kind=kind, amount=amount)) is not None:
-        return found
-    table = BillingAccount._meta.db_table
-    try:
-        with transaction.atomic():
-            for first_try in (True, False):
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"UPDATE {table} SET credits = credits + %s, updated_at = now() "
-                        "WHERE organization_id = %s AND credits + %s >= 0 RETURNING credits",
-                        [amount, organization.pk, amount],
-                    )
-                    row = cursor.fetchone()
-                if row is not None:
-                    break
-                balance = BillingAccount.objects.filter(pk=organization.pk).values_list("credits", flat=True).first()
-                if balance is not None or not first_try:
-                    raise InsufficientCredits(balance=balance or ZERO, required=-amount)
-                # The account does not exist yet (the first movement of an organization): create it, retry once.
-                billing_account_ensure(organization)
-            entry = CreditEntry.objects.create(
-                organization=organization, kind=kind, amount=amount, balance_after=row[0], idempotency_key=key,
-                reservation=reservation, description=description[:255], created_by=user, metadata=metadata or {},
-            )
-    except IntegrityError:
-        # The same key committed concurrently: that movement stands, ours rolled back.
-        found = _existing(key, organization=organization, kind=kind, amount=amount)
-        if found is None:
-            raise
-        return found
-    return Movement(entry=entry, created=True)
+    params = {"organization": organization.pk, "kind": kind, "amount": amount, "key": key,
+              "reservation": reservation.pk if reservation else None, "description": description[:255],
+              "user": user.pk if user else None, "metadata": json.dumps(metadata or {})}
+    for first_try in (True, False):
+        with connection.cursor() as cursor:
+            cursor.execute(MOVE_SQL, params)
+            row = cursor.fetchone()
+        if row is not None:
+            entry = CreditEntry(pk=row[0], organization=organization, kind=kind, amount=amount, balance_after=row[1],
+                                idempotency_key=key, reservation=reservation, description=description[:255],
+                                created_by=user, metadata=metadata or {}, created_at=row[2])
+            return Movement(entry=entry, created=True)
+        if (found := _existing(key, organization=organization, kind=kind, amount=amount)) is not None:
+            return found  # a retry: that movement stands
+        balance = BillingAccount.objects.filter(pk=organization.pk).values_list("credits", flat=True).first()
+        if balance is not None or not first_try:
+            raise InsufficientCredits(balance=balance or ZERO, required=-amount)
+        # The account does not exist yet (the first movement of an organization): create it, retry once.
+        billing_account_ensure(organization)
+    raise AssertionError("unreachable")
 
 
 def _positive(amount: Decimal) -> Decimal:

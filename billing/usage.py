@@ -86,8 +86,14 @@ def usage_record(*, organization: Organization, kind: str, key: str, request_id:
                           user_id=user.pk if user else None, api_key_id=api_key_id, input_tokens=input_tokens,
                           output_tokens=output_tokens, units=units, occurred_at=occurred_at)
     with connection.cursor() as cursor:
-        cursor.execute(USAGE_INSERT_SQL, params)
-    return UsageEvent.objects.get(organization=organization, request_id=request_id)
+        cursor.execute(USAGE_INSERT_SQL + " RETURNING id, credits", params)
+        row = cursor.fetchone()
+    if row is None:  # a retry: the event written the first time
+        return UsageEvent.objects.get(organization=organization, request_id=request_id)
+    return UsageEvent(pk=row[0], organization=organization, user=user, api_key_id=api_key_id, kind=kind, key=key,
+                      input_tokens=input_tokens, output_tokens=output_tokens, units=units, credits=row[1],
+                      input_per_million=price.input_per_million, output_per_million=price.output_per_million,
+                      per_unit=price.per_unit, request_id=request_id, occurred_at=params["occurred_at"])
 
 
 ROLLUP_LOCK = 7_301_001  # pg_advisory_xact_lock key: one rollup at a time

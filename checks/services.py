@@ -206,10 +206,11 @@ def check_request(*, organization: Organization, target: Target, source: str = C
         price = _price(CACHED_PRICE)
         try:
             with transaction.atomic():
-                check = Check.objects.create(status=Check.Status.RUNNING, started_at=timezone.now(), **fields)
+                check = Check(status=Check.Status.RUNNING, started_at=timezone.now(), **fields)
+                _finish(check, cached, organization=organization, price=price, settle=False)
+                # Last: the organization's balance row stays locked only from here to the commit.
                 credit_debit(organization=organization, amount=price.per_unit, key=billing_key,
                              description=_("Check %(cnpj)s (cached)") % {"cnpj": target.cnpj_formatted}, user=user)
-                _finish(check, cached, organization=organization, price=price, settle=False)
         except InsufficientCredits as error:
             raise _insufficient(error) from None
         return check
@@ -354,7 +355,8 @@ def _fail(check: Check, error: str) -> None:
 
 
 def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, price: Price, settle: bool) -> None:
-    """Record the answer (a report when found), bill it at `price`, update the target. In a transaction."""
+    """Record the answer (a report when found), bill it at `price`, update the target. In a transaction.
+    A check not saved yet (a cache hit) is inserted finished."""
     result = lookup.result
     check.cache_hit = lookup.hit
     check.provider = result.provider or ""
@@ -364,10 +366,13 @@ def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, p
     if settle:
         reservation = CreditReservation.objects.get(key=check.billing_key)
         credit_settle(reservation=reservation, actual=min(price.per_unit, reservation.amount))
-    user = User.objects.filter(pk=check.requested_by_id).first() if check.requested_by_id else None
+    user = check.requested_by if check.requested_by_id else None
     usage_record(organization=organization, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=check.billing_key,
                  credits=price.per_unit, price=price, user=user, api_key_id=check.api_key_id, units=1)
-    check.save(update_fields=["cache_hit", "provider", "credits", "finished_at", "status"])
+    if check.pk is None:  # answered from the cache: written once, finished
+        check.save()
+    else:
+        check.save(update_fields=["cache_hit", "provider", "credits", "finished_at", "status"])
     target = check.target
     target.status, target.last_checked_at = check.status, check.finished_at
     fields = ["status", "last_checked_at"]
