@@ -179,7 +179,7 @@ def test_a_request_that_gets_no_connection_in_time_is_told_to_retry_never_a_500(
             async with httpx.AsyncClient(base_url=server.url, cookies=cookies, timeout=60,
                                          limits=httpx.Limits(max_connections=100)) as client:
                 pages = [client.get(f"/o/{slug}/chat/") for _ in range(60)]
-                api = [client.get("/api/v1/threads/") for _ in range(20)]
+                api = [client.get("/api/v1/threads/", headers={"X-Organization": slug}) for _ in range(20)]
                 return await asyncio.gather(*pages, *api)
 
         responses = asyncio.run(burst())
