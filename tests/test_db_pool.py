@@ -205,11 +205,13 @@ browser = harness.browser  # one Chromium for what follows in this module (Playw
 
 @pytest.mark.browser
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["thread", "new conversation"])
 def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_itself(
-        browser, tenant_world, test_database_url, redis_url, tmp_path, django_db_blocker):
+        where, browser, tenant_world, test_database_url, redis_url, tmp_path, django_db_blocker):
     """The server's only pooled connection is held by another send, blocked on a row lock the test holds:
     the page's send gets 503, the composer says Prumo is busy and sends again after Retry-After, and once
-    the lock is gone the question is in the thread, once."""
+    the lock is gone the question is in the thread, once. The first question of a new conversation too (it
+    used to be a plain form post: the busy page, then an empty composer)."""
     import psycopg
     from playwright.sync_api import expect
 
@@ -227,13 +229,15 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
         held, page_thread = in_thread(threads_make)
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path,
                                env_extra={"DB_POOL_MAX_SIZE": "1", "DB_POOL_TIMEOUT": "1", "OVERLOAD_RETRY_AFTER": "1"})
-    blocker = None
+    blocker, before = None, [held, page_thread]
     try:
         context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
         context.set_default_timeout(harness.TIMEOUT_MS)
         page = context.new_page()
         browser_sign_in(page)
-        page.goto(f"/o/{org.slug}/chat/t/{page_thread}/")
+        page.goto(f"/o/{org.slug}/chat/t/{page_thread}/" if where == "thread" else f"/o/{org.slug}/chat/")
+        with django_db_blocker.unblock():
+            before = in_thread(lambda: owner_threads(org, owner))
 
         params = connection.get_connection_params()
         lock = psycopg.connect(host=params.get("host", "127.0.0.1"), port=params.get("port", 5432),
@@ -259,15 +263,20 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
 
         lock.rollback()  # the other send goes on and gives the connection back
         lock.close()
+        if where != "thread":  # the new conversation opens
+            expect(page).to_have_url(re.compile(r"/chat/t/\d+/$"))
         expect(page.locator("#messages")).to_contain_text("Are you there?")
-        expect(busy).to_have_text("")
+        expect(page.locator("#composer-error")).to_have_text("")
         blocker.join(30)
         assert result in ([200], [302])
+        with django_db_blocker.unblock():
+            created = [pk for pk in in_thread(lambda: owner_threads(org, owner)) if pk not in before]
+        asked = created if where != "thread" else [page_thread]
+        assert len(asked) == 1, created
 
         def questions():
             with schema_context(org.schema_name):
-                return list(Message.objects.filter(thread_id=page_thread, role="user").values_list("content",
-                                                                                                   flat=True))
+                return list(Message.objects.filter(thread_id=asked[0], role="user").values_list("content", flat=True))
 
         with django_db_blocker.unblock():
             assert in_thread(questions) == ["Are you there?"]
@@ -277,7 +286,13 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
             blocker.join(30)
         server.process.stop()
         with django_db_blocker.unblock():
-            in_thread(lambda: threads_remove(org, [held, page_thread]))
+            in_thread(lambda: threads_remove(org, [held, page_thread, *(
+                pk for pk in owner_threads(org, owner) if pk not in before)]))
+
+
+def owner_threads(org, owner) -> list[int]:
+    with schema_context(org.schema_name):
+        return list(Thread.objects.filter(user=owner).values_list("pk", flat=True))
 
 
 def wait_until_waiting_on_the_lock(lock, timeout: float = 20.0) -> None:
