@@ -39,6 +39,7 @@ from billing.selectors import entitlements_for
 
 from .catalog.selectors import ModelOption, provider_keys_for
 from .context import context_build
+from .loop import answers_run
 from .models import Message
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
 from .redis import async_client, sync_client
@@ -153,15 +154,6 @@ async def generation_stream(*, key: str, candidates: list[ModelOption], request:
     return outcome
 
 
-async def _stream_and_close(**kwargs) -> Outcome:
-    from .redis import async_client_close
-
-    try:
-        return await generation_stream(**kwargs)
-    finally:
-        await async_client_close()
-
-
 def stream_end(key: str, status: str) -> None:
     """Tell readers the answer is final (the database already has it) and let the stream expire."""
     client = sync_client()
@@ -249,7 +241,8 @@ def _answer_run(answer: Message, organization, slot: Slot | None) -> None:
     # transaction (eager tasks in tests): closing would abort it.
     if not connection.in_atomic_block:
         connection.close()
-    outcome = asyncio.run(_stream_and_close(key=key, candidates=candidates, request=request, own_keys=own_keys,
+    # On the process's long-lived loop: its Redis and provider connections serve every answer (chat.loop).
+    outcome = answers_run(generation_stream(key=key, candidates=candidates, request=request, own_keys=own_keys,
                                             slot=slot))
     usage = outcome.usage
     final = answer_finish(

@@ -504,6 +504,22 @@ def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, te
     assert sync_client().zscore(PENDING_SET, key) is None
 
 
+def test_answers_share_the_provider_connection(client_for, org_a, tenant_world, providers, send):
+    """Every answer of a worker process streams on one long-lived event loop (chat.loop): the second answer
+    reuses the first one's connection to the provider instead of opening (in production: a TLS handshake) its
+    own."""
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP, title="reuse",
+                                       title_is_auto=False)
+    before = providers["openai"].count
+    for question in ("First?", "Second?"):
+        assert send(client_for("a"), org_a, question, thread=thread).status_code == 302
+        _question, answer = messages_of(org_a, thread)[-2:]
+        assert answer.status == "complete"
+    assert providers["openai"].count - before == 2
+    assert providers["openai"].connections == 1
+
+
 def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_reaper(
         client_for, org_a, providers, settings, django_capture_on_commit_callbacks):
     """The answer is watched before the send commits: a process that dies between the commit and the enqueue

@@ -74,7 +74,7 @@ def adapter_for(provider: str, *, api_key: str | None = None) -> ProviderAdapter
                          timeouts=timeouts, provider=provider)
 
 
-_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], ProviderAdapter]] = (
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], ProviderAdapter]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -83,7 +83,8 @@ def adapter_shared(provider: str, *, api_key: str | None = None) -> ProviderAdap
     by every call on the loop (a new client per call cost ~10 ms). Callers must not close it."""
     loop = asyncio.get_running_loop()
     adapters = _shared.setdefault(loop, {})
-    key = (provider, api_key or "")
+    # The base URL too: a long-lived loop (chat.loop) outlives a change of the provider's settings.
+    key = (provider, api_key or "", provider_settings(provider).get("base_url", ""))
     if key not in adapters:
         adapters[key] = adapter_for(provider, api_key=api_key)
     return adapters[key]
