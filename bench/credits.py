@@ -19,7 +19,7 @@ Reported: debits/s (wall clock), p50/p95/p99 of each `credit_debit` call, and a 
 that every organization's balance equals `ledger_sum` and the expected figure with no
 debit failed. Last, "exhaustion": `--threads` threads attempt `--exhaust-attempts`
 debits on one organization whose balance covers exactly `--exhaust-covers` of them.
-Then, when a `pgbench` binary is found, a baseline: the same UPDATE + INSERT transaction
+Then, when a `pgbench` binary is found, a baseline: the ledger's statement (MOVE_SQL)
 sent by pgbench (no Django, no Python), for the same four scenarios
 (`--pgbench-seconds` each, 0 skips it), to tell the database's ceiling from the client's.
 """
@@ -382,7 +382,7 @@ def main() -> None:
     baseline = []
     pgbench = find_pgbench() if options.pgbench_seconds > 0 else None
     if pgbench:
-        section(f"baseline: the ledger's UPDATE + INSERT through pgbench, {options.pgbench_seconds} s each")
+        section(f"baseline: the ledger's statement through pgbench, {options.pgbench_seconds} s each")
         baseline = pgbench_baseline(pgbench, url, orgs, options.threads, options.pgbench_seconds, run)
 
     section("summary")
