@@ -484,17 +484,24 @@ def test_a_refused_question_keeps_its_files_for_the_retry(client_for, org_a, pro
     assert "The answer is 7." in providers["openai"].last.body["messages"][-1]["content"]
 
 
-def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, tenant_world, settings):
+def lost_answer(org, owner) -> tuple[Message, str, str]:
+    """A pending answer with its hold taken, whose task never ran; its stream and billing keys."""
     from billing.ledger import credit_reserve
-    from chat.services import PENDING_SET
 
-    with schema_context(org_a.schema_name):
-        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
+    with schema_context(org.schema_name):
+        thread = Thread.objects.create(user=owner, model_id=CHEAP)
         Message.objects.create(thread=thread, role="user", content="anyone?")
         answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
                                         max_tokens=100)
-        key, billing_key = answer.stream_key, answer.billing_key
-    credit_reserve(organization=org_a, amount=Decimal("1"), key=billing_key)
+        key, billing_key = answer.stream_key, answer.billing_key  # named after the schema
+    credit_reserve(organization=org, amount=Decimal("1"), key=billing_key)
+    return answer, key, billing_key
+
+
+def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, tenant_world, settings):
+    from chat.services import PENDING_SET
+
+    answer, key, billing_key = lost_answer(org_a, tenant_world["a"]["owner"])
     sync_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
     assert tasks.generations_reap() == 1
     with schema_context(org_a.schema_name):
@@ -550,17 +557,10 @@ def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_r
 def test_the_reaper_goes_past_entries_it_cannot_close(org_a, tenant_world, settings, caplog):
     """An organization deleted with a stale entry, and an entry that fails, never keep the reaper from a lost
     answer behind them."""
-    from billing.ledger import credit_reserve
     from chat.generation import ACTIVE_SET
     from chat.services import PENDING_SET
 
-    with schema_context(org_a.schema_name):
-        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP)
-        Message.objects.create(thread=thread, role="user", content="still there?")
-        answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
-                                        max_tokens=100)
-        key, billing_key = answer.stream_key, answer.billing_key
-    credit_reserve(organization=org_a, amount=Decimal("1"), key=billing_key)
+    answer, key, billing_key = lost_answer(org_a, tenant_world["a"]["owner"])
     old = time.time() - settings.CHAT_PENDING_TIMEOUT - settings.CHAT_HEARTBEAT_TIMEOUT - 60
     gone, broken = "chat:gen:org_deleted_meanwhile:1", f"chat:gen:{org_a.schema_name}:not-a-number"
     sync_client().zadd(PENDING_SET, {gone: old - 2, broken: old - 1, key: old})
