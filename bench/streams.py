@@ -579,8 +579,8 @@ async def read_answer(connection: Connection, path: str, cookie: str, result: di
     if result["status"] != "complete":
         result["error"] = f"end status {result['status']!r}"
     elif not result["deltas"] and "start" not in result:
-        # The answer was final before the stream opened: the view sends `end` alone and the page
-        # shows the answer from the database. Nothing was streamed to this client.
+        # The answer was final before the stream opened and Redis no longer had its stream (the view
+        # replays it while Redis keeps it): `end` alone, the page shows the answer from the database.
         result["error"] = "answer already final when its stream opened (`end` alone)"
     elif "".join(text) != expected:
         result["error"] = "text mismatch"

@@ -149,8 +149,17 @@ def _encode(entry_id: str, fields: dict) -> bytes:
     return sse("end", {"status": fields.get("status", "")}, entry_id)
 
 
-async def answer_final(status: str) -> AsyncIterator[bytes]:
-    """The stream of an answer that is already final: its end (the page shows it from the database)."""
+async def answer_final(key: str, status: str, after: str = "0-0") -> AsyncIterator[bytes]:
+    """The stream of an answer that is already final. While Redis keeps it (STREAM_TTL), its entries after `after`
+    up to its end: a stream opened late, behind a busy server, still gets the text as it was streamed. Past
+    that, its end alone (the page then shows the answer from the database)."""
+    after = after if _valid_id(after) else "0-0"
+    entries = await async_client().xrange(key, min=f"({after}" if after != "0-0" else "-")
+    if entries and entries[-1][1].get("t") == "end":
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        for entry_id, fields in entries:
+            yield _encode(entry_id, fields)
+        return
     yield sse("end", {"status": status})
 
 

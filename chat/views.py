@@ -276,17 +276,17 @@ async def message_stream(request: HttpRequest, message_id: int) -> StreamingHttp
     if target is None:
         raise Http404
     key, status = target
-    if status in Message.ACTIVE:
+    after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
+    if status not in Message.ACTIVE:  # replayed while Redis keeps it, else its end (the page shows the answer)
+        events = answer_final(key, status, after)
+    else:
         lease = await stream_lease_take(user.pk)
         if lease is None:
             response = HttpResponse(_("Too many answers are open in your tabs. Close some and reload."),
                                     status=429, content_type="text/plain; charset=utf-8")
             response["Retry-After"] = str(STREAM_RETRY_SECONDS)
             return response
-        after = request.headers.get("Last-Event-ID") or request.GET.get("after") or "0-0"
         events = leased(answer_events(key, after), lease)
-    else:  # already final: the page shows it from the database
-        events = answer_final(status)
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-transform"
     response["X-Accel-Buffering"] = "no"  # nginx and friends: do not buffer

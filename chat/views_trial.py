@@ -68,11 +68,12 @@ async def trial_stream(request: HttpRequest, answer_id: int) -> StreamingHttpRes
     message = await sync_to_async(trial.trial_message)(visitor, answer_id) if visitor else None
     if message is None:
         raise Http404
+    after = request.headers.get("Last-Event-ID") or "0-0"
+    key = trial.stream_key(visitor, answer_id)
     if message.status in Message.ACTIVE:
-        after = request.headers.get("Last-Event-ID") or "0-0"
-        events = answer_events(trial.stream_key(visitor, answer_id), after)
+        events = answer_events(key, after)
     else:
-        events = answer_final(message.status)
+        events = answer_final(key, message.status, after)
     response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache, no-transform"
     response["X-Accel-Buffering"] = "no"

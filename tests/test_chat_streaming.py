@@ -425,6 +425,32 @@ def test_answer_read_from_start_to_end_equals_the_saved_message(chat):
     assert text_of(blocks) == message.content == expected_answer(asked.question)
 
 
+def test_a_stream_opened_after_the_answer_ended_replays_it_while_redis_keeps_it(chat):
+    """A busy server can open an answer's stream after the answer ended: it still gets the text as it was
+    streamed (then `end`), and a resume only what comes after its Last-Event-ID. Once Redis has let the stream
+    go (STREAM_TTL), `end` alone: the page shows the answer from the database."""
+    from chat.redis import sync_client
+
+    asked = chat.ask()
+    message = chat.wait_final(asked.answer_id)
+    with chat.stream(asked) as late:
+        blocks = late.read()
+    kinds = [block.event for block in events(blocks)]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("delta") > 10, kinds
+    assert text_of(blocks) == message.content == expected_answer(asked.question)
+    assert_strictly_increasing_ids(blocks)
+    middle = events(blocks)[len(blocks) // 2].id
+    with chat.stream(asked, last_event_id=middle) as resumed:
+        rest = resumed.read()
+    assert all(id_key(block.id) > id_key(middle) for block in events(rest))
+    assert [block.event for block in events(rest)][-1] == "end"
+
+    sync_client().delete(f"chat:gen:{chat.organization.schema_name}:{asked.answer_id}")  # what STREAM_TTL does
+    with chat.stream(asked) as expired:
+        alone = expired.read()
+    assert [(block.event, block.payload) for block in events(alone)] == [("end", {"status": "complete"})]
+
+
 def test_reconnecting_with_last_event_id_resumes_without_gap_or_duplicate(chat):
     asked = chat.ask()
     with chat.stream(asked) as first:
@@ -537,7 +563,11 @@ def test_event_stream_is_not_compressed_nor_cached(chat):
     assert [block.payload for block in events(blocks) if block.event == "end"] == [{"status": "complete"}]
 
     chat.db(lambda: Message.objects.filter(pk=answer_id).update(status=Message.Status.COMPLETE, content=text))
-    with chat.stream(asked, headers=gzip) as stream:  # final answer: one end event
+    with chat.stream(asked, headers=gzip) as stream:  # final answer: replayed from Redis
+        blocks = check(stream)
+    assert text_of(blocks) == text
+    redis.delete(key)
+    with chat.stream(asked, headers=gzip) as stream:  # final, and gone from Redis: one end event
         blocks = check(stream)
     assert [(block.event, block.payload) for block in events(blocks)] == [("end", {"status": "complete"})]
 
