@@ -245,10 +245,12 @@ def _stream_close(key: str, status: str) -> None:
 # ---------------------------------------------------------------- questions and answers
 
 
-def _answer_create(*, organization: Organization, thread: Thread, option: ModelOption, user: User) -> Message:
-    """A pending answer with its worst-case cost reserved, then the generation queued (on commit)."""
+def _answer_create(*, organization: Organization, thread: Thread, option: ModelOption, user: User,
+                   unread: int | None = None) -> Message:
+    """A pending answer with its worst-case cost reserved, then the generation queued (on commit). `unread`: how
+    many of the question's files are still being read, when the caller knows (else looked up)."""
     max_tokens = min(option.model.max_output_tokens, settings.CHAT_MAX_OUTPUT_TOKENS)
-    unread = _files_unread(thread)
+    unread = _files_unread(thread) if unread is None else unread
     status = Message.Status.WAITING if unread else Message.Status.PENDING
     answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=status,
                                     model_id=option.id, max_tokens=max_tokens)
@@ -323,8 +325,10 @@ def message_send(*, organization: Organization, user: User, thread: Thread, cont
         raise ChatError(_("%(model)s cannot read images. Choose a model that can, or remove the image.")
                         % {"model": option.model.display_name})
     question = Message.objects.create(thread=thread, role=Message.Role.USER, content=content)
-    Attachment.objects.filter(pk__in=[a.pk for a in attachments]).update(message=question, thread=thread)
-    return _answer_create(organization=organization, thread=thread, option=option, user=user)
+    if attachments:
+        Attachment.objects.filter(pk__in=[a.pk for a in attachments]).update(message=question, thread=thread)
+    unread = sum(1 for a in attachments if a.status == Attachment.Status.PENDING)  # read under their row locks
+    return _answer_create(organization=organization, thread=thread, option=option, user=user, unread=unread)
 
 
 def _last_exchange(thread: Thread) -> tuple[Message, Message | None]:

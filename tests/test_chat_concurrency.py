@@ -154,6 +154,7 @@ def test_a_send_costs_the_same_queries_however_long_the_thread(client_for, org_a
 
 # Session, user, organization and membership (4) and two search_path SETs; the thread twice (the lookup,
 # then its lock), the busy check, the billing account twice, provider keys, models and prices; the
-# question and the answer (insert, reload, files), the estimate, the thread's date; the partial's two
-# reads; a savepoint and its release. The catalog and account reads are the next to cache (as /v1 does).
-SEND_QUERIES = 26
+# question and the answer (inserts, the history for the estimate and its files), the estimate, the thread's
+# date; the partial's two reads; a savepoint and its release. The catalog and account reads are the next to
+# cache (as /v1 does).
+SEND_QUERIES = 24
