@@ -10,6 +10,7 @@ part is given back when the call ends.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -262,6 +263,11 @@ async def slot_renew_async(client, slot: Slot) -> None:
 
 def slot_release(slot: Slot) -> None:
     redis_client().zrem(slot.key, slot.token)
+
+
+def slots_held(*, kind: str, organization_id: int) -> int:
+    """How many of the organization's slots for `kind` are held now (leases not yet run out)."""
+    return redis_client().zcount(slot_key(kind, organization_id), int(time.time() * 1000), "+inf")
 
 
 def send_limited(*, organization_id: int, user_id: int, per_minute: int) -> int | None:

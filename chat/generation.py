@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils.translation import gettext_noop
 
-from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async
+from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async, slots_held
 from billing.selectors import entitlements_for
 
 from .catalog.selectors import ModelOption, provider_keys_for
@@ -284,10 +284,15 @@ def answer_recover(answer: Message) -> None:
 
 def answer_never_started(answer: Message) -> None:
     """No worker claimed it in time (its task was lost, or it waited too long behind its organization's cap of
-    answers at once): close it as failed and give the hold back. A worker claiming it meanwhile wins."""
+    answers at once): close it as failed and give the hold back. A worker claiming it meanwhile wins. The reason
+    names the cap only when the organization's answers at once are all taken."""
+    organization = current_organization()
+    at_cap = (slots_held(kind=SLOT_KIND, organization_id=organization.pk)
+              >= entitlements_for(organization).concurrent_answers)
+    reason = (gettext_noop("The answer could not start in time (too many answers at once). Ask again.") if at_cap
+              else gettext_noop("The answer could not start in time. Ask again."))
     final = answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="", only_from=Message.UNCLAIMED,
-                          error=gettext_noop("The answer could not start in time (too many answers at once). "
-                                             "Ask again."))
+                          error=reason)
     if final is not None:
         logger.warning("chat answer %s never started", answer.pk)
         stream_end(answer.stream_key, Message.Status.FAILED)
