@@ -660,7 +660,8 @@ async def prumo_streams(base: str, jobs: list[dict], expected: str, timeout: flo
         cookie = f"sessionid={job['session']}; csrftoken={job['csrf']}"
         headers = {"Cookie": cookie, "X-CSRFToken": job["csrf"], "HX-Request": "true",
                    "Content-Type": "application/x-www-form-urlencoded"}
-        form = urlencode({"content": QUESTION, "model": MODEL}).encode()
+        # One token per question, kept across its retries, as the composer does.
+        form = urlencode({"content": QUESTION, "model": MODEL, "send_token": secrets.token_hex(16)}).encode()
         connection = Connection(host, port)
         started = time.perf_counter()
         try:

@@ -66,6 +66,33 @@ def send_allow(*, organization: Organization, user: User) -> None:
             "%(seconds)s seconds.", wait) % {"limit": limit, "seconds": wait}, retry_after=wait)
 
 
+# ---------------------------------------------------------------- a send, once
+
+SEND_TOKEN_SECONDS = 900  # how long a send that went through is remembered for its retries
+
+
+def _send_key(user: User, token: str) -> str:
+    return f"chat:sent:{connection.schema_name}:{user.pk}:{token}"
+
+
+def send_remember(*, user: User, token: str, thread: Thread, answer: Message) -> None:
+    """Remember that the send named `token` (the composer's) went through: its retry answers the same."""
+    if token:
+        sync_client().set(_send_key(user, token[:64]), f"{thread.pk}:{answer.pk}", ex=SEND_TOKEN_SECONDS)
+
+
+def send_done(*, user: User, token: str, thread: Thread | None) -> tuple[Thread, int] | None:
+    """(thread, answer id) of the send named `token` when it already went through, in `thread` when given."""
+    found = sync_client().get(_send_key(user, token[:64])) if token else None
+    if not found:
+        return None
+    thread_id, answer_id = (int(part) for part in found.split(":"))
+    if thread is not None and thread.pk != thread_id:
+        return None
+    sent = thread or Thread.objects.filter(pk=thread_id, user=user).first()
+    return (sent, answer_id) if sent is not None else None
+
+
 # ---------------------------------------------------------------- models available
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from asgiref.sync import sync_to_async
 from django.contrib import messages as flash
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -53,8 +55,10 @@ def _composer_context(request: HttpRequest, *, thread=None, text: str = "", erro
                       credits_short: bool = False, pending=()) -> dict:
     options = _options(request)
     selected = request.POST.get("model") or (thread.model_id if thread else (options[0].id if options else ""))
+    # Names one send: a retry of it (the page sends again after a 503) finds it done instead of asking twice.
+    send_token = request.POST.get("send_token") or secrets.token_hex(16)
     return {"options": options, "selected_model": selected, "composer_text": text, "composer_error": error,
-            "credits_short": credits_short, "pending_files": pending,
+            "credits_short": credits_short, "pending_files": pending, "send_token": send_token,
             "balance": billing_account_get(organization=request.tenant).credits}
 
 
@@ -107,6 +111,10 @@ def _composer_error(request: HttpRequest, thread, error: str, *, credits_short: 
 
 
 def _send(request: HttpRequest, thread, *, new_thread: bool) -> HttpResponse:
+    send_token = request.POST.get("send_token", "")
+    done = services.send_done(user=request.user, token=send_token, thread=thread)
+    if done is not None:  # this very send went through before (its answer was lost on the way back): say so again
+        return _sent(request, *done, new_thread=new_thread)
     tokens = request.POST.getlist("attachments")
     try:
         services.send_allow(organization=request.tenant, user=request.user)
@@ -137,9 +145,15 @@ def _send(request: HttpRequest, thread, *, new_thread: bool) -> HttpResponse:
             thread.delete()
         return _composer_error(request, None if new_thread else thread,
                                _("Not enough credits for this answer."), credits_short=True, tokens=tokens)
+    services.send_remember(user=request.user, token=send_token, thread=thread, answer=answer)
+    return _sent(request, thread, answer.pk, new_thread=new_thread)
+
+
+def _sent(request: HttpRequest, thread, answer_id: int, *, new_thread: bool) -> HttpResponse:
+    """The answer to a send that went through: the new exchange (htmx), or the thread's page."""
     url = reverse("chat_thread", args=[request.tenant.slug, thread.pk])
     if request.htmx and not new_thread:
-        rows = list(thread.messages.filter(id__gte=answer.pk - 1).prefetch_related("attachments").order_by("id"))
+        rows = list(thread.messages.filter(id__gte=answer_id - 1).prefetch_related("attachments").order_by("id"))
         response = render(request, "chat/_messages.html", {"thread": thread, "chat_messages": rows,
                                                             "last_question_id": _last_question_id(rows)})
         response["HX-Trigger"] = "chat-sent"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from decimal import Decimal
@@ -510,6 +511,50 @@ def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, te
     assert "too many answers" not in answer.error  # nothing else was running: the task was lost
     assert CreditReservation.objects.get(key=billing_key).status == "released"
     assert sync_client().zscore(PENDING_SET, key) is None
+
+
+def test_a_send_sent_again_with_its_token_is_answered_once(client_for, org_a, tenant_world, providers,
+                                                           django_capture_on_commit_callbacks):
+    """The composer names each send (send_token). When the answer to a send that went through is lost on the way
+    back (a 503 from a busy server after the commit) the page sends it again: the same exchange comes back,
+    with one question, one answer and one hold, for a thread and for a new conversation alike."""
+    from chat.services import SEND_TOKEN_SECONDS
+
+    client = client_for("a")
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP, title="once",
+                                       title_is_auto=False)
+    page = client.get(f"/o/{org_a.slug}/chat/t/{thread.pk}/").content.decode()
+    token = re.search(r'name="send_token" value="([0-9a-f]{32})"', page).group(1)
+    form = {"content": "Only once, please", "send_token": token}
+    url = f"/o/{org_a.slug}/chat/t/{thread.pk}/send/"
+    with django_capture_on_commit_callbacks(execute=False):
+        first = client.post(url, form, HTTP_HX_REQUEST="true")
+        again = client.post(url, form, HTTP_HX_REQUEST="true")
+    assert first.status_code == again.status_code == 200
+    answer_id = int(re.search(r'data-stream-url="[^"]*/m/(\d+)/events/"', first.content.decode()).group(1))
+    assert f"/m/{answer_id}/events/" in again.content.decode() and again["HX-Trigger"] == "chat-sent"
+    questions, answers = (messages_of(org_a, thread)[index::2] for index in (0, 1))
+    assert [q.content for q in questions] == ["Only once, please"] and len(answers) == 1
+    with schema_context(org_a.schema_name):
+        billing_key = answers[0].billing_key
+    assert CreditReservation.objects.filter(key=billing_key).count() == 1
+    assert sync_client().ttl(f"chat:sent:{org_a.schema_name}:{tenant_world['a']['owner'].pk}:{token}") <= \
+        SEND_TOKEN_SECONDS
+    # The same token in another thread is another send.
+    with schema_context(org_a.schema_name):
+        elsewhere = Thread.objects.create(user=tenant_world["a"]["owner"], model_id=CHEAP, title="elsewhere",
+                                          title_is_auto=False)
+    with django_capture_on_commit_callbacks(execute=False):
+        other = client.post(f"/o/{org_a.slug}/chat/t/{elsewhere.pk}/send/", form, HTTP_HX_REQUEST="true")
+    assert other.status_code == 200 and [m.content for m in messages_of(org_a, elsewhere)][0] == "Only once, please"
+
+    # A new conversation: its retry opens the same thread instead of starting a second one.
+    new = {"model": CHEAP, "content": "A new one, once", "send_token": "f" * 32}
+    with django_capture_on_commit_callbacks(execute=False):
+        started = client.post(f"/o/{org_a.slug}/chat/new/", new)
+        retried = client.post(f"/o/{org_a.slug}/chat/new/", new)
+    assert started.status_code == retried.status_code == 302 and started["Location"] == retried["Location"]
 
 
 def test_answers_share_the_provider_connection(client_for, org_a, tenant_world, providers, send):

@@ -99,6 +99,12 @@
   document.addEventListener("chat-sent", () => {
     const form = document.querySelector("[data-composer]");
     if (!form) return;
+    // The next message is another send: a new token (a resend after 503 keeps the same one).
+    const token = form.querySelector("[data-send-token]");
+    if (token) {
+      token.value = Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                               (byte) => byte.toString(16).padStart(2, "0")).join("");
+    }
     form.querySelector("textarea[name=content]").value = "";
     const files = form.querySelector("input[type=file]");
     if (files) files.value = "";
