@@ -682,8 +682,9 @@ async def prumo_streams(base: str, jobs: list[dict], expected: str, timeout: flo
                 result["error"] = f"POST {status}"
                 return
             found = STREAM_URL.search(page)
-            if not found:
-                result["error"] = "POST 200 without a stream URL"
+            if not found:  # the composer's error, in its words
+                said = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)).strip()[:100]
+                result["error"] = f"POST 200 without a stream URL: {said}"
                 return
             await read_answer(connection, found[1], cookie, result, started, expected)
         finally:
