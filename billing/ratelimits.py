@@ -266,7 +266,8 @@ def slot_release(slot: Slot) -> None:
 
 
 def slots_held(*, kind: str, organization_id: int) -> int:
-    """How many of the organization's slots for `kind` are held now (leases not yet run out)."""
+    """How many of the organization's slots for `kind` are held now (leases not yet run out; this machine's clock
+    against Redis's, which scores them: close enough for saying why, never for granting a slot)."""
     return redis_client().zcount(slot_key(kind, organization_id), int(time.time() * 1000), "+inf")
 
 

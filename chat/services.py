@@ -352,8 +352,7 @@ def message_send(*, organization: Organization, user: User, thread: Thread, cont
         raise ChatError(_("%(model)s cannot read images. Choose a model that can, or remove the image.")
                         % {"model": option.model.display_name})
     question = Message.objects.create(thread=thread, role=Message.Role.USER, content=content)
-    if attachments:
-        Attachment.objects.filter(pk__in=[a.pk for a in attachments]).update(message=question, thread=thread)
+    Attachment.objects.filter(pk__in=[a.pk for a in attachments]).update(message=question, thread=thread)
     unread = sum(1 for a in attachments if a.status == Attachment.Status.PENDING)  # read under their row locks
     return _answer_create(organization=organization, thread=thread, option=option, user=user, unread=unread)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from django.db import transaction
@@ -12,9 +11,9 @@ from billing.models import UsageEvent
 from billing.usage import UnknownPrice, usage_cost, usage_record
 
 from .catalog.selectors import model_cheapest, provider_keys_for
+from .loop import answers_run
 from .models import Message, Thread
 from .providers import ChatMessage, ChatRequest, ProviderError, TextDelta, Usage
-from .redis import async_client_close
 from .routing import route_stream
 from .services import TITLE_MAX, current_organization, options_for
 
@@ -32,14 +31,11 @@ def title_from_text(text: str) -> str:
 
 async def _ask(option, request, own_keys) -> tuple[str, Usage | None]:
     parts, usage = [], None
-    try:
-        async for event in route_stream([option], request, own_keys=own_keys):
-            if isinstance(event, TextDelta):
-                parts.append(event.text)
-            elif isinstance(event, Usage):
-                usage = event
-    finally:
-        await async_client_close()
+    async for event in route_stream([option], request, own_keys=own_keys):
+        if isinstance(event, TextDelta):
+            parts.append(event.text)
+        elif isinstance(event, Usage):
+            usage = event
     return "".join(parts), usage
 
 
@@ -63,7 +59,7 @@ def thread_title_write(thread_id: int) -> str:
             ChatMessage(role="system", content=TITLE_PROMPT), ChatMessage(role="user", content=question.content[:4000]),
         ])
         try:
-            text, usage = asyncio.run(_ask(option, request, provider_keys_for(organization)))
+            text, usage = answers_run(_ask(option, request, provider_keys_for(organization)))
         except ProviderError:
             text, usage = "", None
         title = _clean(text)

@@ -9,7 +9,6 @@ up and creates an organization, the conversation becomes a thread there (`trial_
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from dataclasses import dataclass
@@ -28,9 +27,10 @@ from tenants.models import Organization
 from .catalog.selectors import ModelOption, model_cheapest, model_options
 from .files import tokens_estimate
 from .generation import generation_stream, stream_end
+from .loop import answers_run
 from .models import Message, Thread
 from .providers import ChatMessage, ChatRequest
-from .redis import async_client_close, sync_client
+from .redis import sync_client
 
 COOKIE = "prumo_trial"
 TTL = 24 * 3600
@@ -153,13 +153,6 @@ def _history(visitor: str) -> list[ChatMessage]:
     return messages
 
 
-async def _stream(**kwargs):
-    try:
-        return await generation_stream(**kwargs)
-    finally:
-        await async_client_close()
-
-
 def trial_generate(*, visitor: str, answer_id: int, model_id: str) -> None:
     """Write the trial answer (a Celery task runs this); the platform pays, nothing is billed."""
     client = sync_client()
@@ -172,7 +165,7 @@ def trial_generate(*, visitor: str, answer_id: int, model_id: str) -> None:
         return
     request = ChatRequest(model=options[0].model.provider_model, messages=_history(visitor),
                           max_tokens=settings.TRIAL_MAX_OUTPUT_TOKENS)
-    outcome = asyncio.run(_stream(key=key, candidates=options, request=request, own_keys={}))
+    outcome = answers_run(generation_stream(key=key, candidates=options, request=request, own_keys={}))
     trial_finish(visitor=visitor, answer_id=answer_id, text=outcome.text, status=outcome.status)
 
 

@@ -394,6 +394,13 @@ class PgBouncer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def pgbouncer_binary() -> str | None:
+    import shutil
+
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return found if Path(found).exists() else None
+
+
 def start_pgbouncer(*, database_url: str, workdir: Path, settings: dict[str, str] | None = None,
                     timeout: float = 15.0) -> PgBouncer:
     """Debian's `pgbouncer` running the compose file's configuration (docker/pgbouncer/pgbouncer.ini) in front of
@@ -404,16 +411,13 @@ def start_pgbouncer(*, database_url: str, workdir: Path, settings: dict[str, str
     """
     import configparser
     import pwd
-    import shutil
     import tempfile
 
     import psycopg
 
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
-        import pytest
-
-        pytest.skip("pgbouncer is missing: install Debian's pgbouncer package to run the PgBouncer tests")
+    binary = pgbouncer_binary()
+    if binary is None:
+        raise RuntimeError("pgbouncer is missing: install Debian's pgbouncer package (apt-get install pgbouncer)")
     host, port = postgres_address(database_url)
     config = configparser.ConfigParser(interpolation=None)
     config.optionxform = str  # keep keys as written

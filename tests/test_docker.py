@@ -423,6 +423,10 @@ def test_compose_pgbouncer_is_debians_with_the_tested_configuration():
     config.read(folder / "pgbouncer.ini")
     assert config["databases"]["prumo"] == "host=postgres port=5432 dbname=prumo"
     assert config["pgbouncer"]["listen_port"] == "6432"
+    # Session pooling (tests/test_pgbouncer.py shows why) within PostgreSQL's default max_connections of 100.
+    assert config["pgbouncer"]["pool_mode"] == "session"
+    assert config["pgbouncer"]["server_reset_query"] == "DISCARD ALL"
+    assert int(config["pgbouncer"]["max_db_connections"]) <= 90
     # The user list is written at start from the environment, with the PostgreSQL password compose gives both.
     start = (folder / "start.sh").read_text()
     assert "set -eu" in start and config["pgbouncer"]["auth_file"] in start and start.rstrip().endswith(
