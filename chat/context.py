@@ -38,12 +38,14 @@ def _images(message: Message, model: Model, *, load: bool) -> tuple[ImagePart, .
 
 def context_build(*, thread: Thread, answer: Message, model: Model,
                   load_images: bool = True) -> tuple[list[ChatMessage], int]:
-    """The messages for `answer` (oldest history dropped first when over budget) and their token estimate.
+    """The messages for `answer` (oldest history dropped first when over budget) and their token estimate. An
+    answer not saved yet is the thread's newest message.
 
     `load_images=False` only counts: images are not read from storage.
     """
+    earlier = thread.messages.filter(id__lt=answer.pk) if answer.pk else thread.messages.all()  # not saved yet: all
     history = list(
-        thread.messages.filter(id__lt=answer.id)
+        earlier
         .exclude(role=Message.Role.ASSISTANT, content="")
         .exclude(status__in=[Message.Status.PENDING, Message.Status.STREAMING, Message.Status.FAILED])
         .prefetch_related("attachments")

@@ -3,7 +3,7 @@ settle and meter it. The ASGI front (chat.v1) stays thin.
 
 Built for overhead: nothing here touches Django's ORM on the way to the provider. The
 catalog, prices, plan and provider keys of an organization come from a per-process snapshot
-(`GatewayConfig`) that is rebuilt when a Redis version changes; the rate limit is one Redis
+(chat.snapshot) that is rebuilt when a Redis version changes; the rate limit is one Redis
 script; the credit hold and the settlement (with the usage event) are one SQL statement
 each, on an async connection pool.
 
@@ -23,9 +23,7 @@ from datetime import timedelta
 from decimal import ROUND_UP, Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import NoScriptError
@@ -47,19 +45,18 @@ from billing.ratelimits import (
     rate_limit_result,
     rate_limit_scripts_load,
 )
-from billing.selectors import Entitlements, entitlements_for
 from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
 from config.db_async import async_pool
 from tenants.api_keys import KeyAuth
 from tenants.models import ApiKey, Organization
 
-from .catalog.models import Model
-from .catalog.selectors import ModelOption, model_options, provider_keys_for
+from .catalog.selectors import ModelOption
 from .files import CHARS_PER_TOKEN, tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
-from .redis import async_client, sync_client
+from .redis import async_client
 from .routing import BreakerState, CircuitBreaker, breaker_name
+from .snapshot import OrgConfig, orm_call
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
                "parallel_tool_calls")
@@ -247,74 +244,7 @@ def prompt_tokens_estimate(messages: list[ChatMessage]) -> int:
                + sum(tokens_estimate(c.id + c.name + c.arguments) for c in m.tool_calls) for m in messages)
 
 
-# What the gateway knows about an organization, per process. A change to the catalog, prices,
-# plans, an organization's plan or its provider keys sets a new CONFIG_VERSION_KEY (chat.signals)
-# and every process rebuilds on its next call; CONFIG_MAX_AGE bounds the rest (a price whose
-# `effective_from` arrives, a Redis that lost the key).
-CONFIG_VERSION_KEY = "gw:config:v"
-CONFIG_MAX_AGE = 60.0
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    version: str | None
-    built_at: float
-    entitlements: Entitlements
-    own_keys: dict[str, str]
-    names: dict[str, Model]  # every active model by id and by alias
-    options: dict[str, ModelOption]  # what the plan allows and a configured provider can serve, priced
-
-    def candidates(self, model: Model) -> list[ModelOption]:
-        """The model and its fallbacks this organization can use, in order."""
-        return [self.options[i] for i in (model.id, *model.fallbacks) if i in self.options]
-
-
-async def orm_call(function, *args, **kwargs):
-    """`function` on Django's ORM, in a thread, for the gateway's rare slow paths (a snapshot to build, a
-    key not cached yet, a refused hold to explain). Outside Django's request cycle nobody would close
-    that thread's connection, so the call closes it when done."""
-
-    def call():
-        try:
-            return function(*args, **kwargs)
-        finally:
-            db_connection.close()
-
-    return await sync_to_async(call)()
-
-
-def gateway_config_build(organization_id: int, version: str | None) -> GatewayConfig:
-    organization = Organization(pk=organization_id)
-    entitlements = entitlements_for(organization)
-    own_keys = provider_keys_for(organization)
-    models = list(Model.objects.filter(is_active=True).prefetch_related("aliases"))
-    names = {model.id: model for model in models}
-    for model in models:
-        for alias in model.aliases.all():
-            names.setdefault(alias.alias, model)
-    options = {option.id: option for option in model_options(entitlements=entitlements, own_keys=own_keys)}
-    return GatewayConfig(version=version, built_at=time.monotonic(), entitlements=entitlements, own_keys=own_keys,
-                         names=names, options=options)
-
-
-_configs: dict[int, GatewayConfig] = {}
-
-
-async def gateway_config(organization_id: int, version: str | None) -> GatewayConfig:
-    """The organization's snapshot for the current version (built in a thread when stale)."""
-    config = _configs.get(organization_id)
-    if config is None or config.version != version or time.monotonic() - config.built_at > CONFIG_MAX_AGE:
-        config = await orm_call(gateway_config_build, organization_id, version)
-        _configs[organization_id] = config
-    return config
-
-
-def gateway_config_bump() -> None:
-    """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one)."""
-    sync_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
-
-
-def api_access_check(config: GatewayConfig) -> None:
+def api_access_check(config: OrgConfig) -> None:
     if not config.entitlements.api_access:
         raise GatewayError(403, "Your plan does not include API access. Upgrade on the billing page to use "
                            "API keys.", type="permission_error", code="plan_without_api_access")
@@ -353,7 +283,7 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
     return reservation.pk
 
 
-async def _limit_and_breakers(auth: KeyAuth, config: GatewayConfig, candidates: list[ModelOption],
+async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list[ModelOption],
                               tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
     """Count the call against the plan's limits and read the circuit breakers of the credentials the
     candidates would use (the organization's own key's, else the platform's): one round trip."""
@@ -381,7 +311,7 @@ async def _limit_and_breakers(auth: KeyAuth, config: GatewayConfig, candidates: 
     return rate_limit_result(result, **limits), breakers
 
 
-async def prepare(auth: KeyAuth, params: CompletionParams, config: GatewayConfig) -> Prepared:
+async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) -> Prepared:
     """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError."""
     api_access_check(config)
     model = config.names.get(params.model)

@@ -35,9 +35,8 @@ from django.db import connection
 from django.utils.translation import gettext_noop
 
 from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async, slots_held
-from billing.selectors import entitlements_for
 
-from .catalog.selectors import ModelOption, provider_keys_for
+from .catalog.selectors import ModelOption
 from .context import context_build
 from .loop import answers_run
 from .models import Message
@@ -50,9 +49,10 @@ from .services import (
     answer_finish,
     cancel_key,
     candidates_for,
-    current_organization,
+    current_organization_ref,
     option_get,
 )
+from .snapshot import org_config_now
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _heartbeat_alive(key: str) -> bool:
 
 def _slot_take(organization) -> Slot | None:
     return slot_acquire(kind=SLOT_KIND, organization_id=organization.pk,
-                        limit=entitlements_for(organization).concurrent_answers,
+                        limit=org_config_now(organization.pk).entitlements.concurrent_answers,
                         lease_seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
 
 
@@ -195,7 +195,7 @@ def answer_generate(answer_id: int) -> bool:
     answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
     if answer is None:
         return True
-    organization = current_organization()
+    organization = current_organization_ref()
     slot = None
     # A stopped answer or a redelivered one needs no slot: it is closed at once.
     if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
@@ -235,7 +235,7 @@ def _answer_run(answer: Message, organization, slot: Slot | None) -> None:
         return
     messages, _estimate = context_build(thread=answer.thread, answer=answer, model=option.model)
     request = ChatRequest(model=option.model.provider_model, messages=messages, max_tokens=answer.max_tokens)
-    candidates, own_keys = candidates_for(organization, option), provider_keys_for(organization)
+    candidates, own_keys = candidates_for(organization, option), org_config_now(organization.pk).own_keys
     # No database work while the answer streams: give the connection back instead of holding one
     # per running answer (Django reconnects, with the schema, for answer_finish). Not inside a
     # transaction (eager tasks in tests): closing would abort it.
@@ -286,9 +286,9 @@ def answer_never_started(answer: Message) -> None:
     """No worker claimed it in time (its task was lost, or it waited too long behind its organization's cap of
     answers at once): close it as failed and give the hold back. A worker claiming it meanwhile wins. The reason
     names the cap only when the organization's answers at once are all taken."""
-    organization = current_organization()
+    organization = current_organization_ref()
     at_cap = (slots_held(kind=SLOT_KIND, organization_id=organization.pk)
-              >= entitlements_for(organization).concurrent_answers)
+              >= org_config_now(organization.pk).entitlements.concurrent_answers)
     reason = (gettext_noop("The answer could not start in time (too many answers at once). Ask again.") if at_cap
               else gettext_noop("The answer could not start in time. Ask again."))
     final = answer_finish(answer_id=answer.pk, status=Message.Status.FAILED, text="", only_from=Message.UNCLAIMED,

@@ -13,6 +13,7 @@ from decimal import ROUND_UP, Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
@@ -21,15 +22,15 @@ from accounts.models import User
 from billing.ledger import credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, Price, UsageEvent
 from billing.ratelimits import send_limited
-from billing.selectors import entitlements_for
-from billing.usage import CREDIT_QUANTUM, UnknownPrice, usage_cost, usage_record
+from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost, usage_record
 from tenants.models import Organization
 
-from .catalog.selectors import ModelOption, model_options, provider_keys_for
+from .catalog.selectors import ModelOption
 from .context import context_build
 from .files import PDF, FileRefused, file_sniff, file_text, text_fit, tokens_estimate
 from .models import Attachment, Message, Thread
 from .redis import sync_client
+from .snapshot import org_config_now
 
 TITLE_MAX = 200
 
@@ -40,6 +41,21 @@ def current_organization() -> Organization:
     if isinstance(tenant, Organization):
         return tenant
     return Organization.objects.get(schema_name=connection.schema_name)
+
+
+_organization_ids: dict[str, int] = {}
+
+
+def current_organization_ref() -> Organization:
+    """The active schema's organization with only its id and schema name, which never change: what answers need
+    (plan, keys, credits and usage all go by id), without a query per answer in a task."""
+    tenant = connection.tenant
+    if isinstance(tenant, Organization):
+        return tenant
+    schema = connection.schema_name
+    if schema not in _organization_ids:
+        _organization_ids[schema] = Organization.objects.values_list("pk", flat=True).get(schema_name=schema)
+    return Organization(pk=_organization_ids[schema], schema_name=schema)
 
 
 class ChatError(Exception):
@@ -56,7 +72,7 @@ class SendLimited(ChatError):
 
 def send_allow(*, organization: Organization, user: User) -> None:
     """Count one send from the chat pages; SendLimited when the member is over the plan's messages a minute."""
-    limit = entitlements_for(organization).messages_per_minute
+    limit = org_config_now(organization.pk).entitlements.messages_per_minute
     wait = send_limited(organization_id=organization.pk, user_id=user.pk, per_minute=limit)
     if wait is not None:
         raise SendLimited(ngettext(
@@ -98,24 +114,19 @@ def send_done(*, user: User, token: str, thread: Thread | None) -> tuple[Thread,
 
 def options_for(organization: Organization) -> list[ModelOption]:
     """The models this organization may chat with now (plan tier, provider reachable)."""
-    return model_options(entitlements=entitlements_for(organization), own_keys=provider_keys_for(organization))
+    return list(org_config_now(organization.pk).options.values())
 
 
 def option_get(organization: Organization, model_id: str) -> ModelOption:
-    for option in options_for(organization):
-        if option.id == model_id:
-            return option
+    option = org_config_now(organization.pk).options.get(model_id)
+    if option is not None:
+        return option
     raise ChatError(_("This model is not available on your plan. Choose another one."))
 
 
 def candidates_for(organization: Organization, option: ModelOption) -> list[ModelOption]:
     """The model, then its fallbacks that this organization may also use, in order."""
-    fallbacks = [model_id for model_id in option.model.fallbacks if model_id != option.id]
-    if not fallbacks:
-        return [option]
-    allowed = model_options(entitlements=entitlements_for(organization), own_keys=provider_keys_for(organization),
-                            ids=fallbacks)
-    return [option, *allowed]
+    return org_config_now(organization.pk).candidates(option.model)
 
 
 # ---------------------------------------------------------------- threads
@@ -157,7 +168,7 @@ def attachment_upload(*, organization: Organization, thread: Thread | None, user
     Text is decoded at once (linear in a size the plan bounds); a PDF is stored `pending` and read by
     chat.tasks.attachment_extract, off the request, within a CPU-time limit and a content budget.
     """
-    limit_mb = entitlements_for(organization).max_upload_mb
+    limit_mb = org_config_now(organization.pk).entitlements.max_upload_mb
     if upload.size > limit_mb * 1024 * 1024:
         raise FileRefused(_("This file is larger than your plan allows (%(limit)s MB).") % {"limit": limit_mb})
     data = upload.read()
@@ -243,7 +254,7 @@ def _answer_wake(*, question_id: int) -> None:
         return
     if any(file.status == Attachment.Status.PENDING for file in files):
         return
-    option = _option_or_none(current_organization(), answer.model_id)
+    option = _option_or_none(current_organization_ref(), answer.model_id)
     if option is not None:  # the real estimate, now that the text is known (the hold covered the worst case)
         _messages, answer.prompt_tokens_estimate = context_build(thread=question.thread, answer=answer,
                                                                  model=option.model, load_images=False)
@@ -279,13 +290,13 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     max_tokens = min(option.model.max_output_tokens, settings.CHAT_MAX_OUTPUT_TOKENS)
     unread = _files_unread(thread) if unread is None else unread
     status = Message.Status.WAITING if unread else Message.Status.PENDING
-    answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=status,
-                                    model_id=option.id, max_tokens=max_tokens)
+    answer = Message(thread=thread, role=Message.Role.ASSISTANT, status=status, model_id=option.id,
+                     max_tokens=max_tokens)
     _messages, prompt_tokens = context_build(thread=thread, answer=answer, model=option.model, load_images=False)
     # A file still being read adds at most its token budget once read: the hold covers that.
     prompt_tokens += unread * settings.CHAT_ATTACHMENT_TOKEN_BUDGET
     answer.prompt_tokens_estimate = prompt_tokens
-    answer.save(update_fields=["prompt_tokens_estimate"])
+    answer.save()
     worst = max(candidate.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens)
                 for candidate in candidates_for(organization, option))
     worst = worst.quantize(CREDIT_QUANTUM, rounding=ROUND_UP)
@@ -327,9 +338,10 @@ def _generation_enqueue(answer_id: int, schema: str) -> None:
 
 
 def _busy(thread: Thread) -> bool:
-    """Whether an answer is running; locks the thread so two sends cannot both start one."""
-    Thread.objects.select_for_update().filter(pk=thread.pk).first()
-    return thread.messages.filter(status__in=Message.ACTIVE).exists()
+    """Whether an answer is running; locks the thread so two sends cannot both start one (one statement)."""
+    running = Message.objects.filter(thread_id=OuterRef("pk"), status__in=Message.ACTIVE)
+    return bool(Thread.objects.select_for_update(of=("self",)).filter(pk=thread.pk)
+                .values_list(Exists(running), flat=True).first())
 
 
 @transaction.atomic
@@ -412,7 +424,14 @@ def generation_stop(*, message: Message) -> None:
 # ---------------------------------------------------------------- closing an answer
 
 
-def _credits_for(*, served: str, input_tokens: int, output_tokens: int) -> tuple[Decimal, Price | None]:
+def _credits_for(*, organization: Organization, served: str, input_tokens: int,
+                 output_tokens: int) -> tuple[Decimal, Price | None]:
+    option = org_config_now(organization.pk).options.get(served)
+    if option is not None:  # the price in force when the snapshot was taken, as /v1 bills (chat.snapshot)
+        price = Price(kind=Price.Kind.MODEL, key=served, input_per_million=option.input_per_million,
+                      output_per_million=option.output_per_million)
+        return credits_for(input_per_million=price.input_per_million, output_per_million=price.output_per_million,
+                           input_tokens=input_tokens, output_tokens=output_tokens), price
     try:
         cost = usage_cost(kind=UsageEvent.Kind.MODEL, key=served, input_tokens=input_tokens,
                           output_tokens=output_tokens)
@@ -433,10 +452,11 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
     estimated from the prompt and the text produced, so partial answers pay for what they used.
     """
     # Lock the answer only: FOR UPDATE on the joined thread would also lock it (see billing.ledger._close).
-    answer = Message.objects.select_for_update(of=("self",)).select_related("thread").filter(pk=answer_id).first()
+    answer = (Message.objects.select_for_update(of=("self",)).select_related("thread__user").filter(pk=answer_id)
+              .first())
     if answer is None or answer.status not in only_from:
         return None
-    organization = current_organization()
+    organization = current_organization_ref()
     estimated = input_tokens is None or output_tokens is None
     if estimated:
         produced = bool(text)
@@ -444,7 +464,8 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
         output_tokens = tokens_estimate(text)
     served = served_model_id or answer.model_id
     reservation = CreditReservation.objects.filter(key=answer.billing_key).first()
-    credits, price = _credits_for(served=served, input_tokens=input_tokens, output_tokens=output_tokens)
+    credits, price = _credits_for(organization=organization, served=served, input_tokens=input_tokens,
+                                  output_tokens=output_tokens)
     if reservation is not None:
         if credits > 0:
             credit_settle(reservation=reservation, actual=credits, beyond_hold=True)

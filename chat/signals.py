@@ -1,5 +1,5 @@
 """A deleted account takes its conversations and files with it, in every organization; a change to
-what the /v1 gateway caches tells every process to rebuild."""
+what the per-process snapshots hold (chat.snapshot) tells every process to rebuild."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from billing.models import BillingAccount, Plan, Price
 from tenants.models import Membership
 
 from .catalog.models import Model, ModelAlias, ProviderKey
-from .gateway import gateway_config_bump
 from .models import Attachment, Thread
 from .services import thread_delete
+from .snapshot import org_config_bump
 
 
 @receiver(pre_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="chat_user_delete")
@@ -33,10 +33,10 @@ def user_chat_delete(sender, instance, **kwargs) -> None:
 
 def _config_changed(sender, **kwargs) -> None:
     # After the commit: a process rebuilding before it would read the old rows again.
-    transaction.on_commit(gateway_config_bump)
+    transaction.on_commit(org_config_bump)
 
 
-# What the /v1 gateway's per-process snapshots hold (chat.gateway.GatewayConfig).
+# What the per-process snapshots hold (chat.snapshot.OrgConfig).
 for _model in (Model, ModelAlias, ProviderKey, Plan, Price, BillingAccount):
     post_save.connect(_config_changed, sender=_model, dispatch_uid=f"gateway_config_{_model.__name__}_save")
     post_delete.connect(_config_changed, sender=_model, dispatch_uid=f"gateway_config_{_model.__name__}_delete")

@@ -10,12 +10,13 @@ from billing.ledger import InsufficientCredits, credit_debit
 from billing.models import UsageEvent
 from billing.usage import UnknownPrice, usage_cost, usage_record
 
-from .catalog.selectors import model_cheapest, provider_keys_for
+from .catalog.selectors import model_cheapest
 from .loop import answers_run
 from .models import Message, Thread
 from .providers import ChatMessage, ChatRequest, ProviderError, TextDelta, Usage
 from .routing import route_stream
 from .services import TITLE_MAX, current_organization, options_for
+from .snapshot import org_config_now
 
 TITLE_WORDS = 8
 TITLE_PROMPT = ("Write a short title (at most six words) for a conversation that starts with the message below. "
@@ -59,7 +60,7 @@ def thread_title_write(thread_id: int) -> str:
             ChatMessage(role="system", content=TITLE_PROMPT), ChatMessage(role="user", content=question.content[:4000]),
         ])
         try:
-            text, usage = answers_run(_ask(option, request, provider_keys_for(organization)))
+            text, usage = answers_run(_ask(option, request, org_config_now(organization.pk).own_keys))
         except ProviderError:
             text, usage = "", None
         title = _clean(text)

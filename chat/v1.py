@@ -44,11 +44,12 @@ from tenants.api_keys import (
 from tenants.audit.services import client_ip_from
 
 from . import gateway
-from .gateway import CONFIG_VERSION_KEY, GatewayConfig, GatewayError, Prepared
+from .gateway import GatewayError, Prepared
 from .providers import Finish, StreamError, TextDelta, Usage
 from .providers.base import ToolCallDelta, tool_calls_assemble
 from .redis import async_client
 from .routing import Served, route_stream
+from .snapshot import CONFIG_VERSION_KEY, OrgConfig, org_config
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _model(option) -> dict:
     return {"id": option.id, "object": "model", "created": 0, "owned_by": option.model.provider}
 
 
-async def _authenticate(call: Call) -> tuple[KeyAuth, GatewayConfig]:
+async def _authenticate(call: Call) -> tuple[KeyAuth, OrgConfig]:
     """The key's grant and its organization's config snapshot: one Redis round trip when cached. A key
     not cached yet is read on the async pool (no connection of its own), unless the caller's address is
     over its unauthenticated limit: then nothing reaches the database."""
@@ -212,7 +213,7 @@ async def _authenticate(call: Call) -> tuple[KeyAuth, GatewayConfig]:
     if not auth.allows("chat"):
         raise GatewayError(403, "This API key lacks the 'chat' scope.", type="permission_error",
                            code="insufficient_scope")
-    return auth, await gateway.gateway_config(auth.organization_id, version)
+    return auth, await org_config(auth.organization_id, version)
 
 
 async def _touch(call: Call) -> None:
@@ -279,7 +280,7 @@ async def _settle(call: Call, prepared: Prepared, answer: Answer) -> None:
                          output_tokens=usage.output_tokens if usage else None, touch_key=touch)
 
 
-async def _completions(call: Call, auth: KeyAuth, config: GatewayConfig) -> None:
+async def _completions(call: Call, auth: KeyAuth, config: OrgConfig) -> None:
     params = gateway.params_parse(await call.body())
     prepared = await gateway.prepare(auth, params, config)
     call.extra_headers.update(prepared.limit.headers())

@@ -145,3 +145,12 @@ def chat_sends_uncounted():
     keys = list(redis_client().scan_iter(match="rl:send:*", count=500))
     if keys:
         redis_client().delete(*keys)
+
+
+@pytest.fixture(autouse=True)
+def org_snapshots_fresh():
+    """Each test starts with no per-process organization snapshot (chat.snapshot): a row a test changes
+    without signals (`QuerySet.update`) must not reach the next test through this process's cache."""
+    from chat.snapshot import _configs
+
+    _configs.clear()

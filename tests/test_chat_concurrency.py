@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -20,11 +21,13 @@ from django_tenants.utils import schema_context
 
 from chat.models import Message, Thread
 
+from .fake_llm import FakeOpenAI
 from .servers import in_thread, start_live_server
 from .test_chat_streaming import threads_remove
 from .test_db_pool import psycopg_watch, sign_in, wait_until_waiting_on_the_lock
 
 DEMO = "demo/prumo-demo"
+PRICED = "openai/gpt-4.1-mini"  # basic tier: the Free plan may use it
 
 
 @pytest.fixture
@@ -152,9 +155,54 @@ def test_a_send_costs_the_same_queries_however_long_the_thread(client_for, org_a
     assert counts[0] == SEND_QUERIES, "\n".join(query["sql"][:150] for query in queries.captured_queries)
 
 
-# Session, user, organization and membership (4) and two search_path SETs; the thread twice (the lookup,
-# then its lock), the busy check, the billing account twice, provider keys, models and prices; the
-# question and the answer (inserts, the history for the estimate and its files), the estimate, the thread's
-# date; the partial's two reads; a savepoint and its release. The catalog and account reads are the next to
-# cache (as /v1 does).
-SEND_QUERIES = 24
+# Session, user, organization and membership (4) and two search_path SETs; the thread, then its lock with the busy
+# check in one statement; the question, the history for the estimate and its files, the answer (inserted with its
+# estimate), the thread's date; the partial's two reads; a savepoint and its release. Plan, provider keys, models
+# and prices come from the organization's snapshot (chat.snapshot), as on /v1; the demo model is free: no hold.
+SEND_QUERIES = 17
+
+
+def test_an_answer_costs_its_worker_the_same_queries_however_long_the_thread(client_for, org_a, tenant_world,
+                                                                              django_capture_on_commit_callbacks,
+                                                                              settings):
+    """A priced answer run by its task (hold settled, usage metered), counted from the claim to the close, in a
+    worker that has run one before (its per-process lookups made, as in production)."""
+    from billing.ledger import credit_grant
+
+    fake = FakeOpenAI().start()
+    settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "openai": {"base_url": fake.url, "api_key": "sk-test"}}
+    owner = tenant_world["a"]["owner"]
+    client = client_for("a")
+    credit_grant(organization=org_a, amount=Decimal("100"), key="answer-count", description="test")
+    counts = {}
+    try:
+        for history in (1, 0, 20):  # the first warms the process up
+            with schema_context(org_a.schema_name):
+                thread = Thread.objects.create(user=owner, model_id=PRICED, title="count", title_is_auto=False)
+                for number in range(history):
+                    Message.objects.create(thread=thread, role="user", content=f"q{number}")
+                    Message.objects.create(thread=thread, role="assistant", status="complete", content=f"a{number}",
+                                           model_id=PRICED)
+            with django_capture_on_commit_callbacks(execute=False) as queued:
+                response = client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/send/", {"content": "and now?"},
+                                       HTTP_HX_REQUEST="true")
+            assert response.status_code == 200
+            with schema_context(org_a.schema_name), CaptureQueriesContext(connection) as queries:
+                for callback in queued:
+                    callback()  # the generation task, run eagerly
+            with schema_context(org_a.schema_name):
+                answer = Message.objects.get(thread=thread, role="assistant", id__gt=thread.messages.order_by(
+                    "-id").values_list("id", flat=True)[1])
+            assert answer.status == "complete" and answer.credits > 0
+            counts[history] = len(queries)
+    finally:
+        fake.stop()
+    assert counts[0] == counts[20], counts
+    assert counts[0] == ANSWER_QUERIES, "\n".join(query["sql"][:150] for query in queries.captured_queries)
+
+
+# The search_path; the answer and its thread, the claim, the history and its files; then in one transaction
+# (a savepoint here) the answer locked with its thread and owner, the hold, its settlement in one statement (in a
+# savepoint of its own) and the hold read back, the usage event, the answer and the thread's date. The plan, the
+# provider keys and the price come from the snapshot, the organization's id from the schema's (once a process).
+ANSWER_QUERIES = 16

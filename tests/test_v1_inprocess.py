@@ -14,8 +14,8 @@ import pytest
 
 from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
 from chat import v1
-from chat.gateway import gateway_config_bump
 from chat.redis import sync_client
+from chat.snapshot import org_config_bump
 from config import db_async
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
@@ -81,7 +81,7 @@ def gateway_settings(settings, upstream, monkeypatch, django_db_blocker):
     settings.LLM_PROVIDERS = providers
     monkeypatch.setattr(db_async, "CONNECTION_CLASS", CountingConnection)
     with django_db_blocker.unblock():
-        gateway_config_bump()  # snapshots built under other settings are stale
+        org_config_bump()  # snapshots built under other settings are stale
     for key in sync_client().scan_iter("chat:breaker:*"):
         sync_client().delete(key)
     return settings

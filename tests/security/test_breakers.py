@@ -13,9 +13,9 @@ from django_tenants.utils import schema_context
 
 from chat.catalog.crypto import key_encrypt
 from chat.catalog.models import ProviderKey
-from chat.gateway import gateway_config_bump
 from chat.redis import sync_client
 from chat.routing import CircuitBreaker, breaker_name
+from chat.snapshot import org_config_bump
 
 from ..fake_llm import RATE_LIMIT, SERVER_ERROR, Answer, FakeOpenAI
 from ..orgs import organization_drop
@@ -54,7 +54,7 @@ def world(settings, upstream, orgs, django_db_blocker):
     with django_db_blocker.unblock():  # the app reads keys and snapshots on Django's ORM, committed
         yield orgs
         ProviderKey.objects.filter(organization__in=[orgs["a"][0], orgs["b"][0]]).delete()
-        gateway_config_bump()
+        org_config_bump()
     redis_forget("chat:breaker:*", "rl:*")
 
 

@@ -18,8 +18,8 @@ from django_tenants.utils import schema_context
 from billing.ledger import credit_settle
 from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
 from billing.selectors import ledger_sum
-from chat.gateway import gateway_config_bump
 from chat.redis import sync_client
+from chat.snapshot import org_config_bump
 
 from ..fake_llm import Answer, FakeOpenAI
 from ..orgs import organization_drop
@@ -52,7 +52,7 @@ def gateway(settings, upstream, api_org, django_db_blocker):
     upstream.reset()
     redis_forget("chat:breaker:*", "rl:*")
     with django_db_blocker.unblock():  # the app reads snapshots on Django's ORM; the pool sees committed rows
-        gateway_config_bump()
+        org_config_bump()
         balance_set(api_org[0], Decimal("1000"))
         yield api_org
 

@@ -1,0 +1,112 @@
+"""What chat needs to know about an organization, per process: its plan's entitlements, its own provider
+keys and the models it may use, priced.
+
+Reading that from the database costs five or six queries (billing account and plan, provider keys,
+models, prices, and again for the fallbacks), and every send, answer and /v1 call needs it. So each
+process keeps a snapshot per organization (`OrgConfig`) and rebuilds it when a version in Redis
+changes: a change to the catalog, prices, plans, an organization's plan or its provider keys sets a new
+`CONFIG_VERSION_KEY` (chat.signals) and every process rebuilds on its next use; CONFIG_MAX_AGE bounds
+the rest (a price whose `effective_from` arrives, a Redis that lost the key). A settings change (tests'
+`override_settings`: which providers are configured) drops every snapshot of the process.
+
+`org_config` is for the event loop (the /v1 gateway, which reads the version in a round trip it makes
+anyway); `org_config_now` for synchronous code (chat sends, answers, titles).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.core.signals import setting_changed
+from django.db import connection as db_connection
+from django.dispatch import receiver
+
+from billing.selectors import Entitlements, entitlements_for
+from tenants.models import Organization
+
+from .catalog.models import Model
+from .catalog.selectors import ModelOption, model_options, provider_keys_for
+from .redis import sync_client
+
+CONFIG_VERSION_KEY = "gw:config:v"
+CONFIG_MAX_AGE = 60.0
+
+
+@dataclass(frozen=True)
+class OrgConfig:
+    version: str | None
+    built_at: float
+    entitlements: Entitlements
+    own_keys: dict[str, str]
+    names: dict[str, Model]  # every active model by id and by alias
+    options: dict[str, ModelOption]  # what the plan allows and a configured provider can serve, priced, in order
+
+    def candidates(self, model: Model) -> list[ModelOption]:
+        """The model and its fallbacks this organization can use, in order."""
+        return [self.options[i] for i in dict.fromkeys((model.id, *model.fallbacks)) if i in self.options]
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self.built_at > CONFIG_MAX_AGE
+
+
+async def orm_call(function, *args, **kwargs):
+    """`function` on Django's ORM, in a thread, for the event loop's rare slow paths (a snapshot to build, a
+    key not cached yet, a refused hold to explain). Outside Django's request cycle nobody would close
+    that thread's connection, so the call closes it when done."""
+
+    def call():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            db_connection.close()
+
+    return await sync_to_async(call)()
+
+
+def org_config_build(organization_id: int, version: str | None) -> OrgConfig:
+    organization = Organization(pk=organization_id)
+    entitlements = entitlements_for(organization)
+    own_keys = provider_keys_for(organization)
+    models = list(Model.objects.filter(is_active=True).prefetch_related("aliases"))
+    names = {model.id: model for model in models}
+    for model in models:
+        for alias in model.aliases.all():
+            names.setdefault(alias.alias, model)
+    options = {option.id: option for option in model_options(entitlements=entitlements, own_keys=own_keys)}
+    return OrgConfig(version=version, built_at=time.monotonic(), entitlements=entitlements, own_keys=own_keys,
+                     names=names, options=options)
+
+
+_configs: dict[int, OrgConfig] = {}
+
+
+async def org_config(organization_id: int, version: str | None) -> OrgConfig:
+    """The organization's snapshot for `version` (read by the caller), built in a thread when stale."""
+    config = _configs.get(organization_id)
+    if config is None or config.version != version or config.stale:
+        config = await orm_call(org_config_build, organization_id, version)
+        _configs[organization_id] = config
+    return config
+
+
+def org_config_now(organization_id: int) -> OrgConfig:
+    """The organization's current snapshot, for synchronous code: one Redis GET when it is fresh."""
+    version = sync_client().get(CONFIG_VERSION_KEY)
+    config = _configs.get(organization_id)
+    if config is None or config.version != version or config.stale:
+        config = _configs[organization_id] = org_config_build(organization_id, version)
+    return config
+
+
+def org_config_bump() -> None:
+    """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one)."""
+    sync_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
+
+
+@receiver(setting_changed, dispatch_uid="chat_snapshot_settings")
+def _settings_changed(**kwargs) -> None:
+    _configs.clear()  # which providers are configured comes from settings
