@@ -7,6 +7,11 @@ A new key wakes the hub's read at once through a per-hub control stream.
 
 Connections end by themselves after `CHAT_SSE_MAX_SECONDS` with a `retry:` line, so a
 deploy never has to cut a stream: the browser reconnects with `Last-Event-ID` and resumes.
+
+The page opens an answer's stream at a URL carrying a stream token (`stream_token`): a signed capability to
+read that one answer, for its asker, in the session that asked, for CHAT_STREAM_TOKEN_SECONDS. With it the
+stream is served without Django's request cycle (chat.stream_direct); without it, or once it expired, by
+Django's view, which checks the session, the membership and the message.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import json
 import logging
 import time
@@ -21,8 +27,11 @@ import uuid
 import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.conf import settings
+from django.core import signing
+from django.utils.crypto import constant_time_compare
 
 from billing.ratelimits import Slot, slot_acquire_async
 
@@ -217,6 +226,46 @@ async def leased(events: AsyncIterator[bytes], lease: Slot) -> AsyncIterator[byt
     finally:
         with contextlib.suppress(Exception):  # the lease expires by itself
             await async_client().zrem(lease.key, lease.token)
+
+
+STREAM_TOKEN_SALT = "chat.stream"
+
+
+@dataclass(frozen=True)
+class StreamGrant:
+    """What a valid stream token allows: reading `message_id`'s stream in `schema`, as `user_id`."""
+
+    user_id: int
+    slug: str
+    schema: str
+    message_id: int
+
+    @property
+    def key(self) -> str:
+        return f"chat:gen:{self.schema}:{self.message_id}"  # chat.models.Message.stream_key
+
+
+def _session_digest(session_key: str) -> str:
+    return hashlib.sha256(f"{STREAM_TOKEN_SALT}:{session_key}".encode()).hexdigest()[:32]
+
+
+def stream_token(*, user_id: int, session_key: str, slug: str, schema: str, message_id: int) -> str:
+    """A token for reading one answer's stream, in the session `session_key` (never itself in the token)."""
+    return signing.dumps([user_id, slug, schema, message_id, _session_digest(session_key)], salt=STREAM_TOKEN_SALT)
+
+
+def stream_token_read(token: str, *, session_key: str, slug: str, message_id: int) -> StreamGrant | None:
+    """The grant of `token` when it is genuine, not expired, for this answer and organization, and presented with
+    the session it was made for; None otherwise (the caller then lets Django's view decide)."""
+    try:
+        user_id, token_slug, schema, token_message, digest = signing.loads(
+            token, salt=STREAM_TOKEN_SALT, max_age=settings.CHAT_STREAM_TOKEN_SECONDS)
+    except (signing.BadSignature, ValueError, TypeError):
+        return None
+    if (token_message != message_id or token_slug != slug or not session_key
+            or not constant_time_compare(digest, _session_digest(session_key))):
+        return None
+    return StreamGrant(user_id=int(user_id), slug=slug, schema=str(schema), message_id=message_id)
 
 
 def _valid_id(entry_id: str) -> bool:

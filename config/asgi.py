@@ -4,7 +4,8 @@ Django's ASGI handler runs each request's synchronous parts (middleware, sync vi
 its own, so N requests at once mean N threads and N database connections wanted. Two kinds of chat
 request come by the thousand when many people ask at once, and both are bounded here:
 
-- Answer streams (`.../events/`) hold their request open for as long as the answer takes. Their short
+- Answer streams (`.../events/`) hold their request open for as long as the answer takes. Those the page
+  opens carry a stream token and are served without Django at all (chat.stream_direct). The others' short
   synchronous setup (middleware, the membership lookup) runs on one of CHAT_STREAM_SETUP_THREADS
   single-thread executors, taken in turn (a request's sync parts stay on one thread, as Django needs);
   the stream itself is async. 1,000 streams keep a handful of threads, not 1,000 (PITFALLS.md).
@@ -32,6 +33,7 @@ from django.conf import settings  # noqa: E402
 from django.template import loader  # noqa: E402
 
 from chat import v1  # noqa: E402  (needs the apps loaded by get_asgi_application)
+from chat.stream_direct import stream_direct  # noqa: E402
 from config.body_limit import body_limited  # noqa: E402
 
 STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/\d+/events/$")
@@ -62,6 +64,8 @@ async def busy(send) -> None:
 async def django_routed(scope, receive, send):
     path = scope.get("path", "")
     if scope["type"] == "http" and STREAM_PATH.match(path):
+        if await stream_direct(scope, receive, send):  # the page's URL, with its stream token
+            return None
         async with ThreadSensitiveContext(executor=next(stream_executors)):
             return await django_application(scope, receive, send)
     if scope["type"] == "http" and scope.get("method") == "POST" and SEND_PATH.match(path):

@@ -13,6 +13,7 @@ from django_tenants.utils import schema_context
 from billing.models import BillingAccount, Plan
 from chat.models import Attachment, Message
 from chat.redis import sync_client
+from chat.snapshot import org_config_bump
 from tenants.api_keys import api_key_authenticate, api_key_create
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
@@ -229,6 +230,7 @@ def test_uploads_are_checked_by_content_and_plan_size(keys, org_a):
     as_json = client.post(url, {"file": "x"}, content_type="application/json", **auth)
     assert as_json.status_code == 415
     Plan.objects.filter(code="starter").update(max_upload_mb=0)
+    org_config_bump()  # a raw update sends no signal; the admin's save would (chat.signals)
     too_big = client.post(url, {"file": text_file()}, **auth)
     assert too_big.status_code == 400 and "larger than your plan allows" in too_big.json()["file"][0]
     assert client.get(url, **auth).json()["results"] == []

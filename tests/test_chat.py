@@ -532,7 +532,7 @@ def test_a_send_sent_again_with_its_token_is_answered_once(client_for, org_a, te
         first = client.post(url, form, HTTP_HX_REQUEST="true")
         again = client.post(url, form, HTTP_HX_REQUEST="true")
     assert first.status_code == again.status_code == 200
-    answer_id = int(re.search(r'data-stream-url="[^"]*/m/(\d+)/events/"', first.content.decode()).group(1))
+    answer_id = int(re.search(r'data-stream-url="[^"]*/m/(\d+)/events/', first.content.decode()).group(1))
     assert f"/m/{answer_id}/events/" in again.content.decode() and again["HX-Trigger"] == "chat-sent"
     questions, answers = (messages_of(org_a, thread)[index::2] for index in (0, 1))
     assert [q.content for q in questions] == ["Only once, please"] and len(answers) == 1

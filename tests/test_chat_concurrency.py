@@ -20,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
 from chat.models import Message, Thread
+from chat.streams import stream_token
 
 from .fake_llm import FakeOpenAI
 from .servers import in_thread, start_live_server
@@ -54,35 +55,43 @@ def streaming_answers(tenant_world, django_db_blocker):
 
 @pytest.mark.slow
 def test_a_person_holds_at_most_their_share_of_open_streams(streaming_answers, test_database_url, redis_url,
-                                                             tmp_path):
+                                                             tmp_path, tenant_world):
     org, answers = streaming_answers
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path,
                                env_extra={"CHAT_STREAMS_PER_USER": "2"})
     try:
         cookies, _token = sign_in(server.url, "owner-a@example.com")
+        owner = tenant_world["a"]["owner"]
 
-        async def scenario() -> tuple[list[int], httpx.Response, int]:
+        def page_url(answer: int) -> str:  # as the page gives it: served by chat.stream_direct
+            token = stream_token(user_id=owner.pk, session_key=cookies["sessionid"], slug=org.slug,
+                                 schema=org.schema_name, message_id=answer)
+            return f"/o/{org.slug}/chat/m/{answer}/events/?s={token}"
+
+        async def scenario() -> tuple[list[int], httpx.Response, httpx.Response, int]:
             async with httpx.AsyncClient(base_url=server.url, cookies=cookies, timeout=30) as client:
                 opened = []
                 for answer in answers[:2]:
-                    stream = client.stream("GET", f"/o/{org.slug}/chat/m/{answer}/events/")
+                    stream = client.stream("GET", page_url(answer))
                     response = await stream.__aenter__()
                     opened.append((stream, response))
-                third = await client.get(f"/o/{org.slug}/chat/m/{answers[2]}/events/")
-                await opened[0][0].__aexit__(None, None, None)  # one tab closes its stream
+                third = await client.get(f"/o/{org.slug}/chat/m/{answers[2]}/events/")  # Django's view
+                third_direct = await client.get(page_url(answers[2]))
+                await opened[0][0].__aexit__(None, None, None)  # one tab closes its stream: its lease goes back
                 await asyncio.sleep(0.5)
-                async with client.stream("GET", f"/o/{org.slug}/chat/m/{answers[2]}/events/") as again:
+                async with client.stream("GET", page_url(answers[2])) as again:
                     reopened = again.status_code
                 for stream, _response in opened[1:]:
                     await stream.__aexit__(None, None, None)
-                return [response.status_code for _stream, response in opened], third, reopened
+                return [response.status_code for _stream, response in opened], third, third_direct, reopened
 
-        statuses, third, reopened = asyncio.run(scenario())
+        statuses, third, third_direct, reopened = asyncio.run(scenario())
     finally:
         server.process.stop()
     assert statuses == [200, 200]
-    assert third.status_code == 429 and third.headers["Retry-After"] == "5"
-    assert "Too many answers are open" in third.text
+    for refused in (third, third_direct):  # one share, whichever route serves the stream
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "5"
+        assert "Too many answers are open" in refused.text
     assert reopened == 200
 
 

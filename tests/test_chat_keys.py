@@ -65,7 +65,8 @@ def test_own_key_unlocks_the_provider_and_is_the_one_sent(client_for, org_a, set
     try:
         client = client_for("a", "owner")
         assert 'value="anthropic/claude-haiku-4-5"' not in client.get(f"/o/{org_a.slug}/chat/").content.decode()
-        client.post(f"/o/{org_a.slug}/settings/ai-providers/", {"provider": "anthropic", "secret": SECRET})
+        with django_capture_on_commit_callbacks(execute=True):  # committed: every process's snapshot is renewed
+            client.post(f"/o/{org_a.slug}/settings/ai-providers/", {"provider": "anthropic", "secret": SECRET})
         assert 'value="anthropic/claude-haiku-4-5"' in client.get(f"/o/{org_a.slug}/chat/").content.decode()
         with django_capture_on_commit_callbacks(execute=True):
             client.post(f"/o/{org_a.slug}/chat/new/", {"model": "anthropic/claude-haiku-4-5", "content": "Hi"})

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -166,11 +166,15 @@ def csrf_token(client: httpx.Client, url: str) -> str:
 @pytest.fixture(scope="module")
 def signed_in(live_server_process, tenant_world) -> httpx.Cookies:
     """Session cookies of owner-a, signed in through the live server's login page."""
-    base = live_server_process.url
+    return sign_in(live_server_process.url, EMAIL)
+
+
+def sign_in(base: str, email: str) -> httpx.Cookies:
+    """A new session of `email` (any test user: they share PASSWORD), through the login page."""
     with httpx.Client(base_url=base, timeout=10) as client:
         login = "/accounts/login/"
         token = csrf_token(client, login)
-        response = client.post(login, data={"csrfmiddlewaretoken": token, "login": EMAIL, "password": PASSWORD},
+        response = client.post(login, data={"csrfmiddlewaretoken": token, "login": email, "password": PASSWORD},
                                headers={"Referer": f"{base}{login}"})
         assert response.status_code == 302, f"login failed ({response.status_code}): {response.text[:2000]}"
         assert client.cookies.get("sessionid"), "no session cookie after login"
@@ -182,9 +186,16 @@ class Asked:
     question: str
     thread_id: int
     answer_id: int
+    stream_token: str = ""  # what the page puts in its stream URL (chat.templatetags.chat.stream_url)
 
     @property
     def events_url(self) -> str:
+        """The URL the page opens: served without Django's request cycle (chat.stream_direct)."""
+        return f"{self.plain_events_url}?s={self.stream_token}" if self.stream_token else self.plain_events_url
+
+    @property
+    def plain_events_url(self) -> str:
+        """Without a stream token: Django's view (chat.views.message_stream)."""
         return f"/o/{SLUG}/chat/m/{self.answer_id}/events/"
 
     @property
@@ -273,7 +284,14 @@ class Chat:
         thread_id = int(match.group(1))
         self.thread_ids.append(thread_id)
         answer = self.db(lambda: Message.objects.get(thread_id=thread_id, role=Message.Role.ASSISTANT))
-        return Asked(question=question, thread_id=thread_id, answer_id=answer.pk)
+        return Asked(question=question, thread_id=thread_id, answer_id=answer.pk,
+                     stream_token=self.stream_token(answer.pk))
+
+    def stream_token(self, message_id: int, session_key: str | None = None) -> str:
+        from chat.streams import stream_token
+
+        return stream_token(user_id=self.owner.pk, session_key=session_key or self.cookies.get("sessionid"),
+                            slug=SLUG, schema=self.organization.schema_name, message_id=message_id)
 
     def stream(self, asked: Asked, *, client: httpx.Client | None = None, last_event_id: str | None = None,
                headers: dict[str, str] | None = None) -> Stream:
@@ -446,7 +464,8 @@ def test_a_stream_opened_after_the_answer_ended_replays_it_while_redis_keeps_it(
     assert [block.event for block in events(rest)][-1] == "end"
 
     sync_client().delete(f"chat:gen:{chat.organization.schema_name}:{asked.answer_id}")  # what STREAM_TTL does
-    with chat.stream(asked) as expired:
+    # By then the page's stream token has expired too (it lives shorter): Django's view serves the URL.
+    with chat.stream(replace(asked, stream_token="")) as expired:
         alone = expired.read()
     assert [(block.event, block.payload) for block in events(alone)] == [("end", {"status": "complete"})]
 
@@ -711,3 +730,84 @@ def test_connection_ends_by_itself_and_resumes_with_last_event_id(chat, short_st
     assert message.status == "complete"
     assert text_of(everything) == message.content == expected_answer(asked.question)
 
+
+
+# ---------------------------------------------------------------- the page's stream URL (chat.stream_direct)
+
+
+def test_the_page_opens_its_answer_at_a_url_with_a_stream_token_that_reads_it_whole(chat):
+    asked = chat.ask()
+    page = chat.http.get(asked.thread_url)
+    url = re.search(r'data-stream-url="([^"]+)"', page.text)
+    assert url and url[1].startswith(f"{asked.plain_events_url}?s="), page.text[:2000]
+    with Stream(chat.http, url[1]) as stream:
+        blocks = stream.read()
+    assert stream.response.headers["content-type"] == "text/event-stream"
+    assert events(blocks)[-1].payload == {"status": "complete"}
+    assert text_of(blocks) == chat.wait_final(asked.answer_id).content == expected_answer(asked.question)
+
+
+def fabricated_stream(chat, message_id: int, text: str) -> str:
+    """A finished answer's Redis stream for `message_id`, which has no row: only a route that reads no database
+    can serve it (Django's view answers 404)."""
+    from chat.redis import sync_client
+
+    key = f"chat:gen:{chat.organization.schema_name}:{message_id}"
+    redis = sync_client()
+    redis.xadd(key, {"t": "start", "model": DEMO, "name": "Demo"})
+    redis.xadd(key, {"t": "delta", "d": text})
+    redis.xadd(key, {"t": "end", "status": "complete"})
+    redis.expire(key, 300)
+    return key
+
+
+def test_a_stream_token_is_served_without_the_database_and_only_with_its_session(chat, live_server_process):
+    from chat.redis import sync_client
+
+    missing = 2_000_000_000 + uuid.uuid4().int % 1_000_000  # no message has this id
+    key = fabricated_stream(chat, missing, "read from Redis alone")
+    tokened = f"/o/{SLUG}/chat/m/{missing}/events/?s={chat.stream_token(missing)}"
+    try:
+        with Stream(chat.http, tokened) as stream:
+            assert stream.response.status_code == 200
+            blocks = stream.read()
+        assert text_of(blocks) == "read from Redis alone"  # served directly: no query found the missing row
+        # Everything else goes to Django's view, which finds no such answer.
+        assert chat.http.get(f"/o/{SLUG}/chat/m/{missing}/events/").status_code == 404
+        other_session = chat.client()
+        other_session.cookies = sign_in(live_server_process.url, EMAIL)  # the same person, another session
+        assert other_session.get(tokened).status_code == 404
+        assert chat.http.get(tokened[:-3] + ("A" if tokened[-3] != "A" else "B") + tokened[-2:]).status_code == 404
+        other_answer = f"/o/{SLUG}/chat/m/{missing + 1}/events/?s={chat.stream_token(missing)}"
+        assert chat.http.get(other_answer).status_code == 404
+        anonymous = httpx.Client(base_url=live_server_process.url, follow_redirects=False, timeout=10)
+        with anonymous:
+            assert anonymous.get(tokened).status_code == 404  # Django: not a member
+    finally:
+        sync_client().delete(key)
+
+
+def test_a_member_of_another_organization_gets_404_for_an_answer_url_with_its_token(chat, live_server_process):
+    asked = chat.ask()
+    outsider = chat.client()
+    outsider.cookies = sign_in(live_server_process.url, "owner-b@example.com")
+    assert outsider.get(asked.events_url).status_code == 404
+    assert outsider.get(asked.plain_events_url).status_code == 404
+    chat.wait_final(asked.answer_id)
+
+
+def test_stream_tokens_expire_and_name_their_session_answer_and_organization(settings):
+    from chat.generation import STREAM_TTL
+    from chat.streams import stream_token, stream_token_read
+
+    assert settings.CHAT_STREAM_TOKEN_SECONDS < STREAM_TTL  # a missing stream then means "not started yet"
+    token = stream_token(user_id=7, session_key="session-1", slug="org-a", schema="org_org_a", message_id=42)
+    grant = stream_token_read(token, session_key="session-1", slug="org-a", message_id=42)
+    assert (grant.user_id, grant.schema, grant.key) == (7, "org_org_a", "chat:gen:org_org_a:42")
+    assert "session-1" not in token
+    for session_key, slug, message_id in (("session-2", "org-a", 42), ("", "org-a", 42), ("session-1", "org-b", 42),
+                                          ("session-1", "org-a", 43)):
+        assert stream_token_read(token, session_key=session_key, slug=slug, message_id=message_id) is None
+    settings.CHAT_STREAM_TOKEN_SECONDS = 0
+    time.sleep(1.1)
+    assert stream_token_read(token, session_key="session-1", slug="org-a", message_id=42) is None

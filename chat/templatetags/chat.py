@@ -3,8 +3,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import template
+from django.urls import reverse
 
 from chat.markdown import markdown_render
+from chat.streams import stream_token
 
 register = template.Library()
 
@@ -28,3 +30,17 @@ def credits(value) -> str:
 @register.filter
 def model_short(model_id: str) -> str:
     return (model_id or "").split("/", 1)[-1]
+
+
+@register.simple_tag(takes_context=True)
+def stream_url(context, message) -> str:
+    """Where the page reads `message`'s stream: with a stream token for the person's session when there is one
+    (served without Django's request cycle, chat.stream_direct)."""
+    request = context["request"]
+    url = reverse("chat_stream", args=[request.tenant.slug, message.pk])
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if not session_key or not request.user.is_authenticated:
+        return url
+    token = stream_token(user_id=request.user.pk, session_key=session_key, slug=request.tenant.slug,
+                         schema=request.tenant.schema_name, message_id=message.pk)
+    return f"{url}?s={token}"

@@ -397,6 +397,10 @@ CHAT_SSE_MAX_SECONDS = float(os.environ.get("CHAT_SSE_MAX_SECONDS", "25"))
 CHAT_SSE_KEEPALIVE_SECONDS = float(os.environ.get("CHAT_SSE_KEEPALIVE_SECONDS", "10"))
 # Answer streams one person may hold open at once (all tabs, all web processes); more get 429.
 CHAT_STREAMS_PER_USER = int(os.environ.get("CHAT_STREAMS_PER_USER", "8"))
+# How long the stream URL a page gets stays valid for direct serving (chat.streams.stream_token); past it the
+# stream is served by Django's view all the same. Kept below an ended answer's stream lifetime in Redis
+# (chat.generation.STREAM_TTL, an hour): a valid token whose stream is missing means the answer has not started.
+CHAT_STREAM_TOKEN_SECONDS = min(int(os.environ.get("CHAT_STREAM_TOKEN_SECONDS", "900")), 3000)
 # Threads per web process that run answer streams' short synchronous setup (middleware, the lookup).
 CHAT_STREAM_SETUP_THREADS = int(os.environ.get("CHAT_STREAM_SETUP_THREADS", "4"))
 # Chat sends (new, send, regenerate, edit) one web process runs at once, each on a thread of its own; the
