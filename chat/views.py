@@ -153,7 +153,9 @@ def _sent(request: HttpRequest, thread, answer_id: int, *, new_thread: bool) -> 
     """The answer to a send that went through: the new exchange (htmx), or the thread's page."""
     url = reverse("chat_thread", args=[request.tenant.slug, thread.pk])
     if request.htmx and not new_thread:
-        rows = list(thread.messages.filter(id__gte=answer_id - 1).prefetch_related("attachments").order_by("id"))
+        # The question and its answer: the thread's last two messages up to it (ids are shared by every thread).
+        latest = thread.messages.filter(id__lte=answer_id).prefetch_related("attachments").order_by("-id")[:2]
+        rows = list(reversed(latest))
         response = render(request, "chat/_messages.html", {"thread": thread, "chat_messages": rows,
                                                             "last_question_id": _last_question_id(rows)})
         response["HX-Trigger"] = "chat-sent"

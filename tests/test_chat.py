@@ -699,3 +699,26 @@ def test_a_reaped_answer_page_says_why_in_the_readers_language(client_for, org_a
     User.objects.filter(pk=tenant_world["a"]["owner"].pk).update(language="pt-br")  # rolled back after the test
     page = client_for("a").get(url).content.decode()
     assert "A resposta não pôde começar a tempo. Pergunte de novo." in page
+
+
+def test_the_sent_exchange_shows_its_question_when_another_thread_took_the_id_between(client_for, org_a,
+                                                                                       tenant_world):
+    """Message ids are shared by every thread of the organization: under load another send's message lands
+    between a question and its answer. The exchange the composer gets back still shows both."""
+    from chat.services import send_remember
+
+    owner = tenant_world["a"]["owner"]
+    client = client_for("a")
+    with schema_context(org_a.schema_name):
+        thread = Thread.objects.create(user=owner, model_id=CHEAP, title="mine", title_is_auto=False)
+        other = Thread.objects.create(user=owner, model_id=CHEAP, title="other", title_is_auto=False)
+        question = Message.objects.create(thread=thread, role="user", content="Between us?")
+        Message.objects.create(thread=other, role="user", content="Someone else's")
+        answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP)
+        send_remember(user=owner, token="f" * 32, thread=thread, answer=answer)
+    assert answer.pk != question.pk + 1
+    response = client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/send/",
+                           {"content": "Between us?", "send_token": "f" * 32}, HTTP_HX_REQUEST="true")
+    page = response.content.decode()
+    assert response.status_code == 200 and "Between us?" in page and "Someone else" not in page
+    assert f'id="message-{question.pk}"' in page and f'id="message-{answer.pk}"' in page

@@ -141,6 +141,17 @@ def test_a_send_that_gets_no_turn_is_refused_with_503_before_anything_is_written
             in_thread(lambda: threads_remove(org, [held, second]))
 
 
+def thread_with_history(org, owner, model: str, exchanges: int) -> Thread:
+    """A thread of `owner` with `exchanges` finished questions and answers."""
+    with schema_context(org.schema_name):
+        thread = Thread.objects.create(user=owner, model_id=model, title="count", title_is_auto=False)
+        for number in range(exchanges):
+            Message.objects.create(thread=thread, role="user", content=f"q{number}")
+            Message.objects.create(thread=thread, role="assistant", status="complete", content=f"a{number}",
+                                   model_id=model)
+    return thread
+
+
 def test_a_send_costs_the_same_queries_however_long_the_thread(client_for, org_a, tenant_world,
                                                                   django_capture_on_commit_callbacks):
     """Counted with the generation queued, not run (its queries are the worker's)."""
@@ -148,12 +159,7 @@ def test_a_send_costs_the_same_queries_however_long_the_thread(client_for, org_a
     client = client_for("a")
     counts = {}
     for history in (0, 20):
-        with schema_context(org_a.schema_name):
-            thread = Thread.objects.create(user=owner, model_id=DEMO, title="count", title_is_auto=False)
-            for number in range(history):
-                Message.objects.create(thread=thread, role="user", content=f"q{number}")
-                Message.objects.create(thread=thread, role="assistant", status="complete", content=f"a{number}",
-                                       model_id=DEMO)
+        thread = thread_with_history(org_a, owner, DEMO, history)
         client.get(f"/o/{org_a.slug}/chat/t/{thread.pk}/")  # session and caches warm, as on a real page
         with django_capture_on_commit_callbacks(execute=False), CaptureQueriesContext(connection) as queries:
             response = client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/send/", {"content": "and now?"},
@@ -186,12 +192,7 @@ def test_an_answer_costs_its_worker_the_same_queries_however_long_the_thread(cli
     counts = {}
     try:
         for history in (1, 0, 20):  # the first warms the process up
-            with schema_context(org_a.schema_name):
-                thread = Thread.objects.create(user=owner, model_id=PRICED, title="count", title_is_auto=False)
-                for number in range(history):
-                    Message.objects.create(thread=thread, role="user", content=f"q{number}")
-                    Message.objects.create(thread=thread, role="assistant", status="complete", content=f"a{number}",
-                                           model_id=PRICED)
+            thread = thread_with_history(org_a, owner, PRICED, history)
             with django_capture_on_commit_callbacks(execute=False) as queued:
                 response = client.post(f"/o/{org_a.slug}/chat/t/{thread.pk}/send/", {"content": "and now?"},
                                        HTTP_HX_REQUEST="true")
