@@ -6,9 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-# Process kinds whose requests or tasks run on many threads: they share a bounded connection pool.
-THREADED = ("web", "generator")
-
 
 def process_role(argv: list[str] | None = None) -> str:
     """web (gunicorn/uvicorn), generator (Celery on the GENERATION_QUEUE alone), worker (other Celery workers),

@@ -11,7 +11,7 @@ from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
-from config.processes import THREADED, process_role
+from config.processes import process_role
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -90,8 +90,12 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5
 # the search_path again on every connection it takes from the pool (tests/test_db_pool.py proves it).
 # Single-threaded processes (prefork worker children, beat, manage.py) hold one connection at most and
 # use no pool; DB_CONN_MAX_AGE only applies to them (0: a new connection per request or task).
+# Default sizes: a web worker's sends (CHAT_SEND_CONCURRENCY at once) each hold a connection for their whole
+# request, pages and streams opened without a token take the rest; a generator's answer holds one only to claim
+# and to finish, never while it streams. With ASYNC_DB_POOL_SIZE, one of each comes to 40 (docs/SCALING.md).
 PROCESS_ROLE = process_role()
-DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", "16" if PROCESS_ROLE in THREADED else "0"))
+DB_POOL_DEFAULTS = {"web": 28, "generator": 8}  # the kinds whose requests or tasks run on many threads
+DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", str(DB_POOL_DEFAULTS.get(PROCESS_ROLE, 0))))
 DB_POOL_MIN_SIZE = min(int(os.environ.get("DB_POOL_MIN_SIZE", "1")), DB_POOL_MAX_SIZE)
 DB_POOL_TIMEOUT = float(os.environ.get("DB_POOL_TIMEOUT", "10"))
 # Seconds a client is told to wait (Retry-After) when a request got no connection in time (503).
@@ -405,7 +409,7 @@ CHAT_STREAM_TOKEN_SECONDS = min(int(os.environ.get("CHAT_STREAM_TOKEN_SECONDS", 
 CHAT_STREAM_SETUP_THREADS = int(os.environ.get("CHAT_STREAM_SETUP_THREADS", "4"))
 # Chat sends (new, send, regenerate, edit) one web process runs at once, each on a thread of its own; the
 # next ones wait up to CHAT_SEND_WAIT_SECONDS for a turn, then get 503 with Retry-After (the page retries).
-CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "16"))
+CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "24"))
 CHAT_SEND_WAIT_SECONDS = float(os.environ.get("CHAT_SEND_WAIT_SECONDS", "5"))
 # Redis connections per web process for streams: one blocking reader fans out to every
 # stream, the rest serve short catch-up reads; callers wait for a free one, never fail.
