@@ -310,7 +310,7 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     # read queues it (_answer_wake).
     _pending_watch(answer.pk, schema)
     if not unread:
-        transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema))
+        transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema, watched=True))
     return answer
 
 
@@ -329,11 +329,13 @@ def _pending_watch(answer_id: int, schema: str) -> None:
     sync_client().zadd(PENDING_SET, {f"chat:gen:{schema}:{answer_id}": time.time()})
 
 
-def _generation_enqueue(answer_id: int, schema: str) -> None:
+def _generation_enqueue(answer_id: int, schema: str, *, watched: bool = False) -> None:
+    """Queue the answer's generation. Until a worker claims it, the reaper watches it (`watched`: since the send,
+    a moment ago): an answer whose task is lost is closed, never left pending."""
     from .tasks import generation_run
 
-    # Until a worker claims it: an answer whose task is lost is closed by the reaper, never left pending.
-    sync_client().zadd(PENDING_SET, {f"chat:gen:{schema}:{answer_id}": time.time()})
+    if not watched:
+        _pending_watch(answer_id, schema)
     generation_run.apply_async(args=[answer_id], headers={"_schema_name": schema})
 
 

@@ -5,7 +5,8 @@ Reading that from the database costs five or six queries (billing account and pl
 models, prices, and again for the fallbacks), and every send, answer and /v1 call needs it. So each
 process keeps a snapshot per organization (`OrgConfig`) and rebuilds it when a version in Redis
 changes: a change to the catalog, prices, plans, an organization's plan or its provider keys sets a new
-`CONFIG_VERSION_KEY` (chat.signals) and every process rebuilds on its next use; CONFIG_MAX_AGE bounds
+`CONFIG_VERSION_KEY` (chat.signals) and every process rebuilds on its next use (synchronous code reads the
+version at most once a second: within a second, then); CONFIG_MAX_AGE bounds
 the rest (a price whose `effective_from` arrives, a Redis that lost the key). A settings change (tests'
 `override_settings`: which providers are configured) drops every snapshot of the process.
 
@@ -93,9 +94,23 @@ async def org_config(organization_id: int, version: str | None) -> OrgConfig:
     return config
 
 
+VERSION_READ_SECONDS = 1.0
+_version_read = [0.0, None]  # when this process last read the version, and what it was
+
+
+def _version_now() -> str | None:
+    """The snapshots' version, read from Redis at most once a VERSION_READ_SECONDS per process (a send or an
+    answer asks several times): another process's change is seen within that, this process's own at once."""
+    read_at, version = _version_read
+    if time.monotonic() - read_at >= VERSION_READ_SECONDS:
+        version = sync_client().get(CONFIG_VERSION_KEY)
+        _version_read[:] = [time.monotonic(), version]
+    return version
+
+
 def org_config_now(organization_id: int) -> OrgConfig:
-    """The organization's current snapshot, for synchronous code: one Redis GET when it is fresh."""
-    version = sync_client().get(CONFIG_VERSION_KEY)
+    """The organization's current snapshot, for synchronous code (no round trip when it is fresh)."""
+    version = _version_now()
     config = _configs.get(organization_id)
     if config is None or config.version != version or config.stale:
         config = _configs[organization_id] = org_config_build(organization_id, version)
@@ -103,10 +118,18 @@ def org_config_now(organization_id: int) -> OrgConfig:
 
 
 def org_config_bump() -> None:
-    """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one)."""
+    """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one); this one at
+    once."""
     sync_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
+    org_config_forget()
+
+
+def org_config_forget() -> None:
+    """Drop this process's snapshots and its reading of the version."""
+    _configs.clear()
+    _version_read[:] = [0.0, None]
 
 
 @receiver(setting_changed, dispatch_uid="chat_snapshot_settings")
 def _settings_changed(**kwargs) -> None:
-    _configs.clear()  # which providers are configured comes from settings
+    org_config_forget()  # which providers are configured comes from settings

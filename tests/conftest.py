@@ -151,6 +151,6 @@ def chat_sends_uncounted():
 def org_snapshots_fresh():
     """Each test starts with no per-process organization snapshot (chat.snapshot): a row a test changes
     without signals (`QuerySet.update`) must not reach the next test through this process's cache."""
-    from chat.snapshot import _configs
+    from chat.snapshot import org_config_forget
 
-    _configs.clear()
+    org_config_forget()
