@@ -61,7 +61,7 @@ from tenants.api_keys import KeyAuth, bearer_token, may_hold_keys
 from tenants.audit.services import client_ip
 from tenants.guards import role_refusal
 from tenants.models import Membership, Organization, Role
-from tenants.selectors import membership_for
+from tenants.selectors import membership_at
 
 ORGANIZATION_HEADER = "X-Organization"
 
@@ -318,10 +318,10 @@ class OrgAPIView(GenericAPIView):
             if not slug:
                 raise exceptions.ValidationError(
                     {"detail": f"Send the '{ORGANIZATION_HEADER}: <slug>' header to choose the organization."})
-            tenant = Organization.objects.filter(slug=slug).first()
-            membership = membership_for(user=request.user, organization=tenant) if tenant else None
+            membership = membership_at(user=request.user, slug=slug)
             if membership is None:
                 raise exceptions.NotFound()  # the same answer whether it does not exist or is not theirs
+            tenant = membership.organization
             if organization_mfa_missing(request._request, tenant, membership=membership):
                 raise MFARequired(tenant)
         request._request.tenant = tenant

@@ -13,7 +13,7 @@ from config.observability import organization_var
 from .api_keys import api_key_authenticate, bearer_token
 from .audit.services import client_ip
 from .models import Domain, Organization
-from .selectors import membership_for
+from .selectors import membership_at
 
 ORG_PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/")
 API_PATH = re.compile(r"^/(v1|api)/")
@@ -61,11 +61,10 @@ class TenantMiddleware:
         tenant = None
         match = ORG_PATH.match(request.path_info)
         if match:
-            tenant = Organization.objects.filter(slug=match["slug"]).first()
-            membership = membership_for(user=request.user, organization=tenant) if tenant else None
+            membership = membership_at(user=request.user, slug=match["slug"])
             if membership is None:
                 return not_found(request)
-            request.membership = membership
+            tenant, request.membership = membership.organization, membership
         elif API_PATH.match(request.path_info):
             tenant = api_key_organization(request)
         else:

@@ -16,14 +16,13 @@ def organization_list_for_user(*, user: User) -> QuerySet[Membership]:
     return Membership.objects.filter(user=user).select_related("organization").order_by("organization__name")
 
 
-def membership_for(*, user: User, organization: Organization) -> Membership | None:
-    if not user.is_authenticated:
+def membership_at(*, user: User, slug: str) -> Membership | None:
+    """`user`'s membership of the organization `slug`, with the organization and whether the user has MFA (so an
+    organization's MFA requirement costs no query of its own), in one query; None for anyone else."""
+    if not user.is_authenticated or not slug:
         return None
-    memberships = Membership.objects.filter(user=user, organization=organization)
-    if organization.require_mfa:
-        # Read with the membership, so the MFA requirement costs no query of its own.
-        memberships = memberships.annotate(user_mfa_enabled=mfa_enabled_subquery())
-    return memberships.first()
+    return (Membership.objects.select_related("organization").filter(user=user, organization__slug=slug)
+            .annotate(user_mfa_enabled=mfa_enabled_subquery()).first())
 
 
 def member_list(*, organization: Organization) -> QuerySet[Membership]:
