@@ -66,6 +66,7 @@ import asyncio
 import atexit
 import base64
 import hashlib
+import html
 import json
 import os
 import re
@@ -682,6 +683,11 @@ async def prumo_streams(base: str, jobs: list[dict], expected: str, timeout: flo
                 result["error"] = f"POST {status}"
                 return
             found = STREAM_URL.search(page)
+            if not found and "msg-assistant status-complete" in page and expected in html.unescape(page):
+                # Strictly an error (nothing streamed), though the page shows the whole answer: it ended before
+                # the send's response was rendered.
+                result["error"] = "POST 200 with the answer already complete (shown whole, not streamed)"
+                return
             if not found:  # the composer's error, in its words
                 said = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)).strip()[:100]
                 result["error"] = f"POST 200 without a stream URL: {said}"

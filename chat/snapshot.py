@@ -25,11 +25,12 @@ from django.core.signals import setting_changed
 from django.db import connection as db_connection
 from django.dispatch import receiver
 
+from billing.models import Price
 from billing.selectors import Entitlements, entitlements_for
 from tenants.models import Organization
 
 from .catalog.models import Model
-from .catalog.selectors import ModelOption, model_options, provider_keys_for
+from .catalog.selectors import ModelOption, catalog_prices, options_priced, provider_keys_for, usable_by
 from .redis import sync_client
 
 CONFIG_VERSION_KEY = "gw:config:v"
@@ -68,18 +69,53 @@ async def orm_call(function, *args, **kwargs):
     return await sync_to_async(call)()
 
 
-def org_config_build(organization_id: int, version: str | None) -> OrgConfig:
-    organization = Organization(pk=organization_id)
-    entitlements = entitlements_for(organization)
-    own_keys = provider_keys_for(organization)
+@dataclass(frozen=True)
+class Catalog:
+    """The models, their names and their prices in force: the same for every organization, so read once per
+    version (and CONFIG_MAX_AGE) per process, not once per organization."""
+
+    version: str | None
+    built_at: float
+    models: list[Model]  # active, in catalog order
+    names: dict[str, Model]  # by id and by alias
+    prices: dict[str, Price]
+
+    @property
+    def stale(self) -> bool:
+        return time.monotonic() - self.built_at > CONFIG_MAX_AGE
+
+
+def _catalog_build(version: str | None) -> Catalog:
     models = list(Model.objects.filter(is_active=True).prefetch_related("aliases"))
     names = {model.id: model for model in models}
     for model in models:
         for alias in model.aliases.all():
             names.setdefault(alias.alias, model)
-    options = {option.id: option for option in model_options(entitlements=entitlements, own_keys=own_keys)}
+    return Catalog(version=version, built_at=time.monotonic(), models=models, names=names,
+                   prices=catalog_prices(models))
+
+
+_catalog: list[Catalog] = []  # this process's, once read
+
+
+def _catalog_for(version: str | None) -> Catalog:
+    catalog = _catalog[0] if _catalog else None
+    if catalog is None or catalog.version != version or catalog.stale:
+        catalog = _catalog_build(version)
+        _catalog[:] = [catalog]
+    return catalog
+
+
+def org_config_build(organization_id: int, version: str | None) -> OrgConfig:
+    """The organization's plan and own keys (two queries) over the process's catalog (read when it is stale)."""
+    organization = Organization(pk=organization_id)
+    entitlements = entitlements_for(organization)
+    own_keys = provider_keys_for(organization)
+    catalog = _catalog_for(version)
+    usable = [model for model in catalog.models if usable_by(model, entitlements=entitlements, own_keys=own_keys)]
+    options = {option.id: option for option in options_priced(usable, catalog.prices)}
     return OrgConfig(version=version, built_at=time.monotonic(), entitlements=entitlements, own_keys=own_keys,
-                     names=names, options=options)
+                     names=catalog.names, options=options)
 
 
 _configs: dict[int, OrgConfig] = {}
@@ -127,6 +163,7 @@ def org_config_bump() -> None:
 def org_config_forget() -> None:
     """Drop this process's snapshots and its reading of the version."""
     _configs.clear()
+    _catalog.clear()
     _version_read[:] = [0.0, None]
 
 

@@ -170,10 +170,11 @@ def test_a_send_costs_the_same_queries_however_long_the_thread(client_for, org_a
     assert counts[0] == SEND_QUERIES, "\n".join(query["sql"][:150] for query in queries.captured_queries)
 
 
-# Session, user, and membership with its organization (3) and two search_path SETs; the thread, then its lock with the busy
-# check in one statement; the question, the history for the estimate and its files, the answer (inserted with its
-# estimate), the thread's date; the partial's two reads; a savepoint and its release. Plan, provider keys, models
-# and prices come from the organization's snapshot (chat.snapshot), as on /v1; the demo model is free: no hold.
+# Session, user, and the membership with its organization (3) and two search_path SETs; the thread, then its lock
+# with the busy check in one statement; the question, the history for the estimate and its files, the answer
+# (inserted with its estimate), the thread's date; the partial's two reads; a savepoint and its release. Plan,
+# provider keys, models and prices come from the organization's snapshot (chat.snapshot), as on /v1; the demo model
+# is free: no hold.
 SEND_QUERIES = 16
 
 

@@ -79,14 +79,28 @@ def model_options(*, entitlements: Entitlements | None, own_keys: dict[str, str]
     models = Model.objects.filter(is_active=True)
     if ids is not None:
         models = models.filter(id__in=ids)
-    models = [m for m in models if provider_usable(m.provider, own_keys)
-              and (entitlements is None or entitlements.allows_model_tier(m.tier))]
-    prices = _prices([m.id for m in models])
-    options = [ModelOption(m, prices[m.id].input_per_million, prices[m.id].output_per_million)
-               for m in models if m.id in prices]
+    models = [m for m in models if usable_by(m, entitlements=entitlements, own_keys=own_keys)]
+    options = options_priced(models, _prices([m.id for m in models]))
     if ids is not None:
         options.sort(key=lambda option: ids.index(option.id))
     return options
+
+
+def usable_by(model: Model, *, entitlements: Entitlements | None, own_keys: dict[str, str]) -> bool:
+    """Whether a plan (any, when None) and these own keys let `model` be used."""
+    return provider_usable(model.provider, own_keys) and (entitlements is None
+                                                           or entitlements.allows_model_tier(model.tier))
+
+
+def options_priced(models: list[Model], prices: dict[str, Price]) -> list[ModelOption]:
+    """`models` with their price in force, in their order; a model without one is left out."""
+    return [ModelOption(m, prices[m.id].input_per_million, prices[m.id].output_per_million)
+            for m in models if m.id in prices]
+
+
+def catalog_prices(models: list[Model]) -> dict[str, Price]:
+    """The price in force of each of `models`, in one query."""
+    return _prices([m.id for m in models])
 
 
 def model_cheapest(options: list[ModelOption]) -> ModelOption | None:

@@ -295,15 +295,15 @@ ALLAUTH_TRUSTED_PROXY_COUNT = TRUSTED_PROXY_COUNT
 
 # Celery (tenant-schemas-celery carries the schema with each task)
 CELERY_BROKER_URL = celery_redis_url(os.environ.get("CELERY_BROKER_URL", REDIS_URL))
-CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_SERIALIZER = "json"
-CELERY_RESULT_EXPIRES = 3600
-# Nothing reads a task's return value: without this, every send subscribed to a result channel in Redis
-# (the result backend's pub/sub) and every task stored its result (bench/RESULTS.md, Streams).
+# Nothing reads a task's return value, so there is no result backend: with one, every send subscribed to a result
+# channel in Redis and every task stored its result (bench/RESULTS.md, Streams), and even with results ignored
+# each new web thread built its own backend to queue a task (py-spy: 5% of a web worker's time under load).
+CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {

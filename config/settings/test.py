@@ -17,7 +17,7 @@ WHITENOISE_AUTOREFRESH = True
 # development worker on the same Redis never takes a test's tasks.
 REDIS_URL = redis_url_with_db(REDIS_URL, 15)  # noqa: F405
 CACHES["default"]["LOCATION"] = CACHES["tenant"]["LOCATION"] = REDIS_URL  # noqa: F405
-CELERY_BROKER_URL = CELERY_RESULT_BACKEND = celery_redis_url(REDIS_URL)  # noqa: F405
+CELERY_BROKER_URL = celery_redis_url(REDIS_URL)  # noqa: F405
 CACHES["default"]["KEY_PREFIX"] = CACHES["tenant"]["KEY_PREFIX"] = "prumo-test"  # noqa: F405
 ACCOUNT_RATE_LIMITS = False
 # In-process tests run tasks eagerly; server and worker processes started by tests set
