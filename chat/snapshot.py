@@ -2,13 +2,14 @@
 keys and the models it may use, priced.
 
 Reading that from the database costs five or six queries (billing account and plan, provider keys,
-models, prices, and again for the fallbacks), and every send, answer and /v1 call needs it. So each
-process keeps a snapshot per organization (`OrgConfig`) and rebuilds it when a version in Redis
-changes: a change to the catalog, prices, plans, an organization's plan or its provider keys sets a new
-`CONFIG_VERSION_KEY` (chat.signals) and every process rebuilds on its next use (synchronous code reads the
-version at most once a second: within a second, then); CONFIG_MAX_AGE bounds
-the rest (a price whose `effective_from` arrives, a Redis that lost the key). A settings change (tests'
-`override_settings`: which providers are configured) drops every snapshot of the process.
+models, aliases, prices), and every send, answer and /v1 call needs it. So each process keeps the catalog
+(`Catalog`: models, aliases, prices; the same for everyone) and a snapshot per organization (`OrgConfig`: its
+plan and keys, two queries, over the catalog), and rebuilds them when a version in Redis changes. A change to
+the catalog, prices, plans, an organization's plan or its provider keys sets a new `CONFIG_VERSION_KEY`
+(chat.signals): the process that made it rebuilds at once, the others on their next use (synchronous code
+reads the version at most once a second, so within a second). CONFIG_MAX_AGE bounds the rest: a price whose
+`effective_from` arrives, a Redis that lost the key. A settings change (tests' `override_settings`: which
+providers are configured) drops every snapshot of the process.
 
 `org_config` is for the event loop (the /v1 gateway, which reads the version in a round trip it makes
 anyway); `org_config_now` for synchronous code (chat sends, answers, titles).
