@@ -66,7 +66,8 @@ async def stream_direct(scope, receive, send) -> bool:
             (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
         return True
-    # No stream yet means not started, never ended and expired: a token lives shorter than an ended stream.
+    # A stream not there yet is an answer not started yet, never one that ended and expired: a token lives
+    # shorter than an ended answer's stream (CHAT_STREAM_TOKEN_SECONDS < chat.generation.STREAM_TTL).
     after = _header(scope, b"last-event-id") or parse_qs(scope["query_string"].decode("latin-1")).get(
         "after", ["0-0"])[0]
     await _respond(leased(answer_events(grant.key, after), lease), receive, send)
@@ -93,6 +94,8 @@ async def _respond(events, receive, send) -> None:
     finally:
         for task in (streaming, watching):
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, OSError):
-            await streaming
-        await events.aclose()
+        try:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await streaming
+        finally:
+            await events.aclose()
