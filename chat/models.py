@@ -35,6 +35,11 @@ class Thread(models.Model):
         return self.title or f"#{self.pk}"
 
 
+def answer_stream_key(schema: str, answer_id: int) -> str:
+    """The Redis stream of answer `answer_id` in `schema` (and its member of the reaper's sets)."""
+    return f"chat:gen:{schema}:{answer_id}"
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user", _("You")
@@ -90,7 +95,7 @@ class Message(models.Model):
     @property
     def stream_key(self) -> str:
         """The Redis stream its deltas go to; unique across organizations."""
-        return f"chat:gen:{connection.schema_name}:{self.pk}"
+        return answer_stream_key(connection.schema_name, self.pk)
 
     @property
     def billing_key(self) -> str:

@@ -28,7 +28,7 @@ from tenants.models import Organization
 from .catalog.selectors import ModelOption
 from .context import context_build
 from .files import PDF, FileRefused, file_sniff, file_text, text_fit, tokens_estimate
-from .models import Attachment, Message, Thread
+from .models import Attachment, Message, Thread, answer_stream_key
 from .redis import sync_client
 from .snapshot import org_config_now
 
@@ -326,7 +326,7 @@ PENDING_SET = "chat:pending"
 
 
 def _pending_watch(answer_id: int, schema: str) -> None:
-    sync_client().zadd(PENDING_SET, {f"chat:gen:{schema}:{answer_id}": time.time()})
+    sync_client().zadd(PENDING_SET, {answer_stream_key(schema, answer_id): time.time()})
 
 
 def _generation_enqueue(answer_id: int, schema: str, *, watched: bool = False) -> None:

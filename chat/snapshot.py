@@ -38,6 +38,10 @@ CONFIG_VERSION_KEY = "gw:config:v"
 CONFIG_MAX_AGE = 60.0
 
 
+def _stale(built_at: float) -> bool:
+    return time.monotonic() - built_at > CONFIG_MAX_AGE
+
+
 @dataclass(frozen=True)
 class OrgConfig:
     version: str | None
@@ -53,7 +57,7 @@ class OrgConfig:
 
     @property
     def stale(self) -> bool:
-        return time.monotonic() - self.built_at > CONFIG_MAX_AGE
+        return _stale(self.built_at)
 
 
 async def orm_call(function, *args, **kwargs):
@@ -83,7 +87,7 @@ class Catalog:
 
     @property
     def stale(self) -> bool:
-        return time.monotonic() - self.built_at > CONFIG_MAX_AGE
+        return _stale(self.built_at)
 
 
 def _catalog_build(version: str | None) -> Catalog:

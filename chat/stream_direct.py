@@ -24,7 +24,14 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from .streams import STREAM_RETRY_SECONDS, answer_events, leased, stream_lease_take, stream_token_read
+from .streams import (
+    STREAM_RETRY_SECONDS,
+    STREAMS_TOO_MANY,
+    answer_events,
+    leased,
+    stream_lease_take,
+    stream_token_read,
+)
 
 PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/chat/m/(?P<message>\d+)/events/$")
 HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
@@ -51,7 +58,8 @@ async def stream_direct(scope, receive, send) -> bool:
     match = PATH.match(scope.get("path", ""))
     if match is None or scope.get("method") != "GET":
         return False
-    token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("s", [""])[0]
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    token = query.get("s", [""])[0]
     if not token:
         return False
     grant = stream_token_read(token, session_key=_session_key(scope), slug=match["slug"],
@@ -60,7 +68,7 @@ async def stream_direct(scope, receive, send) -> bool:
         return False
     lease = await stream_lease_take(grant.user_id)
     if lease is None:
-        body = b"Too many answers are open in your tabs. Close some and reload."
+        body = str(STREAMS_TOO_MANY).encode()  # in the default language: EventSource never shows it
         await send({"type": "http.response.start", "status": 429, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", str(STREAM_RETRY_SECONDS).encode()),
             (b"content-length", str(len(body)).encode())]})
@@ -68,8 +76,7 @@ async def stream_direct(scope, receive, send) -> bool:
         return True
     # A stream not there yet is an answer not started yet, never one that ended and expired: a token lives
     # shorter than an ended answer's stream (CHAT_STREAM_TOKEN_SECONDS < chat.generation.STREAM_TTL).
-    after = _header(scope, b"last-event-id") or parse_qs(scope["query_string"].decode("latin-1")).get(
-        "after", ["0-0"])[0]
+    after = _header(scope, b"last-event-id") or query.get("after", ["0-0"])[0]
     await _respond(leased(answer_events(grant.key, after), lease), receive, send)
     return True
 

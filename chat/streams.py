@@ -32,15 +32,18 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 from django.utils.crypto import constant_time_compare
+from django.utils.translation import gettext_lazy
 
 from billing.ratelimits import Slot, slot_acquire_async
 
+from .models import answer_stream_key
 from .redis import BLOCK_MS, async_client, async_client_close, async_reader
 
 logger = logging.getLogger(__name__)
 
 RETRY_MS = 1000
 STREAM_RETRY_SECONDS = 5  # Retry-After of a stream refused over CHAT_STREAMS_PER_USER
+STREAMS_TOO_MANY = gettext_lazy("Too many answers are open in your tabs. Close some and reload.")
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
@@ -236,13 +239,12 @@ class StreamGrant:
     """What a valid stream token allows: reading `message_id`'s stream in `schema`, as `user_id`."""
 
     user_id: int
-    slug: str
     schema: str
     message_id: int
 
     @property
     def key(self) -> str:
-        return f"chat:gen:{self.schema}:{self.message_id}"  # chat.models.Message.stream_key
+        return answer_stream_key(self.schema, self.message_id)
 
 
 def _session_digest(session_key: str) -> str:
@@ -265,7 +267,7 @@ def stream_token_read(token: str, *, session_key: str, slug: str, message_id: in
     if (token_message != message_id or token_slug != slug or not session_key
             or not constant_time_compare(digest, _session_digest(session_key))):
         return None
-    return StreamGrant(user_id=int(user_id), slug=slug, schema=str(schema), message_id=message_id)
+    return StreamGrant(user_id=int(user_id), schema=str(schema), message_id=message_id)
 
 
 def _valid_id(entry_id: str) -> bool:

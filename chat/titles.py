@@ -15,7 +15,7 @@ from .loop import answers_run
 from .models import Message, Thread
 from .providers import ChatMessage, ChatRequest, ProviderError, TextDelta, Usage
 from .routing import route_stream
-from .services import TITLE_MAX, current_organization, options_for
+from .services import TITLE_MAX, current_organization_ref, options_for
 from .snapshot import org_config_now
 
 TITLE_WORDS = 8
@@ -52,7 +52,7 @@ def thread_title_write(thread_id: int) -> str:
     question = thread.messages.filter(role=Message.Role.USER).order_by("id").first()
     if question is None:
         return ""
-    organization = current_organization()
+    organization = current_organization_ref()
     title = ""
     option = model_cheapest(options_for(organization))
     if option is not None and option.model.provider != "demo":

@@ -21,7 +21,7 @@ from tenants.guards import org_member_required
 from . import selectors, services
 from .files import FileRefused
 from .models import Attachment, Message
-from .streams import STREAM_RETRY_SECONDS, answer_events, answer_final, leased, stream_lease_take
+from .streams import STREAM_RETRY_SECONDS, STREAMS_TOO_MANY, answer_events, answer_final, leased, stream_lease_take
 
 
 def _options(request: HttpRequest):
@@ -298,7 +298,7 @@ async def message_stream(request: HttpRequest, message_id: int) -> StreamingHttp
     else:
         lease = await stream_lease_take(user.pk)
         if lease is None:
-            response = HttpResponse(_("Too many answers are open in your tabs. Close some and reload."),
+            response = HttpResponse(STREAMS_TOO_MANY,
                                     status=429, content_type="text/plain; charset=utf-8")
             response["Retry-After"] = str(STREAM_RETRY_SECONDS)
             return response
