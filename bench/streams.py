@@ -662,7 +662,8 @@ async def prumo_streams(base: str, jobs: list[dict], expected: str, timeout: flo
         headers = {"Cookie": cookie, "X-CSRFToken": job["csrf"], "HX-Request": "true",
                    "Content-Type": "application/x-www-form-urlencoded"}
         # One token per question, kept across its retries, as the composer does.
-        form = urlencode({"content": QUESTION, "model": MODEL, "send_token": secrets.token_hex(16)}).encode()
+        form = urlencode({"content": QUESTION, "model": MODEL, "send_token": secrets.token_hex(16),
+                          "send_grant": job["grant"]}).encode()
         connection = Connection(host, port)
         started = time.perf_counter()
         try:
@@ -810,6 +811,7 @@ def prepare_jobs(orgs: list, count: int, run: str, *, answers: str | None = None
 
     from billing.ledger import credit_grant
     from chat.models import Message, Thread
+    from chat.send_direct import send_grant
     from chat.services import thread_create, thread_rename
 
     jobs: list[dict] = []
@@ -826,7 +828,9 @@ def prepare_jobs(orgs: list, count: int, run: str, *, answers: str | None = None
             for n, person in enumerate(people):
                 thread = thread_rename(thread=thread_create(user=person, model_id=MODEL), title=f"bench stream {n}")
                 session, csrf = session_of(person)
-                job = {"org": org, "thread": thread.pk, "session": session, "csrf": csrf,
+                # The thread page's composer carries a send grant for its session (chat.send_direct).
+                grant = send_grant(user_id=person.pk, organization=org, session_key=session, language="en")
+                job = {"org": org, "thread": thread.pk, "session": session, "csrf": csrf, "grant": grant,
                        "send_url": reverse("chat_send", args=[org.slug, thread.pk])}
                 if answers is not None:
                     answer = Message.objects.create(thread=thread, role=Message.Role.ASSISTANT, status=answers,

@@ -74,7 +74,7 @@ def _script(source: str):
     return redis_client().register_script(source)
 
 
-_SHA = {source: hashlib.sha1(source.encode()).hexdigest() for source in (_CHECK, _GIVE_BACK)}
+_SHA = {source: hashlib.sha1(source.encode()).hexdigest() for source in (_CHECK, _GIVE_BACK, _WINDOW_COUNT)}
 
 
 async def _run_async(client, source: str, keys: list[str], args: list) -> list | int:
@@ -273,6 +273,25 @@ def slots_held(*, kind: str, organization_id: int) -> int:
 
 def send_limited(*, organization_id: int, user_id: int, per_minute: int) -> int | None:
     """Count one chat send by a member; the seconds to wait when over the plan's per-minute limit, else None."""
-    ttl = int(_script(_WINDOW_COUNT)(keys=[f"rl:send:{organization_id}:{user_id}"],
-                                     args=[per_minute, WINDOW_SECONDS]))
-    return None if ttl < 0 else max(1, -(-ttl // 1000))
+    ttl = int(_script(_WINDOW_COUNT)(keys=[_send_window(organization_id, user_id)], args=[per_minute, WINDOW_SECONDS]))
+    return _wait_seconds(ttl)
+
+
+async def send_limited_async(client, *, organization_id: int, user_id: int, per_minute: int) -> int | None:
+    """`send_limited` on an async Redis client (chat.send_direct)."""
+    ttl = int(await _run_async(client, _WINDOW_COUNT, [_send_window(organization_id, user_id)],
+                               [per_minute, WINDOW_SECONDS]))
+    return _wait_seconds(ttl)
+
+
+async def send_limit_give_back(client, *, organization_id: int, user_id: int) -> None:
+    """Uncount a send counted by `send_limited_async` that was then handed on to be counted again (chat.send_direct)."""
+    await _run_async(client, _GIVE_BACK, [_send_window(organization_id, user_id)], [1])
+
+
+def _send_window(organization_id: int, user_id: int) -> str:
+    return f"rl:send:{organization_id}:{user_id}"
+
+
+def _wait_seconds(ttl_ms: int) -> int | None:
+    return None if ttl_ms < 0 else max(1, -(-ttl_ms // 1000))

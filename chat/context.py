@@ -10,23 +10,25 @@ from .providers import ChatMessage, ImagePart
 # Per-message framing the providers add (role markers); a rough, safe-side allowance.
 MESSAGE_OVERHEAD_TOKENS = 4
 IMAGE_TOKENS = 1_000
+# Answers left out of the history: not written yet, or that failed (an empty assistant message is left out too).
+HISTORY_EXCLUDED = (Message.Status.PENDING, Message.Status.STREAMING, Message.Status.FAILED)
 
 
-def _user_content(message: Message) -> str:
+def _user_content(message, attachments) -> str:
     parts = [message.content]
-    for attachment in message.attachments.all():
+    for attachment in attachments:
         if not attachment.is_image and attachment.text:
             note = " (truncated)" if attachment.truncated else ""
             parts.append(f"\n\n[Attached file: {attachment.filename}{note}]\n{attachment.text}")
     return "".join(parts)
 
 
-def _images(message: Message, model: Model, *, load: bool) -> tuple[ImagePart, ...]:
+def _images(attachments, model: Model, *, load: bool) -> tuple[ImagePart, ...]:
     """The message's images for a vision model (empty placeholders when only counting)."""
     if not model.vision:
         return ()
     images = []
-    for attachment in message.attachments.all():
+    for attachment in attachments:
         if attachment.is_image:
             data = b""
             if load:
@@ -44,20 +46,29 @@ def context_build(*, thread: Thread, answer: Message, model: Model,
     `load_images=False` only counts: images are not read from storage.
     """
     earlier = thread.messages.filter(id__lt=answer.pk) if answer.pk else thread.messages.all()  # not saved yet: all
-    history = list(
-        earlier
+    history = [
+        (message, message.attachments.all()) for message in earlier
         .exclude(role=Message.Role.ASSISTANT, content="")
-        .exclude(status__in=[Message.Status.PENDING, Message.Status.STREAMING, Message.Status.FAILED])
+        .exclude(status__in=HISTORY_EXCLUDED)
         .prefetch_related("attachments")
-    )
-    budget = model.context_window - answer.max_tokens
-    system = [ChatMessage(role="system", content=thread.system_prompt)] if thread.system_prompt else []
+    ]
+    return context_fit(system_prompt=thread.system_prompt, history=history, model=model,
+                       max_tokens=answer.max_tokens, load_images=load_images)
+
+
+def context_fit(*, system_prompt: str, history: list[tuple], model: Model, max_tokens: int,
+                load_images: bool = True) -> tuple[list[ChatMessage], int]:
+    """`context_build` over history already read: (message, its attachments) pairs, oldest first, where a message
+    has `role` and `content` and an attachment `is_image`, `text`, `truncated`, `filename`, `content_type` (and
+    `file` when images are loaded). chat.send_direct reads them with its own SQL."""
+    budget = model.context_window - max_tokens
+    system = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
     used = sum(tokens_estimate(m.content) + MESSAGE_OVERHEAD_TOKENS for m in system)
     kept: list[ChatMessage] = []
-    for message in reversed(history):
+    for message, attachments in reversed(history):
         if message.role == Message.Role.USER:
-            chat_message = ChatMessage(role="user", content=_user_content(message),
-                                       images=_images(message, model, load=load_images))
+            chat_message = ChatMessage(role="user", content=_user_content(message, attachments),
+                                       images=_images(attachments, model, load=load_images))
         else:
             chat_message = ChatMessage(role="assistant", content=message.content)
         cost = tokens_estimate(chat_message.content) + MESSAGE_OVERHEAD_TOKENS + IMAGE_TOKENS * len(chat_message.images)

@@ -87,19 +87,25 @@ def send_allow(*, organization: Organization, user: User) -> None:
 SEND_TOKEN_SECONDS = 900  # how long a send that went through is remembered for its retries
 
 
-def _send_key(user: User, token: str) -> str:
-    return f"chat:sent:{connection.schema_name}:{user.pk}:{token}"
+def send_key(schema: str, user_id: int, token: str) -> str:
+    """Where a send that went through is remembered, by the composer's name for it (`send_token`)."""
+    return f"chat:sent:{schema}:{user_id}:{token[:64]}"
+
+
+def send_remembered(thread_id: int, answer_id: int) -> str:
+    return f"{thread_id}:{answer_id}"
 
 
 def send_remember(*, user: User, token: str, thread: Thread, answer: Message) -> None:
     """Remember that the send named `token` (the composer's) went through: its retry answers the same."""
     if token:
-        sync_client().set(_send_key(user, token[:64]), f"{thread.pk}:{answer.pk}", ex=SEND_TOKEN_SECONDS)
+        sync_client().set(send_key(connection.schema_name, user.pk, token), send_remembered(thread.pk, answer.pk),
+                          ex=SEND_TOKEN_SECONDS)
 
 
 def send_done(*, user: User, token: str, thread: Thread | None) -> tuple[Thread, int] | None:
     """(thread, answer id) of the send named `token` when it already went through, in `thread` when given."""
-    found = sync_client().get(_send_key(user, token[:64])) if token else None
+    found = sync_client().get(send_key(connection.schema_name, user.pk, token)) if token else None
     if not found:
         return None
     thread_id, answer_id = (int(part) for part in found.split(":"))
@@ -287,7 +293,7 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
                    unread: int | None = None) -> Message:
     """A pending answer with its worst-case cost reserved, then the generation queued (on commit). `unread`: how
     many of the question's files are still being read, when the caller knows (else looked up)."""
-    max_tokens = min(option.model.max_output_tokens, settings.CHAT_MAX_OUTPUT_TOKENS)
+    max_tokens = answer_max_tokens(option)
     unread = _files_unread(thread) if unread is None else unread
     status = Message.Status.WAITING if unread else Message.Status.PENDING
     answer = Message(thread=thread, role=Message.Role.ASSISTANT, status=status, model_id=option.id,
@@ -297,9 +303,8 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     prompt_tokens += unread * settings.CHAT_ATTACHMENT_TOKEN_BUDGET
     answer.prompt_tokens_estimate = prompt_tokens
     answer.save()
-    worst = max(candidate.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens)
-                for candidate in candidates_for(organization, option))
-    worst = worst.quantize(CREDIT_QUANTUM, rounding=ROUND_UP)
+    worst = answer_worst_cost(candidates_for(organization, option), prompt_tokens=prompt_tokens,
+                              max_tokens=max_tokens)
     if worst > 0:  # raises InsufficientCredits, and the whole send rolls back
         credit_reserve(organization=organization, amount=worst, key=answer.billing_key, user=user,
                        description=f"chat answer {answer.pk}")
@@ -312,6 +317,16 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     if not unread:
         transaction.on_commit(lambda: _generation_enqueue(answer.pk, schema, watched=True))
     return answer
+
+
+def answer_max_tokens(option: ModelOption) -> int:
+    return min(option.model.max_output_tokens, settings.CHAT_MAX_OUTPUT_TOKENS)
+
+
+def answer_worst_cost(candidates: list[ModelOption], *, prompt_tokens: int, max_tokens: int) -> Decimal:
+    """What an answer is held for: the most any of the models that may serve it could cost."""
+    worst = max(candidate.cost_bound(input_tokens=prompt_tokens, output_tokens=max_tokens) for candidate in candidates)
+    return worst.quantize(CREDIT_QUANTUM, rounding=ROUND_UP)
 
 
 def _files_unread(thread: Thread) -> int:
@@ -332,10 +347,14 @@ def _pending_watch(answer_id: int, schema: str) -> None:
 def _generation_enqueue(answer_id: int, schema: str, *, watched: bool = False) -> None:
     """Queue the answer's generation. Until a worker claims it, the reaper watches it (`watched`: since the send,
     a moment ago): an answer whose task is lost is closed, never left pending."""
-    from .tasks import generation_run
-
     if not watched:
         _pending_watch(answer_id, schema)
+    generation_publish(answer_id, schema)
+
+
+def generation_publish(answer_id: int, schema: str) -> None:
+    from .tasks import generation_run
+
     generation_run.apply_async(args=[answer_id], headers={"_schema_name": schema})
 
 

@@ -247,13 +247,14 @@ class StreamGrant:
         return answer_stream_key(self.schema, self.message_id)
 
 
-def _session_digest(session_key: str) -> str:
+def session_digest(session_key: str) -> str:
+    """A digest of the session key for tokens bound to a session (the key itself is never put in a token)."""
     return hashlib.sha256(f"{STREAM_TOKEN_SALT}:{session_key}".encode()).hexdigest()[:32]
 
 
 def stream_token(*, user_id: int, session_key: str, slug: str, schema: str, message_id: int) -> str:
     """A token for reading one answer's stream, in the session `session_key` (never itself in the token)."""
-    return signing.dumps([user_id, slug, schema, message_id, _session_digest(session_key)], salt=STREAM_TOKEN_SALT)
+    return signing.dumps([user_id, slug, schema, message_id, session_digest(session_key)], salt=STREAM_TOKEN_SALT)
 
 
 def stream_token_read(token: str, *, session_key: str, slug: str, message_id: int) -> StreamGrant | None:
@@ -265,7 +266,7 @@ def stream_token_read(token: str, *, session_key: str, slug: str, message_id: in
     except (signing.BadSignature, ValueError, TypeError):
         return None
     if (token_message != message_id or token_slug != slug or not session_key
-            or not constant_time_compare(digest, _session_digest(session_key))):
+            or not constant_time_compare(digest, session_digest(session_key))):
         return None
     return StreamGrant(user_id=int(user_id), schema=str(schema), message_id=message_id)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages as flash
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import translation
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 from django_tenants.utils import schema_context
@@ -21,6 +23,7 @@ from tenants.guards import org_member_required
 from . import selectors, services
 from .files import FileRefused
 from .models import Attachment, Message
+from .send_direct import send_grant
 from .streams import STREAM_RETRY_SECONDS, STREAMS_TOO_MANY, answer_events, answer_final, leased, stream_lease_take
 
 
@@ -59,7 +62,17 @@ def _composer_context(request: HttpRequest, *, thread=None, text: str = "", erro
     send_token = request.POST.get("send_token") or secrets.token_hex(16)
     return {"options": options, "selected_model": selected, "composer_text": text, "composer_error": error,
             "credits_short": credits_short, "pending_files": pending, "send_token": send_token,
+            "send_grant": _send_grant(request) if thread is not None else "",
             "balance": billing_account_get(organization=request.tenant).credits}
+
+
+def _send_grant(request: HttpRequest) -> str:
+    """Lets the thread's composer send without Django's request cycle (chat.send_direct), in this session."""
+    session_key = request.session.session_key
+    if not session_key:
+        return ""
+    return send_grant(user_id=request.user.pk, organization=request.tenant, session_key=session_key,
+                      language=translation.get_language() or settings.LANGUAGE_CODE)
 
 
 @org_member_required

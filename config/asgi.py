@@ -9,7 +9,8 @@ request come by the thousand when many people ask at once, and both are bounded 
   synchronous setup (middleware, the membership lookup) runs on one of CHAT_STREAM_SETUP_THREADS
   single-thread executors, taken in turn (a request's sync parts stay on one thread, as Django needs);
   the stream itself is async. 1,000 streams keep a handful of threads, not 1,000 (PITFALLS.md).
-- Chat sends run at most CHAT_SEND_CONCURRENCY at once per process; the next wait for a turn up to
+- A thread's composer sends with a send grant, served without Django at all (chat.send_direct). Other chat
+  sends run at most CHAT_SEND_CONCURRENCY at once per process; the next wait for a turn up to
   CHAT_SEND_WAIT_SECONDS and are then refused with 503 and Retry-After before anything is read or
   written (the composer says so and sends again by itself).
 
@@ -30,11 +31,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
-from django.template import loader  # noqa: E402
 
 from chat import v1  # noqa: E402  (needs the apps loaded by get_asgi_application)
+from chat.send_direct import send_direct  # noqa: E402
 from chat.stream_direct import stream_direct  # noqa: E402
 from config.body_limit import body_limited  # noqa: E402
+from config.views import overloaded_asgi  # noqa: E402
 
 STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/\d+/events/$")
 SEND_PATH = re.compile(r"^/o/[^/]+/chat/(new|t/\d+/(send|regenerate|edit))/$")
@@ -50,16 +52,6 @@ def send_turns() -> asyncio.Semaphore:
     return _send_turns[loop]
 
 
-async def busy(send) -> None:
-    """503 with Retry-After, in the words of the overload page (config.views.overloaded)."""
-    retry_after = settings.OVERLOAD_RETRY_AFTER
-    body = loader.get_template("503.html").render({"retry_after": retry_after}).encode()
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
-        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 @body_limited  # bodies are capped before Django's handler spools them (config.body_limit); /v1 caps its own
 async def django_routed(scope, receive, send):
     path = scope.get("path", "")
@@ -69,11 +61,14 @@ async def django_routed(scope, receive, send):
         async with ThreadSensitiveContext(executor=next(stream_executors)):
             return await django_application(scope, receive, send)
     if scope["type"] == "http" and scope.get("method") == "POST" and SEND_PATH.match(path):
+        receive = await send_direct(scope, receive, send)  # the composer's send, with its send grant
+        if receive is None:
+            return None
         turns = send_turns()
         try:
             await asyncio.wait_for(turns.acquire(), settings.CHAT_SEND_WAIT_SECONDS)
         except TimeoutError:
-            return await busy(send)
+            return await overloaded_asgi(send)
         try:
             return await django_application(scope, receive, send)
         finally:

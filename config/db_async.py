@@ -49,3 +49,12 @@ async def async_pool_close() -> None:
     pool = _pools.pop(asyncio.get_running_loop(), None)
     if pool is not None:
         await pool.close()
+
+
+def insert_values(instance) -> tuple[list[str], list]:
+    """The columns and values Django would insert for `instance` (its field defaults and conversions, its primary
+    key too when set), for an INSERT written by hand on this pool. Reads no database."""
+    connection = connections["default"]
+    fields = [field for field in instance._meta.concrete_fields if not (field.primary_key and instance.pk is None)]
+    return [field.column for field in fields], [field.get_db_prep_save(field.pre_save(instance, True), connection)
+                                                for field in fields]

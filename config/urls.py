@@ -28,5 +28,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler403 = "config.views.permission_denied"
 handler404 = "tenants.middleware.not_found_handler"
 handler500 = "config.views.server_error"

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from functools import wraps
+
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
 from django.utils.translation import gettext as _
+from django.views import defaults as django_defaults
 from django.views.decorators.cache import never_cache
 
 
@@ -68,6 +71,38 @@ def overloaded(request: HttpRequest) -> HttpResponse:
         response = HttpResponse(loader.get_template("503.html").render({"retry_after": retry_after}), status=503)
     response["Retry-After"] = str(retry_after)
     return response
+
+
+def own_connection_closed(view):
+    """For the views Django renders an exception's page with (403, 404). Under ASGI it runs them on a thread of
+    their own (convert_exception_to_response: sync_to_async, thread_sensitive=False), where the page's queries
+    (the header's organizations) open a connection that nothing closes: the request's end closes its own thread's.
+    Closed here once the page is rendered (on the request's thread, the next query just opens another)."""
+
+    @wraps(view)
+    def closing(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            return view(request, *args, **kwargs)
+        finally:
+            if not connection.in_atomic_block:
+                connection.close()
+
+    return closing
+
+
+@own_connection_closed
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return django_defaults.permission_denied(request, exception)
+
+
+async def overloaded_asgi(send) -> None:
+    """`overloaded` for the routes config/asgi.py serves itself (chat sends waiting too long for their turn)."""
+    retry_after = settings.OVERLOAD_RETRY_AFTER
+    body = loader.get_template("503.html").render({"retry_after": retry_after}).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()), (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from config.observability import organization_var
+from config.views import own_connection_closed
 
 from .api_keys import api_key_authenticate, bearer_token
 from .audit.services import client_ip
@@ -39,6 +40,7 @@ def not_found(request: HttpRequest) -> HttpResponse:
     return render(request, "404.html", status=404)
 
 
+@own_connection_closed
 def not_found_handler(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return not_found(request)
 

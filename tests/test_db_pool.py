@@ -212,8 +212,9 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
         where, browser, tenant_world, test_database_url, redis_url, tmp_path, django_db_blocker):
     """The server's only pooled connection is held by another send, blocked on a row lock the test holds:
     the page's send gets 503, the composer says Prumo is busy and sends again after Retry-After, and once
-    the lock is gone the question is in the thread, once. The first question of a new conversation too (it
-    used to be a plain form post: the busy page, then an empty composer)."""
+    the lock is gone the question is in the thread, once. In a thread the composer sends on the async pool
+    (chat.send_direct), so the other send is one of those; the first question of a new conversation goes
+    through Django's pool (it used to be a plain form post: the busy page, then an empty composer)."""
     import psycopg
     from playwright.sync_api import expect
 
@@ -230,7 +231,8 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
     with django_db_blocker.unblock():
         held, page_thread = in_thread(threads_make)
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path,
-                               env_extra={"DB_POOL_MAX_SIZE": "1", "DB_POOL_TIMEOUT": "1", "OVERLOAD_RETRY_AFTER": "1"})
+                               env_extra={"DB_POOL_MAX_SIZE": "1", "DB_POOL_TIMEOUT": "1", "OVERLOAD_RETRY_AFTER": "1",
+                                          "ASYNC_DB_POOL_SIZE": "1", "CHAT_SEND_WAIT_SECONDS": "1"})
     blocker, before = None, [held, page_thread]
     try:
         context = browser.new_context(base_url=server.url, viewport={"width": 1280, "height": 900})
@@ -247,10 +249,15 @@ def test_a_send_refused_for_want_of_a_connection_says_so_and_goes_through_by_its
         lock.execute(f'SELECT 1 FROM "{org.schema_name}".chat_thread WHERE id = %s FOR UPDATE', (held,))
         cookies, token = in_thread(lambda: sign_in(server.url, owner.email))
 
+        form, headers = {"content": "first"}, {"X-CSRFToken": token, "Referer": server.url}
+        if where == "thread":  # as that thread's composer sends: with its send grant
+            grant = re.search(r'name="send_grant" value="([^"]+)"',
+                              httpx.get(f"{server.url}/o/{org.slug}/chat/t/{held}/", cookies=cookies).text)[1]
+            form, headers = {**form, "send_grant": grant}, {**headers, "HX-Request": "true"}
+
         def blocked_send() -> int:
-            return httpx.post(f"{server.url}/o/{org.slug}/chat/t/{held}/send/", data={"content": "first"},
-                              cookies=cookies, headers={"X-CSRFToken": token, "Referer": server.url},
-                              timeout=60).status_code
+            return httpx.post(f"{server.url}/o/{org.slug}/chat/t/{held}/send/", data=form, cookies=cookies,
+                              headers=headers, timeout=60).status_code
 
         result: list[int] = []
         blocker = threading.Thread(target=lambda: result.append(blocked_send()))

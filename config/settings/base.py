@@ -411,6 +411,10 @@ CHAT_STREAM_SETUP_THREADS = int(os.environ.get("CHAT_STREAM_SETUP_THREADS", "4")
 # next ones wait up to CHAT_SEND_WAIT_SECONDS for a turn, then get 503 with Retry-After (the page retries).
 CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "24"))
 CHAT_SEND_WAIT_SECONDS = float(os.environ.get("CHAT_SEND_WAIT_SECONDS", "5"))
+# A thread page's composer sends without Django's request cycle, with a send grant bound to the session
+# (chat.send_direct), valid this long; past it (or with CHAT_SEND_DIRECT off) Django's view serves the send.
+CHAT_SEND_DIRECT = env_bool("CHAT_SEND_DIRECT", True)
+CHAT_SEND_GRANT_SECONDS = int(os.environ.get("CHAT_SEND_GRANT_SECONDS", str(12 * 3600)))
 # Redis connections per web process for streams: one blocking reader fans out to every
 # stream, the rest serve short catch-up reads; callers wait for a free one, never fail.
 CHAT_REDIS_MAX_CONNECTIONS = int(os.environ.get("CHAT_REDIS_MAX_CONNECTIONS", "32"))
