@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from functools import cache
 
 from django.conf import settings
 from django.utils import timezone
@@ -41,8 +42,10 @@ class CachedLookup:
 
 def _read(cnpj: str) -> CachedLookup | None:
     raw = redis_client().get(_key(cnpj))
-    if raw is None:
-        return None
+    return None if raw is None else _entry(cnpj, raw)
+
+
+def _entry(cnpj: str, raw: bytes) -> CachedLookup:
     entry = json.loads(raw)
     result = LookupResult(cnpj, entry["outcome"], record=entry["record"], provider=entry["provider"])
     return CachedLookup(result=result, hit=True, cached_at=entry["cached_at"])
@@ -54,10 +57,23 @@ def _counted(lookup: CachedLookup) -> CachedLookup:
     return lookup
 
 
+# A peek reads the answer and counts the hit in one round trip.
+_PEEK = """
+local entry = redis.call('GET', KEYS[1])
+if entry then redis.call('INCR', KEYS[2]) end
+return entry
+"""
+
+
+@cache
+def _peek_script(url: str):
+    return redis_client().register_script(_PEEK)
+
+
 def cache_peek(cnpj: str) -> CachedLookup | None:
     """The cached answer for `cnpj`, if any, without asking anyone (counted as a hit when there is one)."""
-    cached = _read(cnpj)
-    return _counted(cached) if cached is not None else None
+    raw = _peek_script(settings.REDIS_URL)(keys=[_key(cnpj), _key("hits")])
+    return None if raw is None else _entry(cnpj, raw)
 
 
 def _store(result: LookupResult) -> None:

@@ -43,6 +43,27 @@ class ChecksSettings(models.Model):
         return f"checks settings ({self.retention_days} days)"
 
 
+class ChecksMonth(models.Model):
+    """How many checks the organization requested in a month (UTC), a failed or cancelled one given back: what
+    its plan's monthly quota counts. Moved in the statement that writes the check, so the quota costs one row,
+    never a count of the month's checks (deleting a target or old reports gives no place back). `quota` is the
+    plan's limit as of the latest check counted (None: unlimited): the constraint fails a check over it however
+    many are requested at once."""
+
+    month = models.DateField(primary_key=True)  # its first day
+    requested = models.PositiveIntegerField(default=0)
+    quota = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(quota__isnull=True) | models.Q(requested__lte=models.F("quota")),
+                                   name="checks_month_within_quota"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m}: {self.requested} of {self.quota or '∞'}"
+
+
 class Target(models.Model):
     class Schedule(models.TextChoices):
         NONE = "none", _("Not monitored")

@@ -10,7 +10,11 @@ runs through `check_run`, whose transitions are the state machine of `Check`:
 
 Found and not-found are billed (the lookup price, or the cached price when another request
 answered meanwhile); failed checks release their hold. Each organization's plan sets how many
-checks a month it may request.
+checks a month it may request: a check takes its place in the month's count (`ChecksMonth`, one
+row) in the statement that writes it, and a failed or cancelled one gives it back.
+
+A cache hit is two round trips to PostgreSQL, both prepared once per connection (core.prepared):
+one read (REQUEST_READ_SQL) and one write (CACHE_HIT_SQL, billing.ledger.MOVE_SQL extended).
 
 Fair sharing between organizations (the registries' rate limits are one budget for everyone):
 
@@ -28,32 +32,34 @@ Fair sharing between organizations (the registries' rate limits are one budget f
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone, translation
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
 from accounts.models import User
-from billing.ledger import InsufficientCredits, credit_debit, credit_release, credit_reserve, credit_settle
-from billing.models import CreditReservation, Price, UsageEvent
+from billing.ledger import MOVE_SQL, InsufficientCredits, credit_release, credit_reserve, credit_settle
+from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, Price, UsageEvent
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
-from billing.usage import usage_record
+from billing.usage import usage_params, usage_record
+from core.prepared import PreparedStatement
 from tenants.models import Organization
 
 from . import cnpj as cnpj_id
 from .cache import CachedLookup, cache_peek, cached_lookup
 from .diff import report_diff, risk_level_change
-from .models import Alert, Attempt, Check, ChecksSettings, Report, Target
+from .models import Alert, Attempt, Check, ChecksMonth, ChecksSettings, Report, Target
 from .registries import FALLBACK_ORDER, LOOKUP_FOUND, LOOKUP_NOT_FOUND, LOOKUP_THROTTLED
 from .signals import SignalThresholds, risk_level, signals_evaluate
 
@@ -149,26 +155,59 @@ def target_update(*, target: Target, label: str, tags, schedule: str) -> Target:
     return target
 
 
-def month_start(now: datetime | None = None) -> datetime:
-    now = timezone.localtime(now or timezone.now())
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+def month_of(moment: datetime | None = None) -> date:
+    """The quota's month of `moment` (now by default): its first day, in UTC."""
+    return (moment or timezone.now()).astimezone(UTC).date().replace(day=1)
 
 
 def checks_used_this_month() -> int:
-    """Checks requested this month (failed ones do not count)."""
-    return Check.objects.filter(created_at__gte=month_start()).exclude(status=Check.Status.FAILED).count()
+    """Checks requested this month (failed ones do not count): one row, `ChecksMonth`."""
+    return ChecksMonth.objects.filter(month=month_of()).values_list("requested", flat=True).first() or 0
+
+
+def _over_quota(limit: int, used: int, count: int) -> CheckRefused:
+    return CheckRefused("quota_exceeded", _(
+        "Your plan includes %(limit)s checks a month and %(used)s have been used; %(count)s more would go "
+        "over. Upgrade your plan, or wait for next month.") % {"limit": limit, "used": used, "count": count},
+        status=402)
 
 
 def quota_check(organization: Organization, count: int = 1) -> None:
+    """Refuse (CheckRefused) when `count` more checks would go over the plan's monthly quota. A look only:
+    each check takes its place in the quota when it is written (QUOTA_TAKE_SQL)."""
     limit = entitlements_for(organization).checks_per_month
     if limit is None:
         return
     used = checks_used_this_month()
     if used + count > limit:
-        raise CheckRefused("quota_exceeded", _(
-            "Your plan includes %(limit)s checks a month and %(used)s have been used; %(count)s more would go "
-            "over. Upgrade your plan, or wait for next month.") % {"limit": limit, "used": used, "count": count},
-            status=402)
+        raise _over_quota(limit, used, count)
+
+
+QUOTA_CONSTRAINT = "checks_month_within_quota"
+# A check takes its place in its month's count; over the quota (stored with it), the row's constraint fails the
+# statement, so concurrent checks can never go over. `{source}`: the row to insert (VALUES, or a SELECT that
+# yields it only when the check is written).
+_QUOTA_TAKE = f"""
+INSERT INTO {ChecksMonth._meta.db_table} AS counted (month, requested, quota) {{source}}
+ON CONFLICT (month) DO UPDATE SET requested = counted.requested + 1, quota = EXCLUDED.quota
+"""
+QUOTA_TAKE_SQL = _QUOTA_TAKE.format(source="VALUES (%(month)s::date, 1, %(quota)s::integer)")
+# A failed or cancelled check gives its place back, in the month it was requested.
+QUOTA_GIVE_BACK_SQL = f"""
+UPDATE {ChecksMonth._meta.db_table} SET requested = greatest(requested - 1, 0)
+WHERE month = (SELECT date_trunc('month', created_at AT TIME ZONE 'UTC')::date FROM {Check._meta.db_table}
+               WHERE id = %(check)s)
+"""
+
+
+def _quota_violated(error: IntegrityError) -> bool:
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None) == QUOTA_CONSTRAINT
+
+
+def _quota_give_back(check_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(QUOTA_GIVE_BACK_SQL, {"check": check_id})
 
 
 def _price(kind: str) -> Price:
@@ -184,6 +223,132 @@ def _insufficient(error: InsufficientCredits) -> CheckRefused:
         "billing page.") % {"price": error.required.normalize(), "balance": error.balance.normalize()}, status=402)
 
 
+# A check request's reads, in one statement: a check of the target still queued or running (`reuse`), the
+# organization's billing account and plan quota, the month's count, the cached price, the checks settings and,
+# when the cache may answer (`hit`), the target's latest report (the signals and alerts compare with it).
+REQUEST_READ_SQL = f"""
+SELECT
+    (SELECT id FROM {Check._meta.db_table}
+      WHERE target_id = %(target)s::bigint AND %(reuse)s::boolean
+        AND status IN ('{Check.Status.PENDING}', '{Check.Status.RUNNING}')
+      ORDER BY created_at DESC LIMIT 1),
+    account.organization_id IS NOT NULL, plan.checks_per_month,
+    coalesce((SELECT requested FROM {ChecksMonth._meta.db_table} WHERE month = %(month)s::date), 0),
+    price.id, price.input_per_million, price.output_per_million, price.per_unit,
+    settings.id IS NOT NULL, settings.thresholds, settings.alert_emails,
+    previous.id, previous.data, previous.risk_level
+FROM (SELECT 1) AS one
+LEFT JOIN {BillingAccount._meta.db_table} account ON account.organization_id = %(organization)s::bigint
+LEFT JOIN {Plan._meta.db_table} plan ON plan.id = account.plan_id
+LEFT JOIN LATERAL (
+    SELECT id, input_per_million, output_per_million, per_unit FROM {Price._meta.db_table}
+     WHERE kind = '{Price.Kind.CHECK}' AND key = '{CACHED_PRICE}' AND effective_from <= %(now)s::timestamptz
+     ORDER BY effective_from DESC LIMIT 1
+) price ON true
+LEFT JOIN {ChecksSettings._meta.db_table} settings ON settings.id = 1
+LEFT JOIN LATERAL (
+    SELECT id, data, risk_level FROM {Report._meta.db_table}
+     WHERE target_id = %(target)s::bigint AND %(hit)s::boolean ORDER BY created_at DESC, id DESC LIMIT 1
+) previous ON true
+"""
+
+_LEDGER_WITH, _SELECT, _LEDGER_RESULT = MOVE_SQL.rstrip().rpartition("\nSELECT ")
+if not _SELECT or _LEDGER_RESULT != "id, balance_after, created_at FROM entry":
+    raise RuntimeError("billing.ledger.MOVE_SQL no longer ends by selecting its entry: CACHE_HIT_SQL extends it")
+
+# A check answered from the cache, written in one statement: the ledger's movement (billing.ledger.MOVE_SQL:
+# the balance row locked, the entry inserted only if the balance covers it and its key is new, the balance
+# updated), then, only when its entry went in, the check (inserted finished), its place in the month's quota, the
+# usage event (billing.usage.USAGE_INSERT_SQL's row), the report and alert when the company was found, and the
+# target. A balance that does not cover it writes nothing; a quota reached meanwhile fails the statement.
+CACHE_HIT_SQL = _LEDGER_WITH + f""",
+checked AS (
+    INSERT INTO {Check._meta.db_table} (target_id, batch_id, status, source, refresh, cache_hit, provider, runs,
+        error, credits, billing_key, requested_by_id, api_key_id, created_at, started_at, finished_at)
+    SELECT %(target)s::bigint, %(batch)s::bigint, %(status)s::text, %(source)s::text, false, true,
+        %(provider)s::text, 0, '', %(price)s::numeric, %(key)s::text, %(user)s::bigint, %(api_key)s::bigint,
+        %(now)s::timestamptz, %(now)s::timestamptz, %(now)s::timestamptz
+    FROM entry
+    RETURNING id
+), quota AS ({_QUOTA_TAKE.format(source="SELECT %(month)s::date, 1, %(quota)s::integer FROM entry")}
+), usage AS (
+    INSERT INTO {UsageEvent._meta.db_table} (organization_id, user_id, api_key_id, kind, key, input_tokens,
+        output_tokens, units, credits, input_per_million, output_per_million, per_unit, request_id, occurred_at)
+    SELECT %(usage_organization)s::bigint, %(usage_user)s::bigint, %(usage_api_key)s::bigint,
+        %(usage_kind)s::text, %(usage_key)s::text, %(usage_input_tokens)s::integer,
+        %(usage_output_tokens)s::integer, %(usage_units)s::integer, %(usage_credits)s::numeric,
+        %(usage_input_per_million)s::numeric, %(usage_output_per_million)s::numeric,
+        %(usage_per_unit)s::numeric, %(usage_request_id)s::text, %(usage_occurred_at)s::timestamptz
+    FROM entry
+    ON CONFLICT (organization_id, request_id) DO NOTHING
+), reported AS (
+    INSERT INTO {Report._meta.db_table} (target_id, check_run_id, data, signals, risk_level, provider, data_date,
+        fetched_at, created_at)
+    SELECT %(target)s::bigint, checked.id, %(data)s::jsonb, %(signals)s::jsonb, %(risk_level)s::text,
+        %(provider)s::text, %(data_date)s::date, %(fetched_at)s::timestamptz, %(now)s::timestamptz
+    FROM checked WHERE %(found)s::boolean
+    RETURNING id
+), alerted AS (
+    INSERT INTO {Alert._meta.db_table} (target_id, report_id, previous_report_id, kinds, summary, created_at)
+    SELECT %(target)s::bigint, reported.id, %(previous)s::bigint, %(alert_kinds)s::jsonb, %(alert_summary)s::jsonb,
+        %(now)s::timestamptz
+    FROM reported WHERE %(alert_kinds)s::jsonb IS NOT NULL
+    RETURNING id
+), targeted AS (
+    UPDATE {Target._meta.db_table} SET status = %(status)s::text, last_checked_at = %(now)s::timestamptz,
+        risk_level = CASE WHEN %(found)s::boolean THEN %(risk_level)s::text ELSE risk_level END,
+        company_name = CASE WHEN %(found)s::boolean THEN %(company_name)s::text ELSE company_name END
+    FROM entry WHERE {Target._meta.db_table}.id = %(target)s::bigint
+)
+SELECT account.credits, entry.id, checked.id, reported.id, alerted.id
+FROM account LEFT JOIN entry ON true LEFT JOIN checked ON true LEFT JOIN reported ON true LEFT JOIN alerted ON true
+"""
+
+
+# Prepared once per connection: parsing and planning these two took longer than running them (1.1 of a cache
+# hit's 2.9 ms, measured; bench/RESULTS.md).
+REQUEST_READ = PreparedStatement("checks_request_read", REQUEST_READ_SQL)
+CACHE_HIT = PreparedStatement("checks_cache_hit", CACHE_HIT_SQL)
+
+
+def _json(value):
+    """A jsonb column as read by a raw cursor (Django's psycopg setup returns its text)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What a check request reads before it writes (REQUEST_READ_SQL)."""
+
+    running_id: int | None
+    has_account: bool
+    quota: int | None
+    used: int
+    cached_price: Price | None
+    has_settings: bool
+    thresholds: dict
+    alert_emails: bool
+    previous_id: int | None
+    previous_data: dict | None
+    previous_risk_level: str | None
+
+
+def _request_facts(*, organization: Organization, target: Target, reuse: bool, hit: bool, now: datetime,
+                   month: date) -> RequestFacts:
+    with connection.cursor() as cursor:
+        REQUEST_READ.execute(cursor, {"organization": organization.pk, "target": target.pk, "reuse": reuse,
+                                      "hit": hit, "now": now, "month": month})
+        (running_id, has_account, quota, used, price_id, input_per_million, output_per_million, per_unit,
+         has_settings, thresholds, alert_emails, previous_id, previous_data, previous_risk_level) = cursor.fetchone()
+    price = None if price_id is None else Price(
+        pk=price_id, kind=Price.Kind.CHECK, key=CACHED_PRICE, input_per_million=input_per_million,
+        output_per_million=output_per_million, per_unit=per_unit)
+    return RequestFacts(running_id=running_id, has_account=has_account, quota=quota, used=used, cached_price=price,
+                        has_settings=has_settings, thresholds=_json(thresholds) or {},
+                        alert_emails=bool(alert_emails), previous_id=previous_id,
+                        previous_data=_json(previous_data), previous_risk_level=previous_risk_level)
+
+
 def check_request(*, organization: Organization, target: Target, source: str = Check.Source.MANUAL,
                   user: User | None = None, api_key_id: int | None = None, refresh: bool = False,
                   batch=None, enqueue: bool = True) -> Check:
@@ -192,41 +357,109 @@ def check_request(*, organization: Organization, target: Target, source: str = C
     A person (or an API client) asking again while a check of the target is still queued or
     running gets that check back: a double click or a retried request is not billed twice.
     Background checks (BACKGROUND_SOURCES) are left for `checks_feed`, which the caller runs
-    once it has requested them all."""
-    if source in (Check.Source.MANUAL, Check.Source.API):
-        running = target.checks.exclude(status__in=Check.FINAL).order_by("-created_at").first()
-        if running is not None:
-            return running
-    quota_check(organization)
+    once it has requested them all.
+
+    Every check takes its place in the month's quota as it is written. A cache hit costs one read
+    (REQUEST_READ_SQL), one Redis call and one write (CACHE_HIT_SQL); any other check is held, then queued."""
+    now = timezone.now()
+    month = month_of(now)
+    facts = _request_facts(organization=organization, target=target, now=now, month=month, hit=not refresh,
+                           reuse=source in (Check.Source.MANUAL, Check.Source.API))
+    if facts.running_id is not None:
+        return Check.objects.get(pk=facts.running_id)
+    # An organization without a billing account yet: entitlements_for makes it.
+    quota = facts.quota if facts.has_account else entitlements_for(organization).checks_per_month
+    if quota is not None and facts.used + 1 > quota:
+        raise _over_quota(quota, facts.used, 1)
     billing_key = f"check:{connection.schema_name}:{uuid.uuid4().hex}"
-    fields = {"target": target, "source": source, "requested_by": user, "api_key_id": api_key_id,
-              "refresh": refresh, "batch": batch, "billing_key": billing_key}
     cached = None if refresh else cache_peek(target.cnpj)
     if cached is not None:
-        price = _price(CACHED_PRICE)
-        try:
-            with transaction.atomic():
-                check = Check(status=Check.Status.RUNNING, started_at=timezone.now(), **fields)
-                _finish(check, cached, organization=organization, price=price, settle=False)
-                # Last: the organization's balance row stays locked only from here to the commit.
-                credit_debit(organization=organization, amount=price.per_unit, key=billing_key,
-                             description=_("Check %(cnpj)s (cached)") % {"cnpj": target.cnpj_formatted}, user=user)
-        except InsufficientCredits as error:
-            raise _insufficient(error) from None
-        return check
+        return _check_from_cache(organization=organization, target=target, lookup=cached, facts=facts, quota=quota,
+                                 now=now, key=billing_key, source=source, user=user, api_key_id=api_key_id,
+                                 batch=batch)
     price = _price(LOOKUP_PRICE)
     try:
         with transaction.atomic():
-            check = Check.objects.create(**fields)
+            check = Check.objects.create(target=target, source=source, requested_by=user, api_key_id=api_key_id,
+                                         refresh=refresh, batch=batch, billing_key=billing_key, created_at=now)
             credit_reserve(organization=organization, amount=price.per_unit, key=billing_key,
                            description=_("Check %(cnpj)s") % {"cnpj": target.cnpj_formatted}, user=user)
+            with connection.cursor() as cursor:  # after the hold: the balance row is always locked first
+                cursor.execute(QUOTA_TAKE_SQL, {"month": month, "quota": quota})
             Target.objects.filter(pk=target.pk).update(status=Check.Status.PENDING)
             if enqueue and source not in BACKGROUND_SOURCES:
                 schema = connection.schema_name
                 transaction.on_commit(lambda: check_enqueue(check, schema=schema))
     except InsufficientCredits as error:
         raise _insufficient(error) from None
+    except IntegrityError as error:
+        if not _quota_violated(error):
+            raise
+        raise _over_quota(quota, quota, 1) from None
     return check
+
+
+def _check_from_cache(*, organization: Organization, target: Target, lookup: CachedLookup, facts: RequestFacts,
+                      quota: int | None, now: datetime, key: str, source: str, user: User | None,
+                      api_key_id: int | None, batch) -> Check:
+    """A check answered from the cache, billed at the cached price, written finished in one statement."""
+    price = facts.cached_price
+    if price is None:
+        raise CheckRefused("no_price", _("Checks are not priced yet; ask the administrator."), status=503)
+    settings_row = None if facts.has_settings else checks_settings()
+    result = lookup.result
+    found = result.outcome == LOOKUP_FOUND
+    status = Check.Status.SUCCEEDED if found else Check.Status.NOT_FOUND
+    provider = result.provider or ""
+    draft = alert = None
+    if found:
+        thresholds = settings_row.thresholds if settings_row else facts.thresholds
+        draft = report_draft(record=result.record, thresholds=thresholds, previous=facts.previous_data,
+                             today=timezone.localdate(now))
+        if facts.previous_data is not None and target.schedule != Target.Schedule.NONE:
+            alert = alert_terms(previous_data=facts.previous_data, previous_level=facts.previous_risk_level,
+                                data=draft.data, level=draft.risk_level)
+    user_id = user.pk if user else None
+    params = {
+        "organization": organization.pk, "kind": CreditEntry.Kind.DEBIT, "amount": -price.per_unit, "key": key,
+        "reservation": None, "description": (_("Check %(cnpj)s (cached)") % {"cnpj": target.cnpj_formatted})[:255],
+        "user": user_id, "metadata": "{}",
+        "target": target.pk, "batch": batch.pk if batch is not None else None, "status": status, "source": source,
+        "provider": provider, "price": price.per_unit, "api_key": api_key_id, "now": now, "month": month_of(now),
+        "quota": quota, "found": found, "data": json.dumps(result.record) if found else None,
+        "signals": json.dumps(draft.signals) if draft else None, "risk_level": draft.risk_level if draft else "",
+        "data_date": draft.data_date if draft else None, "fetched_at": draft.fetched_at if draft else None,
+        "company_name": (result.record.get("razao_social") or "")[:200] if found else "",
+        "previous": facts.previous_id, "alert_kinds": json.dumps(alert[0]) if alert else None,
+        "alert_summary": json.dumps(alert[1]) if alert else None,
+        **{f"usage_{name}": value for name, value in usage_params(
+            organization_id=organization.pk, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=key,
+            credits=price.per_unit, input_per_million=price.input_per_million,
+            output_per_million=price.output_per_million, per_unit=price.per_unit, user_id=user_id,
+            api_key_id=api_key_id, units=1, occurred_at=now).items()},
+    }
+    try:
+        # Inside a caller's transaction, a failed statement marks it for rollback (it cannot go on).
+        with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
+            CACHE_HIT.execute(cursor, params)
+            row = cursor.fetchone()
+    except IntegrityError as error:
+        if not _quota_violated(error):
+            raise
+        raise _over_quota(quota, quota, 1) from None
+    balance, entry_id, check_id, _report_id, alert_id = row or (None, None, None, None, None)
+    if entry_id is None:
+        raise _insufficient(InsufficientCredits(balance=balance or Decimal(0), required=price.per_unit))
+    if alert_id is not None and (settings_row.alert_emails if settings_row else facts.alert_emails):
+        from .tasks import alert_email_task
+
+        transaction.on_commit(lambda: alert_email_task.delay(alert_id))
+    target.status, target.last_checked_at = status, now
+    if found:
+        target.risk_level, target.company_name = draft.risk_level, params["company_name"]
+    return Check(pk=check_id, target=target, batch=batch, status=status, source=source, cache_hit=True,
+                 provider=provider, credits=price.per_unit, billing_key=key, requested_by=user,
+                 api_key_id=api_key_id, created_at=now, started_at=now, finished_at=now)
 
 
 def check_enqueue(check: Check, countdown: float | None = None, *, schema: str | None = None) -> None:
@@ -320,7 +553,7 @@ def _check_run(check_id: int, organization: Organization) -> RunOutcome:
     if result.outcome in (LOOKUP_FOUND, LOOKUP_NOT_FOUND):
         price = _price(CACHED_PRICE if lookup.hit else LOOKUP_PRICE)
         with transaction.atomic():
-            _finish(check, lookup, organization=organization, price=price, settle=True)
+            _finish(check, lookup, organization=organization, price=price)
         return RunOutcome(check.status, background=background)
     if result.outcome == LOOKUP_THROTTLED:
         wait = max(1, int(result.retry_after or 1))
@@ -351,28 +584,25 @@ def _fail(check: Check, error: str) -> None:
         credit_release(reservation=reservation)
     check.status, check.error, check.finished_at = Check.Status.FAILED, error[:255], timezone.now()
     check.save(update_fields=["status", "error", "finished_at", "runs"])
+    _quota_give_back(check.pk)
     Target.objects.filter(pk=check.target_id).update(status=check.status, last_checked_at=check.finished_at)
 
 
-def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, price: Price, settle: bool) -> None:
-    """Record the answer (a report when found), bill it at `price`, update the target. In a transaction.
-    A check not saved yet (a cache hit) is inserted finished."""
+def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, price: Price) -> None:
+    """Record a run's answer (a report when found), settle its hold at `price`, update the target. In a
+    transaction. (A cache hit in the request is `_check_from_cache`.)"""
     result = lookup.result
     check.cache_hit = lookup.hit
     check.provider = result.provider or ""
     check.credits = price.per_unit
     check.finished_at = timezone.now()
     check.status = Check.Status.SUCCEEDED if result.outcome == LOOKUP_FOUND else Check.Status.NOT_FOUND
-    if settle:
-        reservation = CreditReservation.objects.get(key=check.billing_key)
-        credit_settle(reservation=reservation, actual=min(price.per_unit, reservation.amount))
+    reservation = CreditReservation.objects.get(key=check.billing_key)
+    credit_settle(reservation=reservation, actual=min(price.per_unit, reservation.amount))
     user = check.requested_by if check.requested_by_id else None
     usage_record(organization=organization, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=check.billing_key,
                  credits=price.per_unit, price=price, user=user, api_key_id=check.api_key_id, units=1)
-    if check.pk is None:  # answered from the cache: written once, finished
-        check.save()
-    else:
-        check.save(update_fields=["cache_hit", "provider", "credits", "finished_at", "status"])
+    check.save(update_fields=["cache_hit", "provider", "credits", "finished_at", "status"])
     target = check.target
     target.status, target.last_checked_at = check.status, check.finished_at
     fields = ["status", "last_checked_at"]
@@ -402,37 +632,65 @@ def _data_date(record: dict) -> date | None:
     return parse_date(value) if value else None
 
 
+@dataclass(frozen=True)
+class ReportDraft:
+    """A report's contents before it is written: the record, its signals (as stored) and risk level."""
+
+    data: dict
+    signals: list[dict]
+    risk_level: str
+    data_date: date | None
+    fetched_at: datetime
+
+
+def report_draft(*, record: dict, thresholds: dict, previous: dict | None, today: date) -> ReportDraft:
+    """The signals of `record`, evaluated with the organization's `thresholds` (its settings) against the
+    target's `previous` report data."""
+    signals = signals_evaluate(record, thresholds=SignalThresholds.from_settings(thresholds), today=today,
+                               previous=previous)
+    fetched = parse_datetime((record.get("provenance") or {}).get("fetched_at") or "") or timezone.now()
+    return ReportDraft(data=record, signals=signals_stored(signals), risk_level=str(risk_level(signals)),
+                       data_date=_data_date(record), fetched_at=fetched)
+
+
 def report_write(*, target: Target, check: Check | None, record: dict, provider: str | None,
                  today: date | None = None) -> Report:
     """A new report for `target` (signals evaluated with the organization's thresholds) and, when a
     monitored target changed status, partners or risk level, an alert."""
-    thresholds = SignalThresholds.from_settings(checks_settings().thresholds)
     previous = target.reports.order_by("-created_at", "-id").first()
-    signals = signals_evaluate(record, thresholds=thresholds, today=today or timezone.localdate(),
-                               previous=previous.data if previous else None)
-    level = str(risk_level(signals))
-    fetched = parse_datetime((record.get("provenance") or {}).get("fetched_at") or "") or timezone.now()
-    report = Report.objects.create(target=target, check_run=check, data=record, signals=signals_stored(signals),
-                                   risk_level=level, provider=provider or "", data_date=_data_date(record),
-                                   fetched_at=fetched)
+    draft = report_draft(record=record, thresholds=checks_settings().thresholds, today=today or timezone.localdate(),
+                         previous=previous.data if previous else None)
+    report = Report.objects.create(target=target, check_run=check, data=draft.data, signals=draft.signals,
+                                   risk_level=draft.risk_level, provider=provider or "", data_date=draft.data_date,
+                                   fetched_at=draft.fetched_at)
     if previous is not None and target.schedule != Target.Schedule.NONE:
         alert_raise(target=target, report=report, previous=previous)
     return report
 
 
-def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | None:
-    diff = report_diff(previous.data, report.data)
+def alert_terms(*, previous_data: dict, previous_level: str, data: dict, level: str) -> tuple[list[str], dict] | None:
+    """An alert's kinds and summary when a report differs from the previous one in status, partners or risk
+    level; None when it does not."""
+    diff = report_diff(previous_data, data)
     kinds = []
     if diff.status_changed:
         kinds.append(Alert.Kind.STATUS)
     if diff.partners_changed:
         kinds.append(Alert.Kind.PARTNERS)
-    if risk_level_change(previous.risk_level, report.risk_level) is not None:
+    if risk_level_change(previous_level, level) is not None:
         kinds.append(Alert.Kind.RISK)
     if not kinds:
         return None
-    alert = Alert.objects.create(target=target, report=report, previous_report=previous, kinds=[str(k) for k in kinds],
-                                 summary={"diff": diff.as_dict(), "risk": [previous.risk_level, report.risk_level]})
+    return [str(k) for k in kinds], {"diff": diff.as_dict(), "risk": [previous_level, level]}
+
+
+def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | None:
+    terms = alert_terms(previous_data=previous.data, previous_level=previous.risk_level, data=report.data,
+                        level=report.risk_level)
+    if terms is None:
+        return None
+    alert = Alert.objects.create(target=target, report=report, previous_report=previous, kinds=terms[0],
+                                 summary=terms[1])
     if checks_settings().alert_emails:
         from .tasks import alert_email_task
 
@@ -450,6 +708,7 @@ def check_cancel(check: Check) -> bool:
         reservation = CreditReservation.objects.filter(key=check.billing_key).first()
         if reservation is not None:
             credit_release(reservation=reservation)
+        _quota_give_back(check.pk)
     return True
 
 

@@ -16,3 +16,25 @@ def organization_drop(org) -> None:
     org.delete()
     with connection.cursor() as cursor:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def checks_months(org) -> list[tuple]:
+    """The organization's monthly checks counts (checks.models.ChecksMonth): a test that commits checks saves them
+    first and puts them back with `checks_months_restore` (deleting its checks gives no place back)."""
+    from django_tenants.utils import schema_context
+
+    from checks.models import ChecksMonth
+
+    with schema_context(org.schema_name):
+        return list(ChecksMonth.objects.values_list("month", "requested", "quota"))
+
+
+def checks_months_restore(org, saved: list[tuple]) -> None:
+    from django_tenants.utils import schema_context
+
+    from checks.models import ChecksMonth
+
+    with schema_context(org.schema_name):
+        ChecksMonth.objects.all().delete()
+        ChecksMonth.objects.bulk_create([ChecksMonth(month=month, requested=requested, quota=quota)
+                                         for month, requested, quota in saved])

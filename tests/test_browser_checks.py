@@ -18,6 +18,7 @@ from django_tenants.utils import schema_context
 
 from . import test_browser as harness
 from .fake_registries import PROVIDERS, RATE_LIMIT, TIMEOUT, FakeRegistries
+from .orgs import checks_months, checks_months_restore
 from .servers import in_thread, start_celery_worker, start_live_server
 from .test_checks_pages import redis_forget
 
@@ -108,7 +109,8 @@ def _remove_checks(org) -> None:
 
 @pytest.fixture
 def org_a_funded(tenant_world, django_db_blocker, registries):
-    """Org A on Starter with 500 credits for the test; its plan, balance and checks' records restored after."""
+    """Org A on Starter with 500 credits for the test; its plan, balance, checks' records and monthly checks
+    count restored after."""
     from billing.models import BillingAccount, Plan
 
     org = tenant_world["a"]["org"]
@@ -118,11 +120,12 @@ def org_a_funded(tenant_world, django_db_blocker, registries):
         account = BillingAccount.objects.get(pk=org.pk)
         BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"),
                                                        credits=Decimal("500"))
-        return account.plan_id, account.credits
+        return account.plan_id, account.credits, checks_months(org)
 
     def restore(saved):
         _remove_checks(org)
         BillingAccount.objects.filter(pk=org.pk).update(plan_id=saved[0], credits=saved[1])
+        checks_months_restore(org, saved[2])
 
     with django_db_blocker.unblock():
         saved = in_thread(fund)

@@ -34,6 +34,7 @@ from config.redis_shared import redis_client
 
 from .. import test_browser as harness
 from ..fake_registries import PROVIDERS, RATE_LIMIT, FakeRegistries
+from ..orgs import checks_months, checks_months_restore
 from ..servers import in_thread, start_celery_worker, start_live_server
 from ..test_celery_worker import csrf_token, sign_in
 from ..test_chat_streaming import DEMO, Chat, expected_answer, signed_in, threads_remove  # noqa: F401 (a fixture)
@@ -176,6 +177,7 @@ def fair_plan(tenant_world, django_db_blocker):
             with schema_context(org.schema_name):
                 tenant_marks[org.pk] = {model: model.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
                                         for model in (Report, Check, Batch, Target)}
+            tenant_marks[org.pk]["months"] = checks_months(org)
         BillingAccount.objects.filter(pk__in=saved).update(plan=plan, credits=Decimal("5000"))
         return plan, saved, marks, tenant_marks
 
@@ -184,6 +186,7 @@ def fair_plan(tenant_world, django_db_blocker):
             with schema_context(org.schema_name):
                 for model in (Report, Check, Batch, Target):
                     model.objects.filter(pk__gt=tenant_marks[org.pk][model]).delete()
+            checks_months_restore(org, tenant_marks[org.pk]["months"])
         for model in (CreditEntry, CreditReservation, UsageEvent):
             model.objects.filter(pk__gt=marks[model], organization__in=orgs).delete()
         for pk, (plan_id, credits) in saved.items():
