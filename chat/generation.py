@@ -1,7 +1,8 @@
 """Running an answer, independently of any HTTP request.
 
-A Celery task (queue `generation`) claims the pending answer, streams it from the provider
-through the router and appends the text to a Redis stream in small batches; browsers read
+A Celery task (queue `generation`) claims the pending answer and builds its context; the answer then streams
+from the provider through the router on the process's event loop (chat.loop), holding no worker thread, and
+appends the text to a Redis stream in small batches; a closer thread writes the final message. Browsers read
 that stream over SSE (chat.streams), so a refresh or a second tab resumes the same answer
 and closing the tab changes nothing. While it runs, the generation
 
@@ -26,19 +27,24 @@ Redis stream entries: `{"t": "start", "model", "name"}`, `{"t": "delta", "d": te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection
 from django.utils.translation import gettext_noop
+from django_tenants.utils import schema_context
 
 from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async, slots_held
 
 from .catalog.selectors import ModelOption
 from .context import context_build
-from .loop import answers_run
+from .loop import answers_run, answers_start
 from .models import Message
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
 from .redis import async_client, sync_client
@@ -187,38 +193,60 @@ def _slot_take(organization) -> Slot | None:
                         lease_seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
 
 
-def answer_generate(answer_id: int) -> bool:
+def answer_generate(answer_id: int, *, wait: bool = True) -> bool:
     """Generate the pending answer `answer_id` (in the current schema). Safe to call twice.
 
     False when its organization already generates as many answers as its plan allows: the answer
-    stays pending (its place in the reaper's pending set kept), for the caller to run again soon."""
+    stays pending (its place in the reaper's pending set kept), for the caller to run again soon.
+
+    With `wait=False` (the generation worker) the call returns once the answer streams: it streams on the
+    process's answers loop and is closed by a closer thread (`answers_drain` waits for them at shutdown), so a
+    worker thread is held for the claim and the context, not for the whole answer."""
     answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
     if answer is None:
         return True
     organization = current_organization_ref()
-    slot = None
-    # A stopped answer or a redelivered one needs no slot: it is closed at once.
-    if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
-        slot = _slot_take(organization)
-        if slot is None:
-            # Waiting its turn keeps the time it was queued: the reaper bounds the wait (CHAT_PENDING_TIMEOUT).
-            sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()}, nx=True)
-            return False
+    if not wait:
+        _streaming.enter()  # before the slot and the claim: waiting here holds neither
+    slot, streams_on = None, False
     try:
-        _answer_run(answer, organization, slot)
+        # A stopped answer or a redelivered one needs no slot: it is closed at once.
+        if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
+            slot = _slot_take(organization)
+            if slot is None:
+                # Waiting its turn keeps the time it was queued: the reaper bounds the wait (CHAT_PENDING_TIMEOUT).
+                sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()}, nx=True)
+                return False
+        streams_on = _answer_run(answer, organization, slot, wait=wait)
     finally:
-        if slot is not None:
-            slot_release(slot)
+        if not streams_on:
+            if slot is not None:
+                slot_release(slot)
+            if not wait:
+                _streaming.leave()
     return True
 
 
-def _answer_run(answer: Message, organization, slot: Slot | None) -> None:
+@dataclass(frozen=True)
+class Running:
+    """An answer streaming: what closing it needs."""
+
+    answer_id: int
+    key: str
+    schema: str
+    model_id: str
+    slot: Slot | None
+
+
+def _answer_run(answer: Message, organization, slot: Slot | None, *, wait: bool) -> bool:
+    """Claim the answer and stream it; True when it streams on after this returns (`wait=False`: closed, and
+    its slot released, by a closer thread)."""
     answer_id, key = answer.pk, answer.stream_key
     if not _claim(answer_id):
         # Redelivered after a worker died: close it as interrupted, never generate it twice.
         if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
             answer_recover(answer)
-        return
+        return False
     with sync_client().pipeline(transaction=True) as pipe:
         pipe.zadd(ACTIVE_SET, {key: time.time()})
         pipe.zrem(PENDING_SET, key)
@@ -226,34 +254,100 @@ def _answer_run(answer: Message, organization, slot: Slot | None) -> None:
     if sync_client().exists(cancel_key(key)):
         answer_finish(answer_id=answer_id, status=Message.Status.STOPPED, text="")
         stream_end(key, Message.Status.STOPPED)
-        return
+        return False
     try:
         option = option_get(organization, answer.model_id)
     except ChatError as error:  # the plan changed or the model went away since it was asked
         answer_finish(answer_id=answer_id, status=Message.Status.FAILED, text="", error=str(error))
         stream_end(key, Message.Status.FAILED)
-        return
+        return False
     messages, _estimate = context_build(thread=answer.thread, answer=answer, model=option.model)
     request = ChatRequest(model=option.model.provider_model, messages=messages, max_tokens=answer.max_tokens)
     candidates, own_keys = candidates_for(organization, option), org_config_now(organization.pk).own_keys
+    running = Running(answer_id=answer_id, key=key, schema=connection.schema_name, model_id=answer.model_id,
+                      slot=slot)
     # No database work while the answer streams: give the connection back instead of holding one
     # per running answer (Django reconnects, with the schema, for answer_finish). Not inside a
     # transaction (eager tasks in tests): closing would abort it.
     if not connection.in_atomic_block:
         connection.close()
     # On the process's long-lived loop: its Redis and provider connections serve every answer (chat.loop).
-    outcome = answers_run(generation_stream(key=key, candidates=candidates, request=request, own_keys=own_keys,
-                                            slot=slot))
+    stream = generation_stream(key=key, candidates=candidates, request=request, own_keys=own_keys, slot=slot)
+    if wait:
+        _answer_close(running, answers_run(stream))
+        return False
+    answers_start(stream, lambda done: _closer().submit(_answer_close_later, running, done))
+    return True
+
+
+def _answer_close(running: Running, outcome: Outcome) -> None:
     usage = outcome.usage
     final = answer_finish(
-        answer_id=answer_id, status=outcome.status, text=outcome.text,
+        answer_id=running.answer_id, status=outcome.status, text=outcome.text,
         served_model_id=outcome.served.id if outcome.served else "",
         input_tokens=usage.input_tokens if usage else None, output_tokens=usage.output_tokens if usage else None,
         finish_reason=outcome.finish_reason, error=_error_text(outcome.error),
     )
-    logger.info("chat answer %s %s model=%s", answer_id, outcome.status,
-                outcome.served.id if outcome.served else answer.model_id)
-    stream_end(key, final.status if final else outcome.status)
+    logger.info("chat answer %s %s model=%s", running.answer_id, outcome.status,
+                outcome.served.id if outcome.served else running.model_id)
+    stream_end(running.key, final.status if final else outcome.status)
+
+
+def _answer_close_later(running: Running, done: Future) -> None:
+    """On a closer thread, once the answer's stream ended. An answer that cannot be closed (the stream failed,
+    the database is away) keeps its place in the reaper's active set: its heartbeat has stopped, so the reaper
+    closes it as interrupted, with the text it streamed."""
+    try:
+        outcome = done.result()
+        with schema_context(running.schema):
+            _answer_close(running, outcome)
+    except Exception:
+        logger.exception("chat answer %s could not be closed; the reaper will", running.answer_id)
+    finally:
+        connection.close()  # back to the pool: a closer thread holds no connection between answers
+        if running.slot is not None:
+            with contextlib.suppress(Exception):  # its lease runs out by itself
+                slot_release(running.slot)
+        _streaming.leave()
+
+
+class _Streaming:
+    """How many answers this process streams on its loop: at most GENERATION_MAX_STREAMS (the next claim waits
+    for one to end), and none left when the worker stops (`answers_drain`)."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.count = 0
+
+    def enter(self) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.count < settings.GENERATION_MAX_STREAMS)
+            self.count += 1
+
+    def leave(self) -> None:
+        with self.changed:
+            self.count -= 1
+            self.changed.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.count == 0, timeout)
+
+
+_streaming = _Streaming()
+_closers: list = [None, 0]  # this process's closer threads, and its pid (a forked child makes its own)
+
+
+def _closer() -> ThreadPoolExecutor:
+    if _closers[0] is None or _closers[1] != os.getpid():
+        _closers[:] = [ThreadPoolExecutor(max_workers=settings.GENERATION_CLOSERS, thread_name_prefix="answers-close"),
+                       os.getpid()]
+    return _closers[0]
+
+
+def answers_drain(timeout: float | None = None) -> bool:
+    """Wait for the answers this process streams to be closed (a worker's warm shutdown); False on timeout."""
+    return _streaming.drain(settings.GENERATION_DRAIN_SECONDS if timeout is None else timeout)
 
 
 def _error_text(error: ProviderError | None) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -28,11 +29,20 @@ def _start() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def answers_run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run `coroutine` on this process's answers loop; wait for its result (its exception is raised here)."""
+def _answers_loop() -> asyncio.AbstractEventLoop:
     global _loop, _pid
     with _lock:
         if _loop is None or _pid != os.getpid():  # a forked child gets a loop of its own
             _loop, _pid = _start(), os.getpid()
-        loop = _loop
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+        return _loop
+
+
+def answers_run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on this process's answers loop; wait for its result (its exception is raised here)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _answers_loop()).result()
+
+
+def answers_start(coroutine: Coroutine[Any, Any, T], then: Callable[[Future], None]) -> None:
+    """Start `coroutine` on this process's answers loop without waiting; `then(future)` runs when it ends (on the
+    loop's thread: it must hand any blocking work to another thread)."""
+    asyncio.run_coroutine_threadsafe(coroutine, _answers_loop()).add_done_callback(then)

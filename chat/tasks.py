@@ -7,12 +7,20 @@ import random
 import time
 
 from celery import shared_task
+from celery.signals import worker_shutdown
 from django.conf import settings
 from django.db import OperationalError, connection
 from django_tenants.utils import schema_context, schema_exists
 
 from .gateway import holds_reap
-from .generation import ACTIVE_SET, SLOT_RETRY_SECONDS, answer_generate, answer_never_started, answer_recover
+from .generation import (
+    ACTIVE_SET,
+    SLOT_RETRY_SECONDS,
+    answer_generate,
+    answer_never_started,
+    answer_recover,
+    answers_drain,
+)
 from .models import Message
 from .redis import sync_client
 from .services import PENDING_SET, attachment_text_extract
@@ -23,14 +31,24 @@ logger = logging.getLogger(__name__)
 
 @shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def generation_run(self, answer_id: int) -> None:
-    """Stream one answer. A redelivery after a crash closes it as interrupted instead of re-running it;
-    a database that refuses connections is retried (claiming the answer is idempotent).
+    """Start one answer: claimed and its context built here, it then streams on the worker's event loop (the task
+    returns; chat.generation). A worker that dies mid-answer leaves it to the reaper (its heartbeat stops), which
+    closes it as interrupted; a redelivery never re-runs it. A database that refuses connections is retried
+    (claiming the answer is idempotent).
 
     When the organization is at its plan's cap of answers at once, the answer waits its turn: the task
     runs again in about a second (run eagerly, in-process tests, it stays pending instead)."""
-    if not answer_generate(answer_id) and not self.request.is_eager:
+    if not answer_generate(answer_id, wait=self.request.is_eager) and not self.request.is_eager:
         generation_run.apply_async(args=[answer_id], countdown=SLOT_RETRY_SECONDS + random.uniform(0, 0.5),
                                    headers={"_schema_name": connection.schema_name})
+
+
+@worker_shutdown.connect
+def _answers_drain(**_kwargs) -> None:
+    """A warm shutdown stops taking tasks, then waits here for the answers still streaming to end and be closed
+    (GENERATION_DRAIN_SECONDS at most: past it they are left to the reaper, as if the worker had died)."""
+    if not answers_drain():
+        logger.warning("chat answers still streaming after %ss: left to the reaper", settings.GENERATION_DRAIN_SECONDS)
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=settings.CHAT_PDF_CPU_SECONDS * 3 + 30,

@@ -9,10 +9,11 @@ request come by the thousand when many people ask at once, and both are bounded 
   synchronous setup (middleware, the membership lookup) runs on one of CHAT_STREAM_SETUP_THREADS
   single-thread executors, taken in turn (a request's sync parts stay on one thread, as Django needs);
   the stream itself is async. 1,000 streams keep a handful of threads, not 1,000 (PITFALLS.md).
-- A thread's composer sends with a send grant, served without Django at all (chat.send_direct). Other chat
-  sends run at most CHAT_SEND_CONCURRENCY at once per process; the next wait for a turn up to
+- Chat sends run at most CHAT_SEND_CONCURRENCY at once per process; the next wait for a turn up to
   CHAT_SEND_WAIT_SECONDS and are then refused with 503 and Retry-After before anything is read or
-  written (the composer says so and sends again by itself).
+  written (the composer says so and sends again by itself). A thread's composer sends with a send grant,
+  served without Django at all (chat.send_direct); the others on a thread each. Without the bound, a burst
+  of 1,000 direct sends lagged the event loop past the keep-alive timeout and connections were reset.
 
 `/v1/` (the OpenAI-compatible gateway) does not go through Django's handler at all: chat.v1
 is its own small ASGI app, which spares each call the middleware's thread hops.
@@ -61,15 +62,15 @@ async def django_routed(scope, receive, send):
         async with ThreadSensitiveContext(executor=next(stream_executors)):
             return await django_application(scope, receive, send)
     if scope["type"] == "http" and scope.get("method") == "POST" and SEND_PATH.match(path):
-        receive = await send_direct(scope, receive, send)  # the composer's send, with its send grant
-        if receive is None:
-            return None
         turns = send_turns()
         try:
             await asyncio.wait_for(turns.acquire(), settings.CHAT_SEND_WAIT_SECONDS)
         except TimeoutError:
             return await overloaded_asgi(send)
         try:
+            receive = await send_direct(scope, receive, send)  # the composer's send, with its send grant
+            if receive is None:
+                return None
             return await django_application(scope, receive, send)
         finally:
             turns.release()

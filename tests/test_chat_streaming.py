@@ -811,3 +811,83 @@ def test_stream_tokens_expire_and_name_their_session_answer_and_organization(set
     settings.CHAT_STREAM_TOKEN_SECONDS = 0
     time.sleep(1.1)
     assert stream_token_read(token, session_key="session-1", slug="org-a", message_id=42) is None
+
+
+# ---------------------------------------------------------------- the generation worker's threads
+
+
+def streaming_at_once(chat, answer_ids: list[int], until: float) -> int:
+    """The most of `answer_ids` seen streaming at the same moment, sampled until all are final or `until`."""
+    from chat.models import Message
+
+    most = 0
+    while time.monotonic() < until:
+        statuses = chat.db(lambda: list(Message.objects.filter(pk__in=answer_ids).values_list("status", flat=True)))
+        most = max(most, statuses.count("streaming"))
+        if all(status not in ("pending", "streaming") for status in statuses):
+            break
+        time.sleep(0.05)
+    return most
+
+
+@pytest.fixture
+def org_a_on_business(tenant_world, django_db_blocker):
+    """org-a on Business for the test: 16 answers at once and 60 messages a minute (Free allows 2 and 10)."""
+    from billing.models import BillingAccount, Plan
+    from chat.snapshot import org_config_bump
+
+    org = tenant_world["a"]["org"]
+    with django_db_blocker.unblock():
+        previous = BillingAccount.objects.get(pk=org.pk).plan_id
+        BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="business"))
+        org_config_bump()
+    yield
+    with django_db_blocker.unblock():
+        BillingAccount.objects.filter(pk=org.pk).update(plan_id=previous)
+        org_config_bump()
+
+
+def test_answers_stream_at_once_beyond_the_workers_threads(chat, org_a_on_business):
+    """The worker has 4 threads (tests/servers.py); an answer holds one only while it is claimed and its
+    context built, then streams on the worker's event loop: 8 answers stream at the same time, and all end."""
+    asked = [chat.ask() for _ in range(8)]
+    most = streaming_at_once(chat, [a.answer_id for a in asked], time.monotonic() + ANSWER_TIMEOUT)
+    assert most > 4, f"at most {most} answers streamed at once on a 4-thread worker"
+    for one in asked:
+        final = chat.wait_final(one.answer_id)
+        assert (final.status, final.content) == ("complete", expected_answer(one.question))
+
+
+def test_a_warm_shutdown_finishes_the_answers_streaming_then_exits(live_server_process, tenant_world, org_a_on_business,
+                                                                     test_database_url, redis_url, tmp_path,
+                                                                     django_db_blocker):
+    """SIGTERM to the generation worker mid-answer: it takes no new task, waits for the answers streaming on
+    its loop to end and be closed (none left to the reaper as interrupted), then exits by itself."""
+    import signal
+
+    from .servers import start_celery_worker, start_live_server
+
+    queue = f"generation-drain-{uuid.uuid4().hex[:6]}"
+    server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path / "web",
+                               env_extra={"GENERATION_QUEUE": queue})
+    worker = start_celery_worker(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path / "worker",
+                                 email_dir=server.email_dir, queues=queue, env_extra={"GENERATION_QUEUE": queue})
+    chat = Chat(server, sign_in(server.url, EMAIL), tenant_world["a"]["org"], tenant_world["a"]["owner"],
+                django_db_blocker)
+    try:
+        asked = [chat.ask() for _ in range(3)]
+        deadline = time.monotonic() + ANSWER_TIMEOUT
+        while chat.message(asked[-1].answer_id).status != "streaming":
+            assert time.monotonic() < deadline, "the answers never started"
+            time.sleep(0.05)
+        assert all(chat.message(a.answer_id).status == "streaming" for a in asked)
+        os.kill(worker.process.popen.pid, signal.SIGTERM)
+        assert worker.process.popen.wait(timeout=ANSWER_TIMEOUT) == 0, worker.process.log()[-3000:]
+        for one in asked:
+            final = chat.message(one.answer_id)
+            assert (final.status, final.content) == ("complete", expected_answer(one.question)), final.status
+        assert "left to the reaper" not in worker.process.log()
+    finally:
+        chat.close()
+        worker.process.stop()
+        server.process.stop()

@@ -55,11 +55,11 @@ def test_each_kind_of_process_gets_its_pool_and_its_name(settings):
         out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                              check=True).stdout
         seen[case] = out.strip()
-    assert seen == {"web": '["prumo-web", 28, 0]', "generator": '["prumo-generator", 8, 0]',
+    assert seen == {"web": '["prumo-web", 20, 0]', "generator": '["prumo-generator", 8, 0]',
                     "worker": '["prumo-worker", 0, 0]', "beat": '["prumo-beat", 0, 0]',
-                    "manage": '["prumo-manage", 0, 0]', "named": '["prumo-web-eu", 28, 0]'}
-    # One web worker and one generator, with the web worker's /v1 pool: within the budget of 40.
-    assert 28 + 8 + settings.ASYNC_DB_POOL_SIZE <= 40
+                    "manage": '["prumo-manage", 0, 0]', "named": '["prumo-web-eu", 20, 0]'}
+    # One web worker and one generator, with the web worker's async pool (/v1, composer sends): within 40.
+    assert settings.DB_POOL_DEFAULTS["web"] + settings.DB_POOL_DEFAULTS["generator"] + settings.ASYNC_DB_POOL_SIZE <= 40
 
 
 @pytest.fixture

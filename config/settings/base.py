@@ -90,11 +90,12 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5
 # the search_path again on every connection it takes from the pool (tests/test_db_pool.py proves it).
 # Single-threaded processes (prefork worker children, beat, manage.py) hold one connection at most and
 # use no pool; DB_CONN_MAX_AGE only applies to them (0: a new connection per request or task).
-# Default sizes: a web worker's sends (CHAT_SEND_CONCURRENCY at once) each hold a connection for their whole
-# request, pages and streams opened without a token take the rest; a generator's answer holds one only to claim
-# and to finish, never while it streams. With ASYNC_DB_POOL_SIZE, one of each comes to 40 (docs/SCALING.md).
+# Default sizes: a web worker's pages, streams opened without a token and sends without a send grant each hold
+# one for their whole request (its composer sends and /v1 use ASYNC_DB_POOL_SIZE); a generator's answer holds
+# one only to claim and to finish, never while it streams. With ASYNC_DB_POOL_SIZE, one of each comes to 40
+# (docs/SCALING.md).
 PROCESS_ROLE = process_role()
-DB_POOL_DEFAULTS = {"web": 28, "generator": 8}  # the kinds whose requests or tasks run on many threads
+DB_POOL_DEFAULTS = {"web": 20, "generator": 8}  # the kinds whose requests or tasks run on many threads
 DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", str(DB_POOL_DEFAULTS.get(PROCESS_ROLE, 0))))
 DB_POOL_MIN_SIZE = min(int(os.environ.get("DB_POOL_MIN_SIZE", "1")), DB_POOL_MAX_SIZE)
 DB_POOL_TIMEOUT = float(os.environ.get("DB_POOL_TIMEOUT", "10"))
@@ -325,6 +326,12 @@ CELERY_BEAT_SCHEDULE: dict = {
 CHECKS_QUEUE = os.environ.get("CHECKS_QUEUE", "checks")
 # Chat answers and titles: the generation worker's queue (a thread pool, config.processes).
 GENERATION_QUEUE = os.environ.get("GENERATION_QUEUE", "generation")
+# A worker thread claims an answer and builds its context; the answer then streams on the process's event loop
+# (chat.loop), at most GENERATION_MAX_STREAMS at once per process, and GENERATION_CLOSERS threads close them.
+# A warm shutdown waits up to GENERATION_DRAIN_SECONDS for the streaming ones (then the reaper closes them).
+GENERATION_MAX_STREAMS = int(os.environ.get("GENERATION_MAX_STREAMS", "1000"))
+GENERATION_CLOSERS = int(os.environ.get("GENERATION_CLOSERS", "4"))
+GENERATION_DRAIN_SECONDS = float(os.environ.get("GENERATION_DRAIN_SECONDS", "300"))
 CELERY_TASK_ROUTES = {
     "checks.tasks.check_run_task": {"queue": CHECKS_QUEUE},
     "checks.tasks.batch_start_task": {"queue": CHECKS_QUEUE},
@@ -407,9 +414,10 @@ CHAT_STREAMS_PER_USER = int(os.environ.get("CHAT_STREAMS_PER_USER", "8"))
 CHAT_STREAM_TOKEN_SECONDS = min(int(os.environ.get("CHAT_STREAM_TOKEN_SECONDS", "900")), 3000)
 # Threads per web process that run answer streams' short synchronous setup (middleware, the lookup).
 CHAT_STREAM_SETUP_THREADS = int(os.environ.get("CHAT_STREAM_SETUP_THREADS", "4"))
-# Chat sends (new, send, regenerate, edit) one web process runs at once, each on a thread of its own; the
-# next ones wait up to CHAT_SEND_WAIT_SECONDS for a turn, then get 503 with Retry-After (the page retries).
-CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "24"))
+# Chat sends (new, send, regenerate, edit) one web process runs at once (those without a send grant each on a
+# thread of its own); the next ones wait up to CHAT_SEND_WAIT_SECONDS for a turn, then get 503 with Retry-After
+# (the page retries).
+CHAT_SEND_CONCURRENCY = int(os.environ.get("CHAT_SEND_CONCURRENCY", "16"))
 CHAT_SEND_WAIT_SECONDS = float(os.environ.get("CHAT_SEND_WAIT_SECONDS", "5"))
 # A thread page's composer sends without Django's request cycle, with a send grant bound to the session
 # (chat.send_direct), valid this long; past it (or with CHAT_SEND_DIRECT off) Django's view serves the send.
@@ -485,10 +493,10 @@ API_UNAUTHENTICATED_PER_MINUTE = int(os.environ.get("API_UNAUTHENTICATED_PER_MIN
 RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "config.views.ratelimited"
 
-# The /v1 gateway (chat.v1): its own async PostgreSQL pool per process (config.db_async), the
-# largest request body it reads, and how long an unsettled hold may stay open before the
-# reaper releases it (a process that died mid-call; longer than any upstream call can take).
-ASYNC_DB_POOL_SIZE = int(os.environ.get("ASYNC_DB_POOL_SIZE", "4"))
+# The /v1 gateway (chat.v1) and the chat composer's sends (chat.send_direct) share an async PostgreSQL pool per
+# process (config.db_async). Then the largest request body /v1 reads, and how long an unsettled hold may stay
+# open before the reaper releases it (a process that died mid-call; longer than any upstream call can take).
+ASYNC_DB_POOL_SIZE = int(os.environ.get("ASYNC_DB_POOL_SIZE", "12"))
 GATEWAY_MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(25 * 1024 * 1024)))
 GATEWAY_HOLD_TIMEOUT_SECONDS = int(os.environ.get("GATEWAY_HOLD_TIMEOUT_SECONDS", "1800"))
 # `tools` and `response_format` are sent to the provider as given: their size is capped (400 beyond).
