@@ -26,6 +26,7 @@ CHAT_SEND_WAIT_SECONDS is answered 503 with Retry-After, as the send turns in co
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import re
@@ -41,6 +42,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import signing
 from django.core.files.uploadhandler import MemoryFileUploadHandler
+from django.db import connection as db_connection
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.template import loader
 from django.utils import timezone, translation
@@ -72,7 +74,7 @@ from .services import (
     send_key,
     send_remembered,
 )
-from .snapshot import CONFIG_VERSION_KEY, org_config, orm_call
+from .snapshot import CONFIG_VERSION_KEY, org_config
 from .streams import session_digest
 
 PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/chat/t/(?P<thread>\d+)/send/$")
@@ -273,11 +275,18 @@ async def _send(scope, send, body: bytes, *, slug: str, thread_id: int) -> None:
     if asked.token:
         await redis.set(send_key(grant.schema, grant.user_id, asked.token),
                         send_remembered(thread_id, answer.pk), ex=SEND_TOKEN_SECONDS)
-    await orm_call(generation_publish, answer.pk, grant.schema)  # a thread: Celery's publish blocks
+    await asyncio.to_thread(_publish, answer.pk, grant.schema)  # Celery's publish blocks: on a thread, in parallel
     page = _rendered(asked, question, answer)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [*HEADERS, (b"content-length", str(len(page)).encode())]})
     await send({"type": "http.response.body", "body": page})
+
+
+def _publish(answer_id: int, schema: str) -> None:
+    try:
+        generation_publish(answer_id, schema)
+    finally:
+        db_connection.close()  # tasks run eagerly (tests) use the thread's connection: nobody else would close it
 
 
 # ---------------------------------------------------------------- the database
