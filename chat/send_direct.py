@@ -460,8 +460,10 @@ class _Page:
 
 
 def _rendered(asked: Asked, question: Message, answer: Message) -> bytes:
-    for message in (question, answer):
-        message._prefetched_objects_cache = {"attachments": Attachment.objects.none()}  # a text question: none
+    for message in (question, answer):  # a text question: no files, known without a query (nor compiling one)
+        none = Attachment.objects.none()
+        none._result_cache = []
+        message._prefetched_objects_cache = {"attachments": none}
     context = {"request": _Page(asked), "thread": Thread(pk=asked.thread_id), "chat_messages": [question, answer],
                "last_question_id": question.pk, "org_read_only": False, "csrf_token": asked.csrf}
     with translation.override(asked.grant.language):
