@@ -30,7 +30,8 @@ The script starts, as subprocesses of its own (process groups stopped on exit, C
 1. baseline: N concurrent streamed completions straight from the fake, with the same client
    and concurrency: time from the request to the first content chunk;
 2. through Prumo: N clients (one member each) POST a question to N threads at once
-   (`/o/<slug>/chat/t/<id>/send/`, as htmx does; `--post-concurrency P` lets only P POSTs be
+   (`/o/<slug>/chat/t/<id>/send/`, as htmx does, with the send grant the thread page's composer
+   carries: chat.send_direct serves it; `--post-concurrency P` lets only P POSTs be
    in flight, the others wait, and that wait counts), then read the answer's SSE stream
    (`/o/<slug>/chat/m/<id>/events/`, resuming with `Last-Event-ID` when the server ends a
    connection, as EventSource does). A send refused with 503/429 is sent again after its
