@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from psycopg import sql
+
 from .catalog.models import Model
 from .files import tokens_estimate
-from .models import Message, Thread
+from .models import Attachment, Message, Thread
 from .providers import ChatMessage, ImagePart
 
 # Per-message framing the providers add (role markers); a rough, safe-side allowance.
@@ -77,3 +79,30 @@ def context_fit(*, system_prompt: str, history: list[tuple], model: Model, max_t
         kept.append(chat_message)
         used += cost
     return system + list(reversed(kept)), used
+
+
+# What context_build reads, in one statement for the paths that write their own SQL (chat.send_direct,
+# chat.generation): a thread's history before a message id, with its files, oldest first. `{messages}` and
+# `{attachments}` are the tables (schema-qualified, or as the search_path finds them).
+HISTORY_SQL = sql.SQL("""
+SELECT m.role, m.content,
+    coalesce(json_agg(json_build_array(a.filename, a.kind, a.content_type, a.text, a.truncated, a.file) ORDER BY a.id)
+             FILTER (WHERE a.id IS NOT NULL), '[]')
+FROM {messages} m LEFT JOIN {attachments} a ON a.message_id = m.id
+WHERE m.thread_id = %(thread)s AND m.id < %(before)s AND m.status <> ALL(%(excluded)s)
+    AND NOT (m.role = 'assistant' AND m.content = '')
+GROUP BY m.id ORDER BY m.id
+""")
+ALL = 2**63 - 1  # `before` for every message of the thread
+
+
+def history_params(*, thread_id: int, before: int = ALL) -> dict:
+    return {"thread": thread_id, "before": before, "excluded": list(HISTORY_EXCLUDED)}
+
+
+def history_from_rows(rows) -> list[tuple[Message, list[Attachment]]]:
+    """HISTORY_SQL's rows as context_fit's (message, attachments) pairs."""
+    return [(Message(role=role, content=content),
+             [Attachment(filename=name, kind=kind, content_type=content_type, text=text or "", truncated=truncated,
+                         file=path) for name, kind, content_type, text, truncated, path in files])
+            for role, content, files in rows]

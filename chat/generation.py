@@ -39,13 +39,14 @@ from django.conf import settings
 from django.db import connection
 from django.utils.translation import gettext_noop
 from django_tenants.utils import schema_context
+from psycopg import sql
 
 from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async, slots_held
 
 from .catalog.selectors import ModelOption
-from .context import context_build
+from .context import HISTORY_SQL, context_fit, history_from_rows, history_params
 from .loop import answers_run, answers_start
-from .models import Message
+from .models import Attachment, Message, Thread, answer_stream_key
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
 from .redis import async_client, sync_client
 from .routing import Served, route_stream
@@ -178,8 +179,10 @@ def stream_text(key: str) -> str:
 
 
 def _claim(answer_id: int) -> bool:
-    return bool(Message.objects.filter(pk=answer_id, status=Message.Status.PENDING)
-                .update(status=Message.Status.STREAMING))
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Message._meta.db_table} SET status = %s WHERE id = %s AND status = %s",
+                       [Message.Status.STREAMING, answer_id, Message.Status.PENDING])
+        return cursor.rowcount == 1
 
 
 def _heartbeat_alive(key: str) -> bool:
@@ -202,7 +205,7 @@ def answer_generate(answer_id: int, *, wait: bool = True) -> bool:
     With `wait=False` (the generation worker) the call returns once the answer streams: it streams on the
     process's answers loop and is closed by a closer thread (`answers_drain` waits for them at shutdown), so a
     worker thread is held for the claim and the context, not for the whole answer."""
-    answer = Message.objects.select_related("thread").filter(pk=answer_id).first()
+    answer = _answer_read(answer_id)
     if answer is None:
         return True
     organization = current_organization_ref()
@@ -238,14 +241,52 @@ class Running:
     slot: Slot | None
 
 
-def _answer_run(answer: Message, organization, slot: Slot | None, *, wait: bool) -> bool:
+@dataclass(frozen=True)
+class Asked:
+    """What a worker reads of an answer to run it (one query, no model instance to build)."""
+
+    pk: int
+    status: str
+    model_id: str
+    max_tokens: int
+    thread_id: int
+    system_prompt: str
+
+    @property
+    def stream_key(self) -> str:
+        return answer_stream_key(connection.schema_name, self.pk)
+
+
+ANSWER_SQL = f"""
+SELECT m.status, m.model_id, m.max_tokens, m.thread_id, t.system_prompt
+FROM {Message._meta.db_table} m JOIN {Thread._meta.db_table} t ON t.id = m.thread_id WHERE m.id = %s
+"""
+# The organization's own tables, as its search_path finds them (Django's connection is set to its schema).
+HISTORY_HERE = HISTORY_SQL.format(messages=sql.Identifier(Message._meta.db_table),
+                                  attachments=sql.Identifier(Attachment._meta.db_table)).as_string(None)
+
+
+def _answer_read(answer_id: int) -> Asked | None:
+    with connection.cursor() as cursor:
+        cursor.execute(ANSWER_SQL, [answer_id])
+        row = cursor.fetchone()
+    return Asked(answer_id, *row) if row else None
+
+
+def _history(answer: Asked) -> list:
+    with connection.cursor() as cursor:
+        cursor.execute(HISTORY_HERE, history_params(thread_id=answer.thread_id, before=answer.pk))
+        return history_from_rows(cursor.fetchall())
+
+
+def _answer_run(answer: Asked, organization, slot: Slot | None, *, wait: bool) -> bool:
     """Claim the answer and stream it; True when it streams on after this returns (`wait=False`: closed, and
     its slot released, by a closer thread)."""
     answer_id, key = answer.pk, answer.stream_key
     if not _claim(answer_id):
         # Redelivered after a worker died: close it as interrupted, never generate it twice.
         if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
-            answer_recover(answer)
+            answer_recover(Message.objects.get(pk=answer_id))
         return False
     with sync_client().pipeline(transaction=True) as pipe:
         pipe.zadd(ACTIVE_SET, {key: time.time()})
@@ -261,7 +302,8 @@ def _answer_run(answer: Message, organization, slot: Slot | None, *, wait: bool)
         answer_finish(answer_id=answer_id, status=Message.Status.FAILED, text="", error=str(error))
         stream_end(key, Message.Status.FAILED)
         return False
-    messages, _estimate = context_build(thread=answer.thread, answer=answer, model=option.model)
+    messages, _estimate = context_fit(system_prompt=answer.system_prompt, history=_history(answer),
+                                      model=option.model, max_tokens=answer.max_tokens)
     request = ChatRequest(model=option.model.provider_model, messages=messages, max_tokens=answer.max_tokens)
     candidates, own_keys = candidates_for(organization, option), org_config_now(organization.pk).own_keys
     running = Running(answer_id=answer_id, key=key, schema=connection.schema_name, model_id=answer.model_id,

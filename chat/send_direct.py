@@ -62,7 +62,7 @@ from tenants.guards import WRITE_ROLE
 from tenants.models import ROLE_RANK, Membership, Organization, Role
 
 from .catalog.selectors import ModelOption
-from .context import HISTORY_EXCLUDED, context_fit
+from .context import HISTORY_SQL, context_fit, history_from_rows, history_params
 from .models import Attachment, Message, Thread, answer_stream_key
 from .redis import async_client
 from .services import (
@@ -324,16 +324,6 @@ WHERE t.id = %(thread)s AND t.user_id = %(user)s AND u.is_active AND mb.role = A
 FOR UPDATE OF t
 """)
 
-# What chat.context.context_build reads: the thread's history with its files (their text), oldest first.
-HISTORY_SQL = sql.SQL("""
-SELECT m.role, m.content, coalesce(json_agg(json_build_array(a.filename, a.kind, a.content_type, a.text, a.truncated)
-                                            ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL), '[]')
-FROM {messages} m LEFT JOIN {attachments} a ON a.message_id = m.id
-WHERE m.thread_id = %(thread)s AND m.status <> ALL(%(excluded)s) AND NOT (m.role = 'assistant' AND m.content = '')
-    AND EXISTS (SELECT 1 FROM {threads} t WHERE t.id = %(thread)s AND t.user_id = %(user)s)
-GROUP BY m.id ORDER BY m.id
-""")
-
 def _session_valid(session_data: str, *, user_id: int, password: str) -> bool:
     """Django's own test (django.contrib.auth.get_user): the session names this user, an enabled backend, and the
     hash of the password it was opened with (a password change ends the other sessions)."""
@@ -343,12 +333,6 @@ def _session_valid(session_data: str, *, user_id: int, password: str) -> bool:
         return False
     return constant_time_compare(data.get(HASH_SESSION_KEY, ""), User(pk=user_id, password=password)
                                  .get_session_auth_hash())
-
-
-def _history(rows) -> list[tuple[Message, list[Attachment]]]:
-    return [(Message(role=role, content=content),
-             [Attachment(filename=name, kind=kind, content_type=content_type, text=text or "", truncated=truncated)
-              for name, kind, content_type, text, truncated in files]) for role, content, files in rows]
 
 
 def _insert(table: sql.Composable, instance, *, held: str | None, tables) -> tuple[sql.Composed, list]:
@@ -377,8 +361,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
     grant, tables = asked.grant, _tables(asked.grant.schema)
     params = {"active": list(Message.ACTIVE), "message_table": f'"{grant.schema}".{Message._meta.db_table}',
               "organization": grant.organization_id, "session": asked.session_key, "thread": asked.thread_id,
-              "user": grant.user_id, "roles": WRITERS, "factors": list(MFA_FACTOR_TYPES),
-              "excluded": list(HISTORY_EXCLUDED)}
+              "user": grant.user_id, "roles": WRITERS, "factors": list(MFA_FACTOR_TYPES)}
     pool = await async_pool()
     async with pool.connection(timeout=settings.CHAT_SEND_WAIT_SECONDS) as connection:
         try:
@@ -386,7 +369,8 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
             async with connection.pipeline():
                 await connection.execute("BEGIN")
                 found = await connection.execute(ASK_SQL.format(**tables), params)
-                history = await connection.execute(HISTORY_SQL.format(**tables), params)
+                history = await connection.execute(HISTORY_SQL.format(**tables),
+                                                   history_params(thread_id=asked.thread_id))
                 row = await found.fetchone()  # the first round trip
                 if row is None:
                     raise Fallback
@@ -396,7 +380,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
                                                                 password=password):
                     raise Fallback
                 question, answer = _messages(asked, option, ids, system_prompt=system_prompt,
-                                             history=_history(await history.fetchall()))
+                                             history=history_from_rows(await history.fetchall()))
                 held, hold = await _hold(connection, asked, config, option, answer)
                 # Watched before the commit, as chat.services does: a process that dies between the commit and the
                 # queueing still leaves the answer to the reaper (which drops an entry whose answer never committed).
