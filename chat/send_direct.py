@@ -27,12 +27,10 @@ CHAT_SEND_WAIT_SECONDS is answered 503 with Retry-After, as the send turns in co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import re
 import time
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl
 
 from allauth.mfa.models import Authenticator
@@ -75,6 +73,7 @@ from .services import (
     send_remembered,
 )
 from .snapshot import CONFIG_VERSION_KEY, org_config
+from .stream_direct import scope_header, scope_session_key
 from .streams import session_digest
 
 PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/chat/t/(?P<thread>\d+)/send/$")
@@ -121,21 +120,6 @@ def send_grant_read(token: str, *, session_key: str, slug: str) -> SendGrant | N
 # ---------------------------------------------------------------- the request
 
 
-def _header(scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
-def _session_key(scope) -> str:
-    cookies = SimpleCookie()
-    with contextlib.suppress(Exception):  # a malformed Cookie header: no session, Django decides
-        cookies.load(_header(scope, b"cookie"))
-    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
-    return morsel.value if morsel else ""
-
-
 async def _body(receive) -> tuple[bytes, bool]:
     """The whole body, and whether the client is still there."""
     chunks = []
@@ -164,7 +148,7 @@ def _replay(body: bytes, receive):
 
 def _form(scope, body: bytes) -> dict[str, list[str]] | None:
     """The form's fields (None when it carries files or cannot be read: Django's to handle)."""
-    content_type = _header(scope, b"content-type")
+    content_type = scope_header(scope, b"content-type")
     fields: dict[str, list[str]] = {}
     if content_type.startswith("application/x-www-form-urlencoded"):
         try:
@@ -189,10 +173,10 @@ def _form(scope, body: bytes) -> dict[str, list[str]] | None:
 
 def _origin_ok(scope) -> bool:
     """A browser's Origin, when sent, is this host's (Django's CSRF check decides anything else)."""
-    origin = _header(scope, b"origin")
+    origin = scope_header(scope, b"origin")
     if not origin:
         return True
-    host = _header(scope, b"host")
+    host = scope_header(scope, b"host")
     return origin.split("://", 1)[-1] == host or origin in settings.CSRF_TRUSTED_ORIGINS
 
 
@@ -200,9 +184,9 @@ async def send_direct(scope, receive, send):
     """Serve a composer's send when it carries a valid grant: None when served, else the `receive` to hand Django's
     view (replaying the body read)."""
     match = PATH.match(scope.get("path", ""))
-    if match is None or _header(scope, b"hx-request") != "true" or not settings.CHAT_SEND_DIRECT:
+    if match is None or scope_header(scope, b"hx-request") != "true" or not settings.CHAT_SEND_DIRECT:
         return receive
-    length = _header(scope, b"content-length")
+    length = scope_header(scope, b"content-length")
     if not length.isdigit() or int(length) > BODY_MAX:
         return receive
     body, connected = await _body(receive)
@@ -238,9 +222,9 @@ def _asked(scope, body: bytes, *, slug: str, thread_id: int) -> Asked:
         return (form.get(name) or [""])[-1]
 
     content = field("content").strip()
-    session_key = _session_key(scope)
+    session_key = scope_session_key(scope)
     grant = send_grant_read(field("send_grant"), session_key=session_key, slug=slug)
-    csrf = field("csrfmiddlewaretoken") or _header(scope, b"x-csrftoken")
+    csrf = field("csrfmiddlewaretoken") or scope_header(scope, b"x-csrftoken")
     if not content or grant is None or not csrf:
         raise Fallback
     return Asked(grant=grant, session_key=session_key, thread_id=thread_id, content=content, model=field("model"),

@@ -38,17 +38,18 @@ HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cach
            (b"x-accel-buffering", b"no"), (b"x-content-type-options", b"nosniff")]
 
 
-def _header(scope, name: bytes) -> str:
+def scope_header(scope, name: bytes) -> str:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
     return ""
 
 
-def _session_key(scope) -> str:
+def scope_session_key(scope) -> str:
+    """The session cookie's value (empty without one)."""
     cookies = SimpleCookie()
     with contextlib.suppress(Exception):  # a malformed Cookie header: no session, Django decides
-        cookies.load(_header(scope, b"cookie"))
+        cookies.load(scope_header(scope, b"cookie"))
     morsel = cookies.get(settings.SESSION_COOKIE_NAME)
     return morsel.value if morsel else ""
 
@@ -62,7 +63,7 @@ async def stream_direct(scope, receive, send) -> bool:
     token = query.get("s", [""])[0]
     if not token:
         return False
-    grant = stream_token_read(token, session_key=_session_key(scope), slug=match["slug"],
+    grant = stream_token_read(token, session_key=scope_session_key(scope), slug=match["slug"],
                               message_id=int(match["message"]))
     if grant is None:
         return False
@@ -76,7 +77,7 @@ async def stream_direct(scope, receive, send) -> bool:
         return True
     # A stream not there yet is an answer not started yet, never one that ended and expired: a token lives
     # shorter than an ended answer's stream (CHAT_STREAM_TOKEN_SECONDS < chat.generation.STREAM_TTL).
-    after = _header(scope, b"last-event-id") or query.get("after", ["0-0"])[0]
+    after = scope_header(scope, b"last-event-id") or query.get("after", ["0-0"])[0]
     await _respond(leased(answer_events(grant.key, after), lease), receive, send)
     return True
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from importlib import import_module
 
 import httpx
-import psycopg
 import pytest
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -39,33 +37,12 @@ from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
 from .orgs import organization_drop
-from .security.inprocess_v1 import balance_set, run
+from .security.inprocess_v1 import CountingConnection, balance_set, run
 
 MODEL = "openai/gpt-4.1-mini"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 STREAM_URL = re.compile(r'data-stream-url="([^"]+)"')
-
-
-class CountingConnection(psycopg.AsyncConnection):
-    """psycopg's connection, noting each statement and each pipeline."""
-
-    log: list[str] = []
-    pipelined = False
-
-    async def execute(self, *args, **kwargs):
-        CountingConnection.log.append("pipelined statement" if self.pipelined else "statement")
-        return await super().execute(*args, **kwargs)
-
-    @asynccontextmanager
-    async def pipeline(self):
-        CountingConnection.log.append("pipeline")
-        self.pipelined = True
-        try:
-            async with super().pipeline() as pipeline:
-                yield pipeline
-        finally:
-            self.pipelined = False
 
 
 @pytest.fixture(scope="module")

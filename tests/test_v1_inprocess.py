@@ -5,11 +5,9 @@ per-address limit on calls without a valid key."""
 from __future__ import annotations
 
 import uuid
-from contextlib import asynccontextmanager
 
 import httpx
 import openai
-import psycopg
 import pytest
 
 from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
@@ -23,31 +21,9 @@ from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
 from .orgs import organization_drop
-from .security.inprocess_v1 import run
+from .security.inprocess_v1 import CountingConnection, run
 
 CHEAP = "openai/gpt-4.1-mini"
-
-
-class CountingConnection(psycopg.AsyncConnection):
-    """psycopg's connection, noting each statement and each pipeline (one round trip for all of its
-    statements)."""
-
-    log: list[str] = []
-    pipelined = False
-
-    async def execute(self, *args, **kwargs):
-        CountingConnection.log.append("pipelined statement" if self.pipelined else "statement")
-        return await super().execute(*args, **kwargs)
-
-    @asynccontextmanager
-    async def pipeline(self):
-        CountingConnection.log.append("pipeline")
-        self.pipelined = True
-        try:
-            async with super().pipeline() as pipeline:
-                yield pipeline
-        finally:
-            self.pipelined = False
 
 
 def round_trips(log: list[str]) -> int:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from contextlib import asynccontextmanager
 from decimal import Decimal
 
 import httpx
+import psycopg
 
 from billing.ledger import credit_debit, credit_grant
 from billing.models import BillingAccount, Plan
@@ -20,6 +22,28 @@ from tenants.audit.services import Actor
 from tenants.services import organization_create
 
 CHEAP = "openai/gpt-4.1-mini"
+
+
+class CountingConnection(psycopg.AsyncConnection):
+    """psycopg's connection, noting each statement and each pipeline (one round trip for all of its
+    statements)."""
+
+    log: list[str] = []
+    pipelined = False
+
+    async def execute(self, *args, **kwargs):
+        CountingConnection.log.append("pipelined statement" if self.pipelined else "statement")
+        return await super().execute(*args, **kwargs)
+
+    @asynccontextmanager
+    async def pipeline(self):
+        CountingConnection.log.append("pipeline")
+        self.pipelined = True
+        try:
+            async with super().pipeline() as pipeline:
+                yield pipeline
+        finally:
+            self.pipelined = False
 
 
 def api_organization(owner, *, credits: str = "1000"):
