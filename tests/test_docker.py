@@ -435,3 +435,10 @@ def test_compose_pgbouncer_is_debians_with_the_tested_configuration():
     env = services["pgbouncer"]["environment"]
     assert env["PGBOUNCER_PASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert env["PGBOUNCER_USER"] == services["postgres"]["environment"]["POSTGRES_USER"]
+
+
+def test_the_generator_drains_its_answers_before_compose_kills_it(settings):
+    """A warm shutdown waits GENERATION_DRAIN_SECONDS for the answers streaming on the worker's loop
+    (chat.generation.answers_drain): compose's grace period before SIGKILL must be longer."""
+    grace = compose()["services"]["generator"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > settings.GENERATION_DRAIN_SECONDS

@@ -328,10 +328,11 @@ CHECKS_QUEUE = os.environ.get("CHECKS_QUEUE", "checks")
 GENERATION_QUEUE = os.environ.get("GENERATION_QUEUE", "generation")
 # A worker thread claims an answer and builds its context; the answer then streams on the process's event loop
 # (chat.loop), at most GENERATION_MAX_STREAMS at once per process, and GENERATION_CLOSERS threads close them.
-# A warm shutdown waits up to GENERATION_DRAIN_SECONDS for the streaming ones (then the reaper closes them).
+# A warm shutdown waits up to GENERATION_DRAIN_SECONDS for the streaming ones (then the reaper closes them as
+# interrupted): keep it under the orchestrator's grace period before SIGKILL (docker-compose.yml: 60 s).
 GENERATION_MAX_STREAMS = int(os.environ.get("GENERATION_MAX_STREAMS", "1000"))
 GENERATION_CLOSERS = int(os.environ.get("GENERATION_CLOSERS", "4"))
-GENERATION_DRAIN_SECONDS = float(os.environ.get("GENERATION_DRAIN_SECONDS", "300"))
+GENERATION_DRAIN_SECONDS = float(os.environ.get("GENERATION_DRAIN_SECONDS", "50"))
 CELERY_TASK_ROUTES = {
     "checks.tasks.check_run_task": {"queue": CHECKS_QUEUE},
     "checks.tasks.batch_start_task": {"queue": CHECKS_QUEUE},
