@@ -39,6 +39,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core import signing
+from django.core.exceptions import SuspiciousOperation
 from django.core.files.uploadhandler import MemoryFileUploadHandler
 from django.db import connection as db_connection
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
@@ -159,7 +160,7 @@ def _form(scope, body: bytes) -> dict[str, list[str]] | None:
         meta = {"CONTENT_TYPE": content_type, "CONTENT_LENGTH": str(len(body))}
         try:
             data, files = MultiPartParser(meta, io.BytesIO(body), [MemoryFileUploadHandler()], "utf-8").parse()
-        except (MultiPartParserError, ValueError):
+        except (MultiPartParserError, SuspiciousOperation, ValueError):  # Django's view answers 400
             return None
         if files:
             return None

@@ -305,3 +305,14 @@ def test_files_go_to_django(direct, org, tenant_world):
         assert [a.filename for a in question.attachments.all()] == ["notes.txt"]
 
 
+
+
+def test_a_form_django_would_refuse_goes_to_django(direct, org, tenant_world, settings):
+    """More fields than DATA_UPLOAD_MAX_NUMBER_FIELDS: the route does not fail on it, Django's view answers 400."""
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    person = Person(tenant_world["a"]["owner"], org)
+    thread = person.thread()
+    form = {**person.form("too many fields"), **{f"extra{n}": "x" for n in range(20)}}
+    response = person.send(thread.pk, form, multipart=True)
+    assert response.status_code == 400 and served_by_django(response)
+    assert messages_of(org, thread) == []
