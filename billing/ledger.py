@@ -59,7 +59,9 @@ def _existing(key: str, *, organization: Organization, kind: str, amount: Decima
 # One round trip, no savepoint: the account row is locked first (a concurrent movement of the same organization
 # waits, then sees its committed balance), the entry goes in only if the balance covers it and its key is new
 # (ON CONFLICT: a concurrent retry of the same key inserts nothing), and the balance follows the entry.
-MOVE_SQL = f"""
+# MOVE_CTES is the movement without its result, for statements that write more in the same round trip after it
+# (checks.services.CACHE_HIT_SQL adds CTEs that hang off `entry`).
+MOVE_CTES = f"""
 WITH account AS (
     SELECT credits FROM {BillingAccount._meta.db_table} WHERE organization_id = %(organization)s FOR UPDATE
 ), entry AS (
@@ -73,9 +75,8 @@ WITH account AS (
 ), moved AS (
     UPDATE {BillingAccount._meta.db_table} SET credits = entry.balance_after, updated_at = now()
     FROM entry WHERE organization_id = %(organization)s
-)
-SELECT id, balance_after, created_at FROM entry
-"""
+)"""
+MOVE_SQL = MOVE_CTES + "\nSELECT id, balance_after, created_at FROM entry\n"
 
 
 def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, description: str = "",

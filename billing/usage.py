@@ -56,14 +56,28 @@ def usage_cost(*, kind: str, key: str, input_tokens: int = 0, output_tokens: int
 
 # One event per (organization, request id): a retried request writes nothing more. The /v1
 # gateway runs this statement on its async pool, in the same round trip as its settlement.
-USAGE_INSERT_SQL = f"""
-INSERT INTO {UsageEvent._meta.db_table} (organization_id, user_id, api_key_id, kind, key, input_tokens,
-    output_tokens, units, credits, input_per_million, output_per_million, per_unit, request_id, occurred_at)
-VALUES (%(organization)s, %(user)s, %(api_key)s, %(kind)s, %(key)s, %(input_tokens)s, %(output_tokens)s,
-    %(units)s, %(credits)s, %(input_per_million)s, %(output_per_million)s, %(per_unit)s, %(request_id)s,
-    %(occurred_at)s)
-ON CONFLICT (organization_id, request_id) DO NOTHING
-"""
+# A usage event's columns, the parameter each takes and its type (typed: a row selected FROM another CTE has no
+# column to take its types from).
+USAGE_ROW = (("organization_id", "organization", "bigint"), ("user_id", "user", "bigint"),
+             ("api_key_id", "api_key", "bigint"), ("kind", "kind", "text"), ("key", "key", "text"),
+             ("input_tokens", "input_tokens", "integer"), ("output_tokens", "output_tokens", "integer"),
+             ("units", "units", "integer"), ("credits", "credits", "numeric"),
+             ("input_per_million", "input_per_million", "numeric"),
+             ("output_per_million", "output_per_million", "numeric"), ("per_unit", "per_unit", "numeric"),
+             ("request_id", "request_id", "text"), ("occurred_at", "occurred_at", "timestamptz"))
+
+
+def usage_insert_sql(*, prefix: str = "", after: str | None = None) -> str:
+    """INSERT of one usage event, once per request id (a retry inserts nothing). Its parameters are
+    `usage_params`'s names with `prefix`; `after`: a CTE the row is selected from, so it is written only if that
+    CTE yields a row."""
+    values = ", ".join(f"%({prefix}{param})s::{kind}" for _column, param, kind in USAGE_ROW)
+    source = f"VALUES ({values})" if after is None else f"SELECT {values} FROM {after}"
+    return (f"INSERT INTO {UsageEvent._meta.db_table} ({', '.join(column for column, _p, _k in USAGE_ROW)})\n"
+            f"{source}\nON CONFLICT (organization_id, request_id) DO NOTHING")
+
+
+USAGE_INSERT_SQL = usage_insert_sql()
 
 
 def usage_params(*, organization_id: int, kind: str, key: str, request_id: str, credits: Decimal,

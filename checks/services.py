@@ -14,7 +14,7 @@ checks a month it may request: a check takes its place in the month's count (`Ch
 row) in the statement that writes it, and a failed or cancelled one gives it back.
 
 A cache hit is two round trips to PostgreSQL, both prepared once per connection (core.prepared):
-one read (REQUEST_READ_SQL) and one write (CACHE_HIT_SQL, billing.ledger.MOVE_SQL extended).
+one read (REQUEST_READ_SQL) and one write (CACHE_HIT_SQL: billing.ledger.MOVE_CTES, extended).
 
 Fair sharing between organizations (the registries' rate limits are one budget for everyone):
 
@@ -48,11 +48,11 @@ from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
 from accounts.models import User
-from billing.ledger import MOVE_SQL, InsufficientCredits, credit_release, credit_reserve, credit_settle
+from billing.ledger import MOVE_CTES, InsufficientCredits, credit_release, credit_reserve, credit_settle
 from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, Price, UsageEvent
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
-from billing.usage import usage_params, usage_record
+from billing.usage import usage_insert_sql, usage_params, usage_record
 from core.prepared import PreparedStatement
 from tenants.models import Organization
 
@@ -252,16 +252,12 @@ LEFT JOIN LATERAL (
 ) previous ON true
 """
 
-_LEDGER_WITH, _SELECT, _LEDGER_RESULT = MOVE_SQL.rstrip().rpartition("\nSELECT ")
-if not _SELECT or _LEDGER_RESULT != "id, balance_after, created_at FROM entry":
-    raise RuntimeError("billing.ledger.MOVE_SQL no longer ends by selecting its entry: CACHE_HIT_SQL extends it")
-
-# A check answered from the cache, written in one statement: the ledger's movement (billing.ledger.MOVE_SQL:
+# A check answered from the cache, written in one statement: the ledger's movement (billing.ledger.MOVE_CTES:
 # the balance row locked, the entry inserted only if the balance covers it and its key is new, the balance
 # updated), then, only when its entry went in, the check (inserted finished), its place in the month's quota, the
-# usage event (billing.usage.USAGE_INSERT_SQL's row), the report and alert when the company was found, and the
+# usage event (billing.usage.usage_insert_sql), the report and alert when the company was found, and the
 # target. A balance that does not cover it writes nothing; a quota reached meanwhile fails the statement.
-CACHE_HIT_SQL = _LEDGER_WITH + f""",
+CACHE_HIT_SQL = MOVE_CTES + f""",
 checked AS (
     INSERT INTO {Check._meta.db_table} (target_id, batch_id, status, source, refresh, cache_hit, provider, runs,
         error, credits, billing_key, requested_by_id, api_key_id, created_at, started_at, finished_at)
@@ -272,15 +268,7 @@ checked AS (
     RETURNING id
 ), quota AS ({_QUOTA_TAKE.format(source="SELECT %(month)s::date, 1, %(quota)s::integer FROM entry")}
 ), usage AS (
-    INSERT INTO {UsageEvent._meta.db_table} (organization_id, user_id, api_key_id, kind, key, input_tokens,
-        output_tokens, units, credits, input_per_million, output_per_million, per_unit, request_id, occurred_at)
-    SELECT %(usage_organization)s::bigint, %(usage_user)s::bigint, %(usage_api_key)s::bigint,
-        %(usage_kind)s::text, %(usage_key)s::text, %(usage_input_tokens)s::integer,
-        %(usage_output_tokens)s::integer, %(usage_units)s::integer, %(usage_credits)s::numeric,
-        %(usage_input_per_million)s::numeric, %(usage_output_per_million)s::numeric,
-        %(usage_per_unit)s::numeric, %(usage_request_id)s::text, %(usage_occurred_at)s::timestamptz
-    FROM entry
-    ON CONFLICT (organization_id, request_id) DO NOTHING
+    {usage_insert_sql(prefix="usage_", after="entry")}
 ), reported AS (
     INSERT INTO {Report._meta.db_table} (target_id, check_run_id, data, signals, risk_level, provider, data_date,
         fetched_at, created_at)
