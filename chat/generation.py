@@ -242,7 +242,7 @@ class Running:
 
 
 @dataclass(frozen=True)
-class Asked:
+class Queued:
     """What a worker reads of an answer to run it (one query, no model instance to build)."""
 
     pk: int
@@ -266,20 +266,20 @@ HISTORY_HERE = HISTORY_SQL.format(messages=sql.Identifier(Message._meta.db_table
                                   attachments=sql.Identifier(Attachment._meta.db_table)).as_string(None)
 
 
-def _answer_read(answer_id: int) -> Asked | None:
+def _answer_read(answer_id: int) -> Queued | None:
     with connection.cursor() as cursor:
         cursor.execute(ANSWER_SQL, [answer_id])
         row = cursor.fetchone()
-    return Asked(answer_id, *row) if row else None
+    return Queued(answer_id, *row) if row else None
 
 
-def _history(answer: Asked) -> list:
+def _history(answer: Queued) -> list:
     with connection.cursor() as cursor:
         cursor.execute(HISTORY_HERE, history_params(thread_id=answer.thread_id, before=answer.pk))
         return history_from_rows(cursor.fetchall())
 
 
-def _answer_run(answer: Asked, organization, slot: Slot | None, *, wait: bool) -> bool:
+def _answer_run(answer: Queued, organization, slot: Slot | None, *, wait: bool) -> bool:
     """Claim the answer and stream it; True when it streams on after this returns (`wait=False`: closed, and
     its slot released, by a closer thread)."""
     answer_id, key = answer.pk, answer.stream_key

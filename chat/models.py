@@ -40,6 +40,11 @@ def answer_stream_key(schema: str, answer_id: int) -> str:
     return f"chat:gen:{schema}:{answer_id}"
 
 
+def answer_billing_key(schema: str, answer_id: int) -> str:
+    """The key of answer `answer_id`'s credit hold and usage event."""
+    return f"chat:{schema}:{answer_id}"
+
+
 class Message(models.Model):
     class Role(models.TextChoices):
         USER = "user", _("You")
@@ -99,7 +104,7 @@ class Message(models.Model):
 
     @property
     def billing_key(self) -> str:
-        return f"chat:{connection.schema_name}:{self.pk}"
+        return answer_billing_key(connection.schema_name, self.pk)
 
 
 def attachment_path(instance: Attachment, filename: str) -> str:

@@ -56,13 +56,14 @@ from billing.ledger import RESERVE_SQL, reserve_params
 from billing.models import CreditReservation
 from billing.ratelimits import send_limit_give_back, send_limited_async
 from config.db_async import async_pool, insert_values
+from config.scope import scope_cookie, scope_header
 from config.views import overloaded_asgi
 from tenants.guards import WRITE_ROLE
 from tenants.models import ROLE_RANK, Membership, Organization, Role
 
 from .catalog.selectors import ModelOption
 from .context import HISTORY_SQL, context_fit, history_from_rows, history_params
-from .models import Attachment, Message, Thread, answer_stream_key
+from .models import Attachment, Message, Thread, answer_billing_key, answer_stream_key
 from .redis import async_client
 from .services import (
     PENDING_SET,
@@ -74,7 +75,6 @@ from .services import (
     send_remembered,
 )
 from .snapshot import CONFIG_VERSION_KEY, org_config
-from .stream_direct import scope_header, scope_session_key
 from .streams import session_digest
 
 PATH = re.compile(r"^/o/(?P<slug>[-a-zA-Z0-9_]+)/chat/t/(?P<thread>\d+)/send/$")
@@ -223,7 +223,7 @@ def _asked(scope, body: bytes, *, slug: str, thread_id: int) -> Asked:
         return (form.get(name) or [""])[-1]
 
     content = field("content").strip()
-    session_key = scope_session_key(scope)
+    session_key = scope_cookie(scope, settings.SESSION_COOKIE_NAME)
     grant = send_grant_read(field("send_grant"), session_key=session_key, slug=slug)
     csrf = field("csrfmiddlewaretoken") or scope_header(scope, b"x-csrftoken")
     if not content or grant is None or not csrf:
@@ -408,7 +408,7 @@ async def _hold(connection, asked: Asked, config, option: ModelOption, answer: M
                               max_tokens=answer.max_tokens)
     if worst <= 0:
         return None, None
-    key = f"chat:{asked.grant.schema}:{answer.pk}"  # Message.billing_key
+    key = answer_billing_key(asked.grant.schema, answer.pk)
     cursor = await connection.execute(RESERVE_SQL, reserve_params(
         organization_id=asked.grant.organization_id, amount=worst, key=key, description=f"chat answer {answer.pk}",
         user_id=asked.grant.user_id))

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
 from django.conf import settings
+
+from config.scope import scope_cookie, scope_header
 
 from .streams import (
     STREAM_RETRY_SECONDS,
@@ -38,22 +39,6 @@ HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cach
            (b"x-accel-buffering", b"no"), (b"x-content-type-options", b"nosniff")]
 
 
-def scope_header(scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return ""
-
-
-def scope_session_key(scope) -> str:
-    """The session cookie's value (empty without one)."""
-    cookies = SimpleCookie()
-    with contextlib.suppress(Exception):  # a malformed Cookie header: no session, Django decides
-        cookies.load(scope_header(scope, b"cookie"))
-    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
-    return morsel.value if morsel else ""
-
-
 async def stream_direct(scope, receive, send) -> bool:
     """Serve the stream if the request carries a valid stream token for its session; False to leave it to Django."""
     match = PATH.match(scope.get("path", ""))
@@ -63,7 +48,7 @@ async def stream_direct(scope, receive, send) -> bool:
     token = query.get("s", [""])[0]
     if not token:
         return False
-    grant = stream_token_read(token, session_key=scope_session_key(scope), slug=match["slug"],
+    grant = stream_token_read(token, session_key=scope_cookie(scope, settings.SESSION_COOKIE_NAME), slug=match["slug"],
                               message_id=int(match["message"]))
     if grant is None:
         return False

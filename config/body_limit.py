@@ -17,6 +17,8 @@ from django.utils import translation
 from django.utils.translation import gettext as _
 from django.utils.translation.trans_real import parse_accept_lang_header
 
+from config.scope import scope_header
+
 UPLOAD_PATH = re.compile(r"^/o/[^/]+/chat/(new|t/\d+/send)/$|^/api/v1/threads/\d+/attachments/$")
 # Form fields and multipart framing around the files of one upload.
 UPLOAD_OVERHEAD = 1024 * 1024
@@ -33,15 +35,8 @@ def body_limit_for(path: str) -> int:
     return settings.REQUEST_BODY_MAX_BYTES
 
 
-def _header(scope, name: bytes) -> str:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return ""
-
-
 def _language(scope) -> str:
-    for code, _quality in parse_accept_lang_header(_header(scope, b"accept-language")):
+    for code, _quality in parse_accept_lang_header(scope_header(scope, b"accept-language")):
         try:
             return translation.get_supported_language_variant(code)
         except LookupError:
@@ -72,7 +67,7 @@ def body_limited(app):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         limit = body_limit_for(scope["path"])
-        declared = _header(scope, b"content-length")
+        declared = scope_header(scope, b"content-length")
         if declared.isdigit() and int(declared) > limit:
             return await _refuse(scope, send, limit)
         received = 0
