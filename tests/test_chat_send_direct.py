@@ -22,22 +22,18 @@ from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import schema_context
 
-from billing.models import BillingAccount, CreditReservation, Plan
+from billing.models import BillingAccount, CreditReservation
 from billing.selectors import ledger_sum
 from chat.context import context_build
 from chat.models import Attachment, Message, Thread
 from chat.redis import sync_client
 from chat.send_direct import send_grant
 from chat.services import thread_create
-from chat.snapshot import org_config_bump
-from config import db_async
-from tenants.audit.services import Actor
 from tenants.models import Membership, Role
-from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
 from .orgs import organization_drop
-from .security.inprocess_v1 import CountingConnection, balance_set, run
+from .security.inprocess_v1 import CountingConnection, balance_set, openai_at, run, starter_organization
 
 MODEL = "openai/gpt-4.1-mini"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -56,10 +52,7 @@ def upstream():
 def org(tenant_world, django_db_blocker):
     """A committed organization on Starter with credits; owner-a owns it, viewer-a is its viewer."""
     with django_db_blocker.unblock():
-        org = organization_create(user=tenant_world["a"]["owner"], name=f"Direct {uuid.uuid4().hex[:6]}",
-                                  actor=Actor.system("tests"))
-        BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
-        balance_set(org, Decimal("100"))
+        org = starter_organization(tenant_world["a"]["owner"], credits="100", name="Direct")
         Membership.objects.create(user=tenant_world["a"]["viewer"], organization=org, role=Role.VIEWER)
     yield org
     with django_db_blocker.unblock():
@@ -68,15 +61,9 @@ def org(tenant_world, django_db_blocker):
 
 @pytest.fixture
 def direct(settings, upstream, monkeypatch, django_db_blocker):
-    providers = {name: dict(config) for name, config in settings.LLM_PROVIDERS.items()}
-    providers["openai"] = {"base_url": upstream.url, "api_key": "sk-upstream"}
-    settings.LLM_PROVIDERS = providers
-    monkeypatch.setattr(db_async, "CONNECTION_CLASS", CountingConnection)
     with django_db_blocker.unblock():
-        org_config_bump()
+        openai_at(settings, upstream.url, monkeypatch)
         yield
-    for key in sync_client().scan_iter("chat:breaker:*"):
-        sync_client().delete(key)
 
 
 def session_of(user) -> str:

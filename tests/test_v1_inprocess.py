@@ -4,24 +4,19 @@ per-address limit on calls without a valid key."""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import openai
 import pytest
 
-from billing.models import BillingAccount, CreditReservation, Plan, UsageEvent
+from billing.models import CreditReservation, UsageEvent
 from chat import v1
 from chat.redis import sync_client
-from chat.snapshot import org_config_bump
-from config import db_async
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
-from tenants.services import organization_create
 
 from .fake_llm import Answer, FakeOpenAI
 from .orgs import organization_drop
-from .security.inprocess_v1 import CountingConnection, run
+from .security.inprocess_v1 import CountingConnection, openai_at, run, starter_organization
 
 CHEAP = "openai/gpt-4.1-mini"
 
@@ -41,9 +36,7 @@ def upstream():
 def api_org(tenant_world, django_db_blocker):
     """A committed organization on Starter (API access) and a chat key (the pool sees committed rows only)."""
     with django_db_blocker.unblock():
-        org = organization_create(user=tenant_world["a"]["owner"], name=f"Inproc {uuid.uuid4().hex[:6]}",
-                                  actor=Actor.system("tests"))
-        BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
+        org = starter_organization(tenant_world["a"]["owner"], name="Inproc")
         key = api_key_create(organization=org, name="in-process", scopes=["chat"], actor=Actor.system())
     yield org, key
     with django_db_blocker.unblock():
@@ -52,14 +45,8 @@ def api_org(tenant_world, django_db_blocker):
 
 @pytest.fixture
 def gateway_settings(settings, upstream, monkeypatch, django_db_blocker):
-    providers = {name: dict(config) for name, config in settings.LLM_PROVIDERS.items()}
-    providers["openai"] = {"base_url": upstream.url, "api_key": "sk-upstream"}
-    settings.LLM_PROVIDERS = providers
-    monkeypatch.setattr(db_async, "CONNECTION_CLASS", CountingConnection)
     with django_db_blocker.unblock():
-        org_config_bump()  # snapshots built under other settings are stale
-    for key in sync_client().scan_iter("chat:breaker:*"):
-        sync_client().delete(key)
+        openai_at(settings, upstream.url, monkeypatch)
     return settings
 
 

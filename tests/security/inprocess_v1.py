@@ -46,13 +46,34 @@ class CountingConnection(psycopg.AsyncConnection):
             self.pipelined = False
 
 
+def starter_organization(owner, *, credits: str | None = None, name: str = "Security"):
+    """A committed organization of `owner` on Starter (API access), with `credits` when given."""
+    org = organization_create(user=owner, name=f"{name} {uuid.uuid4().hex[:6]}", actor=Actor.system("tests"))
+    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
+    if credits is not None:
+        balance_set(org, Decimal(credits))
+    return org
+
+
 def api_organization(owner, *, credits: str = "1000"):
     """A committed organization on Starter (API access) with `credits` and a chat key: (org, raw key)."""
-    org = organization_create(user=owner, name=f"Security {uuid.uuid4().hex[:6]}", actor=Actor.system("tests"))
-    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="starter"))
-    balance_set(org, Decimal(credits))
+    org = starter_organization(owner, credits=credits)
     key = api_key_create(organization=org, name="security", scopes=["chat"], actor=Actor.system())
     return org, key.raw
+
+
+def openai_at(settings, url: str, monkeypatch) -> None:
+    """OpenAI's base URL at a fake upstream, statements on the async pool counted (CountingConnection), snapshots
+    rebuilt (those built under other settings are stale) and no circuit breaker left open by another test.
+    The caller has the database unblocked."""
+    from chat.snapshot import org_config_bump
+
+    providers = {name: dict(config) for name, config in settings.LLM_PROVIDERS.items()}
+    providers["openai"] = {"base_url": url, "api_key": "sk-upstream"}
+    settings.LLM_PROVIDERS = providers
+    monkeypatch.setattr(db_async, "CONNECTION_CLASS", CountingConnection)
+    org_config_bump()
+    redis_forget("chat:breaker:*")
 
 
 def balance_set(org, credits: Decimal) -> None:
