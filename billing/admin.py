@@ -10,10 +10,12 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from tenants.audit.services import Actor
+
 from .ledger import InsufficientCredits, credit_adjust
 from .models import BillingAccount, CreditEntry, CreditReservation, DailyUsage, Plan, Price
 from .selectors import usage_top_organizations, usage_totals_per_day
-from .services import credits_grant_monthly
+from .stripe import OPERATOR_NOTE, PlanDecidedByStripe, plan_assign
 
 
 @admin.register(Plan)
@@ -48,9 +50,18 @@ class BillingAccountAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
+        """A plan chosen here goes through `plan_assign`: audited, and an upgrade gets its credits now."""
+        assigning = {"plan", "plan_note"} & set(form.changed_data)
+        plan, note = obj.plan, obj.plan_note or OPERATOR_NOTE
+        if assigning:
+            obj.plan_id, obj.plan_note = form.initial["plan"], form.initial["plan_note"]
         super().save_model(request, obj, form, change)
-        if "plan" in form.changed_data:
-            credits_grant_monthly(obj.organization)  # an upgrade gets the difference now; a downgrade nothing
+        if assigning:
+            try:
+                plan_assign(organization=obj.organization, plan=plan, actor=Actor.from_request(request), note=note)
+            except PlanDecidedByStripe:
+                messages.error(request, _("This organization's plan follows its Stripe subscription: change it "
+                                          "there."))
 
     def get_urls(self):
         return [path("<path:object_id>/adjust/", self.admin_site.admin_view(self.adjust_view),

@@ -109,6 +109,9 @@ class BillingAccount(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     credits = models.DecimalField(_("credits"), **CREDIT_FIELD, default=ZERO)
     stripe_customer_id = models.CharField(max_length=100, blank=True)
+    # Why the plan is what it is when no subscription decides it ("Development demo", a contract): set by
+    # `plan_assign`, cleared when a Stripe subscription changes the plan.
+    plan_note = models.CharField(_("plan note"), max_length=100, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -21,7 +21,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, gettext_noop
 from djstripe.models import Customer, Invoice, Session, Subscription, WebhookEndpoint
 from djstripe.settings import djstripe_settings
 from djstripe.utils import get_id_from_stripe_data
@@ -255,7 +255,8 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
             return account
         previous_plan = account.plan.name
         account.plan, account.status = target.plan, target.status
-        account.save(update_fields=["plan", "status", "updated_at"])
+        account.plan_note = account.plan_note if before["plan"] == after["plan"] else ""
+        account.save(update_fields=["plan", "status", "plan_note", "updated_at"])
         downgraded = (before["plan"] != FREE_PLAN and after["plan"] == FREE_PLAN
                       and BillingAccount.Status.PAST_DUE in (before["status"], after["status"]))
         action = ("billing.downgraded" if downgraded
@@ -268,6 +269,39 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
             organization_id = organization.pk
             transaction.on_commit(lambda: billing_downgrade_notify.delay(organization_id, previous_plan))
     logger.info("billing %s: %s -> %s", organization.slug, before, after)
+    return account
+
+
+# The note of a plan set by hand unless one is given; seeded notes are in the translation catalog.
+OPERATOR_NOTE = gettext_noop("Assigned by an operator")
+
+
+class PlanDecidedByStripe(Exception):
+    """The organization has a live subscription: its plan changes in Stripe (the billing page), not by hand."""
+
+
+def plan_assign(*, organization: Organization, plan: Plan, actor: Actor, note: str = "") -> BillingAccount:
+    """Put an organization on a plan no subscription decides: an operator's choice, or the development demo.
+
+    Audited like a Stripe change; an upgrade gets the difference of this month's credits at once. The
+    note says why (shown on the billing page). A later subscription change in Stripe decides again.
+    """
+    billing_account_ensure(organization)
+    with transaction.atomic():
+        account = BillingAccount.objects.select_for_update(of=("self",)).select_related("plan").get(pk=organization.pk)
+        if subscription_live_for(organization=organization) is not None:
+            raise PlanDecidedByStripe(organization.slug)
+        before = {"plan": account.plan.code, "status": account.status, "note": account.plan_note}
+        after = {"plan": plan.code, "status": BillingAccount.Status.ACTIVE.value, "note": note}
+        if before == after:
+            return account
+        account.plan, account.status, account.plan_note = plan, BillingAccount.Status.ACTIVE, note
+        account.save(update_fields=["plan", "status", "plan_note", "updated_at"])
+        audit_record(organization=organization, actor=actor, action="billing.plan_assigned", target=account,
+                     before=before, after=after)
+        if before["plan"] != after["plan"]:
+            credits_grant_monthly(organization)
+    logger.info("billing %s: %s -> %s by %s", organization.slug, before, after, actor.label or actor.type)
     return account
 
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("t/<int:thread_id>/send/", views.message_create, name="chat_send"),
     path("t/<int:thread_id>/regenerate/", views.message_regenerate, name="chat_regenerate"),
     path("t/<int:thread_id>/edit/", views.message_edit, name="chat_edit"),
+    path("t/<int:thread_id>/title/", views.thread_title, name="chat_thread_title"),
     path("t/<int:thread_id>/rename/", views.thread_rename, name="chat_rename"),
     path("t/<int:thread_id>/pin/", views.thread_pin, name="chat_pin"),
     path("t/<int:thread_id>/delete/", views.thread_delete, name="chat_delete"),

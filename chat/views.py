@@ -98,6 +98,15 @@ def thread_detail(request: HttpRequest, thread_id: int) -> HttpResponse:
     return render(request, "chat/thread.html", context)
 
 
+@org_member_required
+@require_GET
+def thread_title(request: HttpRequest, thread_id: int) -> HttpResponse:
+    """The thread's title as plain text, empty while it has none: the page asks once its first answer ends."""
+    thread = _thread_or_404(request, thread_id)
+    return HttpResponse(thread.title, content_type="text/plain; charset=utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
 def _last_question_id(rows: list[Message]) -> int | None:
     return next((m.pk for m in reversed(rows) if m.role == Message.Role.USER), None)
 

@@ -190,3 +190,25 @@ def test_chat_fits_a_phone(new_page, threads, org_db):
     page.wait_for_load_state("load")
     assert_fits(page, ["#composer", "#composer-input", "[data-testid=send]", "article[data-testid=message]",
                        f"#message-{answer_id} .codeblock"])
+
+
+def test_a_new_conversation_shows_its_title_without_a_reload(new_page, threads, org_db):
+    """With only the demo model (offline), the title arrives after the first answer (issue 13, item 7)."""
+    from playwright.sync_api import expect
+
+    from chat.titles import title_from_text
+
+    page = new_page()
+    sign_in(page)
+    question = f"Which documents does a company need for a bank account {uuid.uuid4().hex[:8]}?"
+    thread_id = ask(page, threads, question)
+    heading = page.locator("[data-testid=thread-title]")
+    expect(heading).to_have_text("New conversation")
+    answer_id = answer_of(org_db, thread_id).pk
+    expect(page.locator(f"#message-{answer_id}.status-complete")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+
+    title = title_from_text(question)
+    expect(heading).to_have_text(title, timeout=ANSWER_TIMEOUT_MS)
+    expect(page.locator("[data-testid=thread-list] li[aria-current] a")).to_have_text(title)
+    expect(page).to_have_title(f"{title} · Prumo")
+    assert page.locator("#rename-title").input_value() == title

@@ -891,3 +891,19 @@ def test_a_warm_shutdown_finishes_the_answers_streaming_then_exits(live_server_p
         chat.close()
         worker.process.stop()
         server.process.stop()
+
+
+def test_a_demo_answer_gives_its_thread_a_title(chat):
+    """Offline, with only the demo model, a new conversation still gets a title (issue 13, item 7)."""
+    from chat.models import Thread
+    from chat.titles import title_from_text
+
+    asked = chat.ask("Which documents does a company need to open a bank account in Brazil today?")
+    assert chat.wait_final(asked.answer_id).status == "complete"
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not (title := chat.db(lambda: Thread.objects.get(pk=asked.thread_id).title)):
+        assert time.monotonic() < deadline, "the thread still has no title"
+        time.sleep(0.1)
+    assert title == title_from_text(asked.question) == "Which documents does a company need to open…"
+    page = chat.http.get(asked.thread_url)
+    assert f'<h1 data-testid="thread-title">{title}</h1>' in page.text

@@ -23,6 +23,31 @@
     }
   }
 
+  // A new conversation is titled just after its first answer ends (chat.titles): show the title
+  // without a reload, in the heading, the tab and the sidebar.
+  let titleAwaited = false;
+  async function titleAwait() {
+    const heading = document.querySelector("h1[data-title-url]");
+    if (!heading || titleAwaited) return;
+    titleAwaited = true;
+    for (const delay of [500, 1000, 2000, 4000, 8000]) {
+      await new Promise((resolve) => { setTimeout(resolve, delay); });
+      const response = await fetch(heading.dataset.titleUrl).catch(() => null);
+      const title = response && response.ok ? (await response.text()).trim() : "";
+      if (title) {
+        heading.textContent = title;
+        heading.removeAttribute("data-title-url");
+        document.title = `${title} · Prumo`;
+        const link = document.querySelector(".thread-list li[aria-current] a");
+        if (link) link.textContent = title;
+        const rename = document.getElementById("rename-title");
+        if (rename && !rename.value) rename.value = title;
+        return;
+      }
+    }
+    titleAwaited = false;
+  }
+
   function connect(article) {
     const url = article.dataset.streamUrl;
     if (!url || streams.has(article.id)) return;
@@ -51,6 +76,7 @@
       source.close();
       streams.delete(article.id);
       replaceWithFinal(article);
+      titleAwait();
     });
   }
 

@@ -21,6 +21,7 @@ from ..test_billing_stripe import deliver, endpoint, prices, stripe_client, subs
 pytestmark = pytest.mark.django_db
 
 PRO_MINUS_FREE = Decimal("10000") - Decimal("100")
+BUSINESS_MINUS_PRO = Decimal("50000") - Decimal("10000")
 
 
 def balance(org) -> Decimal:
@@ -47,30 +48,31 @@ def seed_demo() -> Organization:
 def test_seed_demo_and_the_beat_survive_a_mid_month_upgrade_and_downgrade():
     demo = seed_demo()
     period = grant_period()
-    assert balance(demo) == Decimal("100")
+    assert balance(demo) == Decimal("10000"), "the demo starts on Pro, with Pro's credits for the month"
 
-    plan_set(demo, "pro")
+    plan_set(demo, "business")
     demo = seed_demo()  # raised IdempotencyConflict before the fix
-    assert balance(demo) == Decimal("10000"), "the upgrade tops the month up to Pro's credits"
+    assert balance(demo) == Decimal("50000"), "the upgrade tops the month up to Business's credits"
     assert credits_grant_monthly_all.delay().get() >= 0
     demo = seed_demo()
     demo = seed_demo()
-    assert balance(demo) == Decimal("10000")
-    assert grants(demo) == [(f"grant-upgrade:{demo.pk}:{period}:pro", PRO_MINUS_FREE),
+    assert balance(demo) == Decimal("50000")
+    assert grants(demo) == [(f"grant-upgrade:{demo.pk}:{period}:business", BUSINESS_MINUS_PRO),
+                            (f"grant-upgrade:{demo.pk}:{period}:pro", PRO_MINUS_FREE),
                             (f"grant:{demo.pk}:{period}", Decimal("100"))]
 
     plan_set(demo, "free")
     demo = seed_demo()
     assert credits_grant_monthly_all.delay().get() >= 0
-    assert balance(demo) == Decimal("10000"), "a downgrade grants nothing more"
-    plan_set(demo, "pro")
-    assert credits_grant_monthly(demo) is None, "Pro's credits were already granted this month"
-    assert balance(demo) == Decimal("10000")
+    assert balance(demo) == Decimal("50000"), "a downgrade grants nothing more"
+    plan_set(demo, "business")
+    assert credits_grant_monthly(demo) is None, "Business's credits were already granted this month"
+    assert balance(demo) == Decimal("50000")
 
     with schema_context(demo.schema_name):
-        [event] = AuditEvent.objects.filter(action="credits.upgrade_granted")
-    assert (event.after["plan"], event.after["period"]) == ("pro", period)
-    assert (Decimal(event.after["credits"]), Decimal(event.after["granted_before"])) == (PRO_MINUS_FREE, 100)
+        [event] = AuditEvent.objects.filter(action="credits.upgrade_granted", after__plan="business")
+    assert (event.after["plan"], event.after["period"]) == ("business", period)
+    assert (Decimal(event.after["credits"]), Decimal(event.after["granted_before"])) == (BUSINESS_MINUS_PRO, 10000)
 
 
 def test_stripe_upgrade_grants_the_difference_once_and_the_downgrade_nothing(
