@@ -58,13 +58,16 @@ class SeatUsage:
         return self.limit is not None and self.used >= self.limit
 
 
-def seat_usage(*, organization: Organization, pending: bool = True, excluding_email: str = "") -> SeatUsage:
-    """Seats the plan gives and those taken: members, plus pending invitations (unless `pending=False`)."""
+def seat_usage(*, organization: Organization, pending: bool = True, excluding_email: str = "",
+               entitlements=None) -> SeatUsage:
+    """Seats the plan gives and those taken: members, plus pending invitations (unless `pending=False`).
+    `entitlements`: the organization's, when the caller has read them already."""
     from billing.selectors import entitlements_for
 
+    entitlements = entitlements or entitlements_for(organization)
     invitations = 0
     if pending:
         invitations = (invitation_pending_list(organization=organization).filter(expires_at__gt=timezone.now())
                        .exclude(email=excluding_email).count())
-    return SeatUsage(limit=entitlements_for(organization).seats,
+    return SeatUsage(limit=entitlements.seats,
                      members=Membership.objects.filter(organization=organization).count(), pending=invitations)
