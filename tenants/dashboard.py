@@ -16,8 +16,8 @@ from django.utils import timezone
 
 from accounts.models import User
 
-from .models import ApiKey, Membership, Organization, Role
-from .selectors import SeatUsage, audit_recent_list, seat_usage
+from .models import Membership, Organization, Role
+from .selectors import SeatUsage, api_key_active_count, audit_recent_list, seat_usage
 
 SPEND_DAYS = 30
 RECENT = 5
@@ -43,7 +43,7 @@ class DashboardSummary:
     threads: list  # chat.models.Thread, the member's own
     checks: list  # checks.models.Check, with their target
     alerts_unread: int
-    audit_events: list
+    audit_events: list  # tenants.audit.models.AuditEvent, newest first
     api_keys_active: int | None  # None: not shown (members and viewers)
 
     @property
@@ -70,12 +70,6 @@ class DashboardSummary:
     @property
     def shows_admin(self) -> bool:
         return self.api_keys_active is not None
-
-
-def api_key_active_count(*, organization: Organization) -> int:
-    now = timezone.now()
-    return (ApiKey.objects.filter(organization=organization, revoked_at__isnull=True)
-            .exclude(expires_at__lte=now).count())
 
 
 def dashboard_summary(*, organization: Organization, membership: Membership, user: User) -> DashboardSummary:
