@@ -28,6 +28,12 @@ class UserManager(BaseUserManager):
         return self._create_user(email, password, **extra)
 
 
+class Theme(models.TextChoices):
+    SYSTEM = "system", _("System")
+    LIGHT = "light", _("Light")
+    DARK = "dark", _("Dark")
+
+
 class User(AbstractUser):
     """A person. Lives in `public`; email is the login."""
 
@@ -39,6 +45,8 @@ class User(AbstractUser):
     language = models.CharField(
         _("language"), max_length=10, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
     )
+    # Rendered as <html data-theme>: "system" follows the device's light or dark preference.
+    theme = models.CharField(_("theme"), max_length=10, choices=Theme.choices, default=Theme.SYSTEM)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []

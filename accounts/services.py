@@ -7,7 +7,8 @@ from .adapters import mfa_fernet
 from .models import User
 
 
-def user_profile_update(*, user: User, name: str | None = None, language: str | None = None) -> User:
+def user_profile_update(*, user: User, name: str | None = None, language: str | None = None,
+                        theme: str | None = None) -> User:
     fields = []
     if name is not None:
         user.name = name
@@ -15,6 +16,9 @@ def user_profile_update(*, user: User, name: str | None = None, language: str | 
     if language is not None:
         user.language = language
         fields.append("language")
+    if theme is not None:
+        user.theme = theme
+        fields.append("theme")
     if fields:
         user.save(update_fields=fields)
     return user

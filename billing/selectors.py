@@ -92,7 +92,8 @@ class UsageReport:
     rows: QuerySet[DailyUsage]  # the rollup rows themselves (CSV export)
 
 
-def usage_report(*, organization: Organization, start: date, end: date) -> UsageReport:
+def usage_per_day(*, organization: Organization, start: date, end: date) -> list[dict]:
+    """{"day", "credits", "events"} for every day from `start` to `end`, zeros included, from the rollups."""
     rows = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lte=end)
     per_day = {row["day"]: row for row in rows.values("day").annotate(credits=Sum("credits"), events=Sum("events"))}
     by_day = []
@@ -101,6 +102,12 @@ def usage_report(*, organization: Organization, start: date, end: date) -> Usage
         found = per_day.get(day, {})
         by_day.append({"day": day, "credits": found.get("credits") or ZERO, "events": found.get("events") or 0})
         day += timedelta(days=1)
+    return by_day
+
+
+def usage_report(*, organization: Organization, start: date, end: date) -> UsageReport:
+    rows = DailyUsage.objects.filter(organization=organization, day__gte=start, day__lte=end)
+    by_day = usage_per_day(organization=organization, start=start, end=end)
     totals = {"credits": Sum("credits"), "events": Sum("events"), "input_tokens": Sum("input_tokens"),
               "output_tokens": Sum("output_tokens"), "units": Sum("units")}
     by_key = list(rows.values("kind", "key").annotate(**totals).order_by("-credits", "key"))

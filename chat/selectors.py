@@ -21,6 +21,12 @@ def thread_list(*, user: User, search: str = "") -> QuerySet[Thread]:
     return threads.order_by("-pinned", "-updated_at", "-id").only("id", "title", "pinned", "updated_at", "model_id")
 
 
+def thread_recent_list(*, user: User, limit: int = 5) -> list[Thread]:
+    """The member's latest conversations by last activity (pinned or not): the dashboard's list."""
+    return list(Thread.objects.filter(user=user).order_by("-updated_at", "-id")
+                .only("id", "title", "updated_at", "model_id")[:limit])
+
+
 def thread_page(*, user: User, search: str = "", page: int = 1) -> tuple[list[Thread], bool]:
     """One page of the sidebar and whether there is another."""
     page = max(page, 1)

@@ -60,6 +60,11 @@ def check_recent_list(*, target: Target, limit: int = 10) -> list[Check]:
     return list(target.checks.order_by("-created_at", "-id")[:limit])
 
 
+def check_latest_list(*, limit: int = 5) -> list[Check]:
+    """The organization's latest checks, any target, with their target: the dashboard's list."""
+    return list(Check.objects.select_related("target").order_by("-created_at", "-id")[:limit])
+
+
 def attempt_list(*, check: Check) -> list[Attempt]:
     return list(Attempt.objects.filter(check_run=check).order_by("created_at", "id"))
 

@@ -9,7 +9,7 @@ from accounts.mfa import mfa_enabled_subquery
 from accounts.models import User
 
 from .audit.models import AuditEvent
-from .models import Invitation, Membership, Organization
+from .models import ApiKey, Invitation, Membership, Organization
 
 
 def organization_list_for_user(*, user: User) -> QuerySet[Membership]:
@@ -32,6 +32,12 @@ def member_list(*, organization: Organization) -> QuerySet[Membership]:
 def audit_recent_list(*, limit: int = 8) -> QuerySet[AuditEvent]:
     """The latest audit events of the current organization's schema."""
     return AuditEvent.objects.all()[:limit]
+
+
+def api_key_active_count(*, organization: Organization) -> int:
+    """Keys that work: neither revoked nor expired (ApiKey.is_active, counted in the database)."""
+    return (ApiKey.objects.filter(organization=organization, revoked_at__isnull=True)
+            .exclude(expires_at__lte=timezone.now()).count())
 
 
 def invitation_pending_list(*, organization: Organization) -> QuerySet[Invitation]:
@@ -58,13 +64,16 @@ class SeatUsage:
         return self.limit is not None and self.used >= self.limit
 
 
-def seat_usage(*, organization: Organization, pending: bool = True, excluding_email: str = "") -> SeatUsage:
-    """Seats the plan gives and those taken: members, plus pending invitations (unless `pending=False`)."""
+def seat_usage(*, organization: Organization, pending: bool = True, excluding_email: str = "",
+               entitlements=None) -> SeatUsage:
+    """Seats the plan gives and those taken: members, plus pending invitations (unless `pending=False`).
+    `entitlements`: the organization's, when the caller has read them already."""
     from billing.selectors import entitlements_for
 
+    entitlements = entitlements or entitlements_for(organization)
     invitations = 0
     if pending:
         invitations = (invitation_pending_list(organization=organization).filter(expires_at__gt=timezone.now())
                        .exclude(email=excluding_email).count())
-    return SeatUsage(limit=entitlements_for(organization).seats,
+    return SeatUsage(limit=entitlements.seats,
                      members=Membership.objects.filter(organization=organization).count(), pending=invitations)

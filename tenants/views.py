@@ -15,15 +15,17 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.reauthentication import reauthentication_url, recently_reauthenticated
+from billing.charts import bar_chart
 from billing.selectors import entitlements_for
 from chat.views_trial import trial_claim_for_request
 
 from .api_keys import api_key_create, api_key_revoke
 from .audit.services import Actor
+from .dashboard import dashboard_summary
 from .forms import ApiKeyForm, InvitationForm, OrganizationCreateForm, OrganizationSettingsForm, RoleForm
 from .guards import org_member_required
 from .models import ApiKey, Invitation, Membership, Role, invitation_token_hash
-from .selectors import audit_recent_list, invitation_pending_list, member_list, organization_list_for_user, seat_usage
+from .selectors import invitation_pending_list, member_list, organization_list_for_user, seat_usage
 from .services import (
     invitation_accept,
     invitation_create,
@@ -84,11 +86,9 @@ def org_create(request: HttpRequest) -> HttpResponse:
 
 @org_member_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    context = {
-        "member_count": member_list(organization=request.tenant).count(),
-        "recent_events": audit_recent_list(),
-    }
-    return render(request, "tenants/dashboard.html", context)
+    summary = dashboard_summary(organization=request.tenant, membership=request.membership, user=request.user)
+    chart = bar_chart([(f"{day.day:%Y-%m-%d}", day.credits) for day in summary.spend], height=120)
+    return render(request, "tenants/dashboard.html", {"summary": summary, "chart": chart})
 
 
 @org_member_required

@@ -92,7 +92,7 @@ def test_profile_updates_name_and_language(client_for):
     user = User.objects.get(email="viewer-b@example.com")
     assert (user.name, user.language) == ("Ana Souza", "pt-br")
     page = client.get("/accounts/profile/")
-    assert '<html lang="pt-br">' in page.content.decode()
+    assert '<html lang="pt-br" ' in page.content.decode()
     assert "Perfil" in page.content.decode()
 
 

@@ -42,7 +42,7 @@ def test_pages_render_in_portuguese(client_for, org_a):
     with translation.override("pt-br"):
         expected = [translation.gettext(s) for s in ("Dashboard", "Members", "Recent activity", "Language")]
     html = client.get(f"/o/{org_a.slug}/").content.decode()
-    assert '<html lang="pt-br">' in html
+    assert '<html lang="pt-br" ' in html
     for text in expected:
         assert text in html
     with translation.override("pt-br"):
