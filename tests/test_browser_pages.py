@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.urls import reverse
@@ -185,17 +186,20 @@ def axe_violations(page) -> list[str]:
 
 
 def page_problems(page, url: str) -> list[str]:
-    """What is wrong with `url`: a status other than 200, a sideways scroll at 375 px, axe's violations (at 375 px
-    and at 1280 px)."""
+    """What is wrong with `url`: a status other than 200 or a redirect, no stylesheet, a sideways scroll at 375 px,
+    axe's violations (at 375 px and at 1280 px)."""
     page.set_viewport_size(PHONE)
     response = page.goto(url)
     page.wait_for_load_state("load")
     if url in RENDERED_BY_SCRIPT:
         page.locator(RENDERED_BY_SCRIPT[url]).first.wait_for()
-    if response is None or response.status != 200:
-        return [f"{url}: status {response.status if response else None} (at {page.url})"]
+    if response is None or response.status != 200 or urlsplit(page.url).path != url:
+        return [f"{url}: status {response.status if response else None} at {page.url}"]
     problems = []
-    width = page.evaluate("document.documentElement.scrollWidth")
+    width, styled = page.evaluate("""() => [document.documentElement.scrollWidth,
+        [...document.styleSheets].some((sheet) => sheet.href && sheet.cssRules.length > 0)]""")
+    if not styled:
+        problems.append(f"{url}: no stylesheet, nothing to measure")
     if width > PHONE["width"]:
         problems.append(f"{url}: {width} px wide at {PHONE['width']} px")
     problems += [f"{url} at {PHONE['width']} px: {line}" for line in axe_violations(page)]
@@ -214,6 +218,8 @@ def test_every_page_fits_a_phone_and_has_no_serious_accessibility_violation(
     page = new_page(locale=LANGUAGES[language], viewport=PHONE)
     axe_serve(page)
     problems = []
+    page.on("console", lambda message: "Content Security Policy" in message.text
+            and problems.append(f"{page.url}: {message.text}"))
     for url in anonymous_urls():
         problems += page_problems(page, url)
     assert page.locator("html").get_attribute("lang") == language
