@@ -204,6 +204,8 @@ def page_problems(page, url: str) -> list[str]:
         problems.append(f"{url}: {width} px wide at {PHONE['width']} px")
     problems += [f"{url} at {PHONE['width']} px: {line}" for line in axe_violations(page)]
     page.set_viewport_size(DESKTOP)
+    # Open every menu and disclosure, so that the controls they hold (rename, edit, the account menu) are checked too.
+    page.evaluate("document.querySelectorAll('details').forEach((details) => { details.open = true; })")
     problems += [f"{url} at {DESKTOP['width']} px: {line}" for line in axe_violations(page)]
     return problems
 
