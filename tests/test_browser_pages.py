@@ -186,8 +186,8 @@ def axe_violations(page) -> list[str]:
 
 
 def page_problems(page, url: str) -> list[str]:
-    """What is wrong with `url`: a status other than 200 or a redirect, no stylesheet, a sideways scroll at 375 px,
-    axe's violations (at 375 px and at 1280 px)."""
+    """What is wrong with `url`: a status other than 200 or a redirect, no stylesheet, a sideways scroll at 375 px
+    (menus closed and open), axe's violations (at 375 px, and at 1280 px with the menus open)."""
     page.set_viewport_size(PHONE)
     response = page.goto(url)
     page.wait_for_load_state("load")
@@ -203,9 +203,12 @@ def page_problems(page, url: str) -> list[str]:
     if width > PHONE["width"]:
         problems.append(f"{url}: {width} px wide at {PHONE['width']} px")
     problems += [f"{url} at {PHONE['width']} px: {line}" for line in axe_violations(page)]
-    page.set_viewport_size(DESKTOP)
-    # Open every menu and disclosure, so that the controls they hold (rename, edit, the account menu) are checked too.
+    # Open every menu and disclosure: they fit too, and axe checks the controls they hold (rename, edit, account).
     page.evaluate("document.querySelectorAll('details').forEach((details) => { details.open = true; })")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    if width > PHONE["width"]:
+        problems.append(f"{url}: {width} px wide at {PHONE['width']} px with its menus open")
+    page.set_viewport_size(DESKTOP)
     problems += [f"{url} at {DESKTOP['width']} px: {line}" for line in axe_violations(page)]
     return problems
 
