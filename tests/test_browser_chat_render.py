@@ -130,7 +130,7 @@ def sanitizer_samples() -> list[str]:
     return samples + XSS
 
 
-def test_the_browsers_sanitizer_keeps_what_the_servers_keeps(new_page):
+def test_the_browsers_sanitizer_keeps_what_the_servers_keeps(new_page, tenant_world):
     """DOMPurify, configured from the page's copy of the allow-list, reduces hostile HTML exactly as nh3 does
     (the second layer: markdown-it never hands it raw HTML)."""
     from chat.markdown import html_sanitize
@@ -293,3 +293,26 @@ def test_without_the_renderer_the_answer_streams_as_plain_text(new_page, threads
     expect(final).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
     assert final.locator("[data-copy-source] strong").inner_text() == "built-in demo model"
     assert page.locator("#messages").inner_text().count("built-in demo model") == 1
+
+
+def test_the_trial_renders_its_answer_while_it_streams(new_page, redis_url, celery_worker_process):
+    import redis
+    from playwright.sync_api import expect
+
+    redis.Redis.from_url(redis_url).delete("trial:count:ip:127.0.0.1")  # the per-address cap, used by earlier runs
+    page = new_page()
+    page.add_init_script(RENDER_RECORDER)
+    page.goto("/try/")
+    box = page.locator("#composer-input")
+    box.fill(f"Does the trial render markdown as it streams? {uuid.uuid4().hex[:8]}")
+    with page.expect_navigation():
+        box.press("Enter")
+    expect(page.locator("article.msg-assistant.status-complete")).to_have_count(1, timeout=ANSWER_TIMEOUT_MS)
+
+    renders = page.evaluate("window.__renders")
+    with_bold = [r for r in renders if r["strong"]]
+    assert with_bold and all("**" not in r["text"] for r in with_bold)
+    assert any(r["quote"] for r in renders) and any(r["code"] for r in renders)
+    assert page.locator("#messages").inner_text().count("built-in demo model") == 1
+    assert page.locator("[data-stream-view]").count() == 0
+    assert page.evaluate("window.__violations") == []

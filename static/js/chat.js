@@ -33,15 +33,23 @@
     const typing = article.querySelector("[data-typing]");
     let render = view && window.chatMarkdown ? window.chatMarkdown.render : null;
     let frame = 0;
+    let nextPaint = 0;
     output.textContent = "";
     if (render) {
       output.hidden = true;
       view.hidden = false;
     }
 
-    function paint() {
+    // Each paint renders the whole text, which takes a while for a long answer (40 KB: tens of ms): painting
+    // takes at most a quarter of the time.
+    function paint(now) {
+      if (now < nextPaint) {
+        frame = requestAnimationFrame(paint);
+        return;
+      }
       frame = 0;
       const stick = nearBottom();
+      const started = performance.now();
       try {
         view.replaceChildren(render(output.textContent));
       } catch (_error) {
@@ -49,6 +57,7 @@
         view.hidden = true;
         output.hidden = false;
       }
+      nextPaint = performance.now() + 3 * (performance.now() - started);
       follow(stick);
     }
 
@@ -80,7 +89,7 @@
       streams.delete(article.id);
       if (frame) {
         cancelAnimationFrame(frame);
-        paint();  // the last words, rendered, while the final version loads
+        paint(Infinity);  // the last words, rendered, while the final version loads
       }
       replaceWithFinal(article);
     });
