@@ -4,6 +4,10 @@ Answers come from a model that can be steered by whatever the user pasted, so th
 markdown-it renders them with raw HTML disabled, and nh3 then sanitizes the whole output against an
 explicit allow-list, so a bug in either layer alone cannot produce an executable element. No inline
 styles are emitted (the CSP forbids them): Pygments and table alignment use classes only.
+
+While an answer streams, the browser renders it the same way (static/js/chat-markdown.js: markdown-it,
+the original of markdown-it-py, and DOMPurify), from `client_config()`: this module's allow-list and
+rendering choices, emitted into the chat pages, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ _FORMATTER = HtmlFormatter(cssclass="highlight", nowrap=False)
 _TOKEN_CLASSES = {name for name in STANDARD_TYPES.values() if name}
 
 # The allow-list, one source for both sanitizers: nh3 here, and DOMPurify in the browser for an answer still
-# streaming (static/js/chat.js reads `client_config()`, emitted into the chat pages).
+# streaming (static/js/chat-markdown.js reads `client_config()`, emitted into the chat pages).
 TAGS = frozenset({
     "p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
     "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tr", "th", "td",
