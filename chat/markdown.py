@@ -4,6 +4,10 @@ Answers come from a model that can be steered by whatever the user pasted, so th
 markdown-it renders them with raw HTML disabled, and nh3 then sanitizes the whole output against an
 explicit allow-list, so a bug in either layer alone cannot produce an executable element. No inline
 styles are emitted (the CSP forbids them): Pygments and table alignment use classes only.
+
+While an answer streams, the browser renders it the same way (static/js/chat-markdown.js: markdown-it,
+the original of markdown-it-py, and DOMPurify), from `client_config()`: this module's allow-list and
+rendering choices, emitted into the chat pages, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pygments.lexers.special import TextLexer
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
 
-__all__ = ["html_sanitize", "markdown_render"]
+__all__ = ["client_config", "html_sanitize", "markdown_render", "sanitizer_settings"]
 
 PLAIN_LANGUAGE = "text"
 # What an info string's first word may be to be shown and used as a language name; anything else
@@ -38,25 +42,41 @@ LINK_SCHEMES = ("http://", "https://", "mailto:")
 _FORMATTER = HtmlFormatter(cssclass="highlight", nowrap=False)
 _TOKEN_CLASSES = {name for name in STANDARD_TYPES.values() if name}
 
+# The allow-list, one source for both sanitizers: nh3 here, and DOMPurify in the browser for an answer still
+# streaming (static/js/chat-markdown.js reads `client_config()`, emitted into the chat pages).
+TAGS = frozenset({
+    "p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
+    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tr", "th", "td",
+    "a", "span", "div", "button",
+})
+CLEAN_CONTENT_TAGS = frozenset({"script", "style", "iframe", "object", "embed", "svg", "math", "template", "noscript"})
+ATTRIBUTES = {"a": frozenset({"href", "title"}), "ol": frozenset({"start"}), "div": frozenset({"data-lang"})}
+# Attributes allowed on a tag only with one of these values.
+ATTRIBUTE_VALUES = {"button": {"type": frozenset({"button"}), "data-copy-code": frozenset({""})}}
+# Attributes every such tag gets, whatever it had.
+SET_ATTRIBUTES = {"a": {"target": "_blank"}}
+CLASSES = {
+    "span": frozenset(_TOKEN_CLASSES),
+    "div": frozenset({"highlight", "codeblock", "codeblock-bar"}),
+    "button": frozenset({"copy-code"}),
+    "th": frozenset(ALIGN_CLASSES.values()),
+    "td": frozenset(ALIGN_CLASSES.values()),
+}
+LINK_REL = "noopener noreferrer nofollow"
+URL_SCHEMES = frozenset({"http", "https", "mailto"})
+
 _CLEANER = nh3.Cleaner(
-    tags={
-        "p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote", "ul", "ol", "li",
-        "h1", "h2", "h3", "h4", "h5", "h6", "hr", "table", "thead", "tbody", "tr", "th", "td",
-        "a", "span", "div", "button",
-    },
-    clean_content_tags={"script", "style", "iframe", "object", "embed", "svg", "math", "template", "noscript"},
-    attributes={"a": {"href", "title"}, "ol": {"start"}, "div": {"data-lang"}},
-    tag_attribute_values={"button": {"type": {"button"}, "data-copy-code": {""}}},
-    set_tag_attribute_values={"a": {"target": "_blank"}},
-    allowed_classes={
-        "span": _TOKEN_CLASSES,
-        "div": {"highlight", "codeblock", "codeblock-bar"},
-        "button": {"copy-code"},
-        "th": set(ALIGN_CLASSES.values()),
-        "td": set(ALIGN_CLASSES.values()),
-    },
-    link_rel="noopener noreferrer nofollow",
-    url_schemes={"http", "https", "mailto"},
+    tags=set(TAGS),
+    clean_content_tags=set(CLEAN_CONTENT_TAGS),
+    # "*": none on every tag (nh3's default allows `lang` and `title` everywhere, which the list above does not say).
+    attributes={"*": set(), **{tag: set(names) for tag, names in ATTRIBUTES.items()}},
+    tag_attribute_values={tag: {name: set(values) for name, values in names.items()}
+                          for tag, names in ATTRIBUTE_VALUES.items()},
+    set_tag_attribute_values=SET_ATTRIBUTES,
+    allowed_classes={tag: set(classes) for tag, classes in CLASSES.items()},
+    link_rel=LINK_REL,
+    url_schemes=set(URL_SCHEMES),
+    # A relative link would point into Prumo itself: dropped (the browser's sanitizer accepts only URL_SCHEMES).
     url_relative="deny",
     strip_comments=True,
 )
@@ -139,3 +159,31 @@ def html_sanitize(html: str) -> str:
 def markdown_render(text: str) -> SafeString:
     """Safe HTML for a (possibly partial, still streaming) markdown answer."""
     return mark_safe(html_sanitize(_MARKDOWN.render(text)))
+
+
+def sanitizer_settings() -> dict[str, Any]:
+    """The nh3 Cleaner's allow-list as JSON data, for the browser to sanitize a streaming answer by the same rules."""
+    return {
+        "tags": sorted(TAGS),
+        "clean_content_tags": sorted(CLEAN_CONTENT_TAGS),
+        "attributes": {tag: sorted(names) for tag, names in sorted(ATTRIBUTES.items())},
+        "attribute_values": {tag: {name: sorted(values) for name, values in sorted(names.items())}
+                             for tag, names in sorted(ATTRIBUTE_VALUES.items())},
+        "set_attributes": SET_ATTRIBUTES,
+        "classes": {tag: sorted(classes) for tag, classes in sorted(CLASSES.items())},
+        "link_rel": LINK_REL,
+        "url_schemes": sorted(URL_SCHEMES),
+    }
+
+
+def client_config() -> dict[str, Any]:
+    """What static/js/chat.js needs to render a streaming answer as `markdown_render` will render it when done:
+    the sanitizer's allow-list and this module's own rendering choices (code blocks, images, table cells)."""
+    return {
+        "sanitize": sanitizer_settings(),
+        "language_pattern": LANGUAGE_PATTERN.pattern,
+        "plain_language": PLAIN_LANGUAGE,
+        "link_schemes": list(LINK_SCHEMES),
+        "align_classes": ALIGN_CLASSES,
+        "copy_label": gettext("Copy"),
+    }

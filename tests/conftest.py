@@ -154,3 +154,12 @@ def org_snapshots_fresh():
     from chat.snapshot import org_config_forget
 
     org_config_forget()
+
+
+@pytest.fixture(autouse=True)
+def default_language():
+    """Each test starts in the default language: a test client's request leaves its language (say pt-BR, from
+    tests/test_i18n.py) active in this thread, and text rendered outside a request would come out translated."""
+    from django.utils import translation
+
+    translation.deactivate()

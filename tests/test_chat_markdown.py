@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
 
+import nh3
 import pytest
+from django.test import Client
 from django.utils.safestring import SafeString
 
 from chat import markdown
-from chat.markdown import html_sanitize, markdown_render
+from chat.markdown import client_config, html_sanitize, markdown_render, sanitizer_settings
 
 DANGEROUS_TAGS = {"script", "img", "iframe", "svg", "object", "embed", "style", "form", "input", "math", "link", "meta"}
 SAFE_SCHEMES = ("http://", "https://", "mailto:")
@@ -263,3 +266,113 @@ def test_sanitizer_alone_keeps_only_the_allow_list():
     })
     assert ("td", {"class": "align-left"}) in elements
     assert_inert(html)
+
+
+# ---------------------------------------------------------------- the browser's copy of the allow-list
+# static/js/chat.js renders a streaming answer with DOMPurify configured from `sanitizer_settings()`: these tests
+# hold that data to what the nh3 Cleaner really keeps, and check the chat pages emit it.
+
+# Table parts only parse inside a table.
+TAG_CONTEXT = {tag: "<table>{}</table>" for tag in ("thead", "tbody", "tfoot", "caption", "colgroup", "tr")}
+TAG_CONTEXT.update({tag: "<table><tr>{}</tr></table>" for tag in ("td", "th")})
+TAG_CONTEXT["col"] = "<table><colgroup>{}</colgroup></table>"
+OTHER_ATTRIBUTES = {"id", "style", "onclick", "onerror", "src", "srcset", "action", "formaction", "data-x", "name",
+                    "target", "lang", "dir", "hidden", "aria-label", "role", "tabindex"}
+VOID_TAGS = {"embed", "img", "br", "hr", "input", "source", "track", "wbr", "area", "col"}  # no content to drop
+URL_SCHEMES = {"http", "https", "mailto", "javascript", "vbscript", "data", "file", "ftp", "tel", "blob"}
+
+
+def in_context(tag: str, attributes: str = "") -> str:
+    return TAG_CONTEXT.get(tag, "{}").format(f"<{tag}{attributes}>x</{tag}>")
+
+
+def kept(html: str, tag: str) -> list[dict[str, str]]:
+    """The attributes of each `tag` element left after sanitizing `html`."""
+    return [attrs for name, attrs in Elements(html_sanitize(html)).elements if name == tag]
+
+
+def test_the_browsers_tags_are_the_ones_the_cleaner_keeps():
+    rules = sanitizer_settings()
+    candidates = set(nh3.ALLOWED_TAGS) | set(rules["tags"]) | DANGEROUS_TAGS | {"u", "b", "i", "details", "label"}
+    assert {tag for tag in candidates if kept(in_context(tag), tag)} == set(rules["tags"])
+
+
+def test_the_browsers_attributes_are_the_ones_the_cleaner_keeps():
+    rules = sanitizer_settings()
+    set_on = {tag: set(values) | ({"rel"} if tag == "a" else set()) for tag, values in rules["set_attributes"].items()}
+    candidates = set().union(*nh3.ALLOWED_ATTRIBUTES.values(), *rules["attributes"].values(), OTHER_ATTRIBUTES)
+    for tag in rules["tags"]:
+        valued = rules["attribute_values"].get(tag, {})
+        for name in candidates - set(valued) - set_on.get(tag, set()):
+            value = "https://example.com/" if name == "href" else "v1"
+            assert bool(kept(in_context(tag, f' {name}="{value}"'), tag)[0].get(name)) == (
+                name in rules["attributes"].get(tag, [])), (tag, name)
+        for name, values in valued.items():
+            for value in values:
+                assert kept(in_context(tag, f' {name}="{value}"'), tag)[0].get(name) == value, (tag, name, value)
+            assert name not in kept(in_context(tag, f' {name}="other"'), tag)[0], (tag, name)
+
+
+def test_the_browsers_forced_link_attributes_are_the_cleaners():
+    rules = sanitizer_settings()
+    for html in ('<a href="https://example.com/" target="_self" rel="opener">x</a>', "<a>x</a>"):
+        (attrs,) = kept(html, "a")
+        assert attrs["rel"] == rules["link_rel"]
+        assert {name: attrs[name] for name in rules["set_attributes"]["a"]} == rules["set_attributes"]["a"]
+
+
+def test_the_browsers_classes_are_the_ones_the_cleaner_keeps():
+    rules = sanitizer_settings()
+    for tag in rules["tags"]:
+        allowed = rules["classes"].get(tag, [])
+        for name in allowed:
+            assert kept(in_context(tag, f' class="{name} unlisted"'), tag)[0]["class"] == name, (tag, name)
+        if not allowed:
+            assert not kept(in_context(tag, ' class="x"'), tag)[0].get("class"), tag
+
+
+def test_the_browsers_url_schemes_are_the_ones_the_cleaner_keeps():
+    rules = sanitizer_settings()
+    allowed = {scheme for scheme in URL_SCHEMES if "href" in kept(f'<a href="{scheme}:x">x</a>', "a")[0]}
+    assert allowed == set(rules["url_schemes"])
+    for relative in ("/accounts/logout/", "#top", "page.html", "//example.com/x"):
+        assert "href" not in kept(f'<a href="{relative}">x</a>', "a")[0], relative
+
+
+def test_the_browsers_content_dropping_tags_are_the_cleaners():
+    for tag in sanitizer_settings()["clean_content_tags"]:
+        html = html_sanitize(f"<p>a<{tag}>secret</{tag}>b</p>")
+        assert f"<{tag}" not in html and ("secret" not in html or tag in VOID_TAGS), tag
+    assert "kept" in html_sanitize("<p><u>kept</u></p>")  # other refused tags lose only their markup
+
+
+def page_config(html: str) -> dict:
+    match = re.search(r'<script id="markdown-config" type="application/json">(.*?)</script>', html, re.S)
+    assert match, "no markdown config on the page"
+    return json.loads(match.group(1))
+
+
+def assert_renderer_loaded(html: str) -> None:
+    """markdown-it and DOMPurify load (deferred, so in order) before chat-markdown.js, which reads the config."""
+    scripts = re.findall(r'<script src="/static/([^"]+)" defer>', html)
+    renderer = scripts.index("js/chat-markdown.js")
+    assert {"vendor/markdown-it/markdown-it.min.js", "vendor/dompurify/purify.min.js"} <= set(scripts[:renderer])
+    assert renderer < scripts.index("js/chat.js")
+    assert html.index('id="markdown-config"') < html.index("js/chat-markdown.js")
+
+
+@pytest.mark.django_db
+def test_chat_pages_emit_the_servers_renderer_config(client_for, org_a):
+    html = client_for("a").get(f"/o/{org_a.slug}/chat/").content.decode()
+    assert page_config(html) == json.loads(json.dumps(client_config()))
+    assert page_config(html)["sanitize"] == json.loads(json.dumps(sanitizer_settings()))
+    assert_renderer_loaded(html)
+
+
+@pytest.mark.django_db
+def test_the_trial_page_emits_it_too_in_the_visitors_language():
+    html = Client().get("/try/", HTTP_ACCEPT_LANGUAGE="pt-BR").content.decode()
+    config = page_config(html)
+    assert config["sanitize"] == json.loads(json.dumps(sanitizer_settings()))
+    assert config["copy_label"] == "Copiar"
+    assert_renderer_loaded(html)

@@ -4,8 +4,10 @@ from decimal import Decimal
 
 from django import template
 from django.urls import reverse
+from django.utils.html import json_script
+from django.utils.safestring import SafeString
 
-from chat.markdown import markdown_render
+from chat.markdown import client_config, markdown_render
 from chat.streams import stream_token
 
 register = template.Library()
@@ -15,6 +17,12 @@ register = template.Library()
 def markdown(text: str):
     """An answer's markdown as sanitized HTML (chat.markdown)."""
     return markdown_render(text or "")
+
+
+@register.simple_tag
+def markdown_config() -> SafeString:
+    """The data static/js/chat.js renders streaming answers with, as a JSON script element (chat.markdown)."""
+    return json_script(client_config(), "markdown-config")
 
 
 @register.filter

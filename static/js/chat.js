@@ -51,8 +51,41 @@
   function connect(article) {
     const url = article.dataset.streamUrl;
     if (!url || streams.has(article.id)) return;
+    // The stream's text as it came (a fresh stream replays it from the start) and, when markdown can be
+    // rendered here, that text rendered, repainted at most once a frame.
     const output = article.querySelector("[data-stream-text]");
+    const view = article.querySelector("[data-stream-view]");
     const typing = article.querySelector("[data-typing]");
+    let render = view && window.chatMarkdown ? window.chatMarkdown.render : null;
+    let frame = 0;
+    let nextPaint = 0;
+    output.textContent = "";
+    if (render) {
+      output.hidden = true;
+      view.hidden = false;
+    }
+
+    // Each paint renders the whole text, which takes a while for a long answer (40 KB: tens of ms): painting
+    // takes at most a quarter of the time.
+    function paint(now) {
+      if (now < nextPaint) {
+        frame = requestAnimationFrame(paint);
+        return;
+      }
+      frame = 0;
+      const stick = nearBottom();
+      const started = performance.now();
+      try {
+        view.replaceChildren(render(output.textContent));
+      } catch (_error) {
+        render = null;  // plain text from here on
+        view.hidden = true;
+        output.hidden = false;
+      }
+      nextPaint = performance.now() + 3 * (performance.now() - started);
+      follow(stick);
+    }
+
     // EventSource resends Last-Event-ID when it reconnects; a fresh page replays from the start.
     const source = new EventSource(url);
     streams.set(article.id, source);
@@ -64,7 +97,11 @@
       const stick = nearBottom();
       output.textContent += JSON.parse(event.data).text;
       if (typing) typing.hidden = true;
-      follow(stick);
+      if (render) {
+        if (!frame) frame = requestAnimationFrame(paint);
+      } else {
+        follow(stick);
+      }
     });
     source.addEventListener("error", () => {
       // Refused outright (a person's open streams are capped: 429) or gone: try again in a while.
@@ -75,6 +112,10 @@
     source.addEventListener("end", () => {
       source.close();
       streams.delete(article.id);
+      if (frame) {
+        cancelAnimationFrame(frame);
+        paint(Infinity);  // the last words, rendered, while the final version loads
+      }
       replaceWithFinal(article);
       titleAwait();
     });
