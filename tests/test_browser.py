@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,24 +54,27 @@ def browser():
         playwright.stop()
 
 
-@pytest.fixture
-def new_page(request, browser, live_server_process, tmp_path_factory):
-    """`new_page(locale=..., viewport=...)`: a page in a fresh context; screenshots on failure."""
-    contexts = []
+@contextmanager
+def browser_pages(request, browser, base_url: str, tmp_path_factory):
+    """Yields `make(locale=..., viewport=..., **context options)`: a page in a fresh context on `base_url`.
 
-    def make(*, locale: str = "en-US", viewport: dict | None = None):
-        context = browser.new_context(
-            base_url=live_server_process.url, locale=locale,
-            viewport=viewport or {"width": 1280, "height": 900},
-        )
+    On failure each page's screenshot is saved; at the end, any Content Security Policy violation a page
+    logged fails the test.
+    """
+    contexts, console_errors = [], []
+
+    def make(*, locale: str = "en-US", viewport: dict | None = None, **options):
+        context = browser.new_context(base_url=base_url, locale=locale,
+                                      viewport=viewport or {"width": 1280, "height": 900}, **options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        return page
 
     yield make
     report = getattr(request.node, "rep_call", None)
-    failed = report is None or report.failed
-    if failed:
+    if report is None or report.failed:
         shots = tmp_path_factory.mktemp("screenshots")
         for n, context in enumerate(contexts):
             for m, page in enumerate(context.pages):
@@ -82,6 +86,25 @@ def new_page(request, browser, live_server_process, tmp_path_factory):
                     print(f"no screenshot of {page.url}: {exc!r}")
     for context in contexts:
         context.close()
+    assert [error for error in console_errors if "Content Security Policy" in error] == []
+
+
+@pytest.fixture
+def new_page(request, browser, live_server_process, tmp_path_factory):
+    """`new_page(locale=..., viewport=..., color_scheme=...)`: a page on the live server (see `browser_pages`)."""
+    with browser_pages(request, browser, live_server_process.url, tmp_path_factory) as make:
+        yield make
+
+
+def sign_in(page, email: str, password: str) -> None:
+    """Sign in through the login form (the page stays on wherever the login redirects)."""
+    page.goto("/accounts/login/")
+    form = page.locator("main form").filter(has=page.locator("input[name=password]"))
+    form.locator("input[name=login]").fill(email)
+    form.locator("input[name=password]").fill(password)
+    with page.expect_navigation():
+        form.locator("button[type=submit]").first.click()
+    assert urlsplit(page.url).path != "/accounts/login/", f"not signed in: {page.url}"
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import uuid
 from html.parser import HTMLParser
-from urllib.parse import urlsplit
 
 import pytest
 from django_tenants.utils import schema_context
@@ -87,13 +86,7 @@ def org_db(tenant_world, django_db_blocker, celery_worker_process):
 
 
 def sign_in(page) -> None:
-    page.goto("/accounts/login/")
-    form = page.locator("main form").filter(has=page.locator("input[name=password]"))
-    form.locator("input[name=login]").fill(EMAIL)
-    form.locator("input[name=password]").fill(PASSWORD)
-    with page.expect_navigation():
-        form.locator("button[type=submit]").first.click()
-    assert urlsplit(page.url).path != "/accounts/login/", f"not signed in: {page.url}"
+    harness.sign_in(page, EMAIL, PASSWORD)
 
 
 def ask(page, threads: list[int], question: str) -> int:

@@ -64,34 +64,9 @@ def checks_server(test_database_url, redis_url, tmp_path_factory, registries):
 
 @pytest.fixture
 def new_page(request, browser, checks_server, tmp_path_factory):
-    """`new_page(viewport=...)`: a page on `checks_server`; screenshots on failure; no CSP violation allowed."""
-    contexts = []
-
-    def make(*, viewport: dict | None = None):
-        context = browser.new_context(base_url=checks_server.url, locale="en-US",
-                                      viewport=viewport or {"width": 1280, "height": 900})
-        context.set_default_timeout(harness.TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-        return page
-
-    console_errors: list[str] = []
-    yield make
-    report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
-        shots = tmp_path_factory.mktemp("screenshots")
-        for n, context in enumerate(contexts):
-            for m, page in enumerate(context.pages):
-                path = shots / f"{request.node.name}-{n}-{m}.png"
-                try:
-                    page.screenshot(path=str(path), full_page=True)
-                    print(f"screenshot of {page.url}: {path}")
-                except Exception as exc:  # a crashed page must not hide the real failure
-                    print(f"no screenshot of {page.url}: {exc!r}")
-    for context in contexts:
-        context.close()
-    assert [error for error in console_errors if "Content Security Policy" in error] == []
+    """`new_page(viewport=...)`: a page on `checks_server` (see the harness's `browser_pages`)."""
+    with harness.browser_pages(request, browser, checks_server.url, tmp_path_factory) as make:
+        yield make
 
 
 def _remove_checks(org) -> None:
@@ -137,12 +112,7 @@ def org_a_funded(tenant_world, django_db_blocker, registries):
 
 
 def sign_in(page) -> None:
-    page.goto("/accounts/login/")
-    form = page.locator("main form").filter(has=page.locator("input[name=password]"))
-    form.locator("input[name=login]").fill(EMAIL)
-    form.locator("input[name=password]").fill(PASSWORD)
-    with page.expect_navigation():
-        form.locator("button[type=submit]").first.click()
+    harness.sign_in(page, EMAIL, PASSWORD)
 
 
 def add_company(page, cnpj: str, *, label: str = "", refresh: bool = False) -> None:

@@ -23,36 +23,7 @@ EMAIL = "admin-b@example.com"
 SLUG = "org-b"
 
 
-@pytest.fixture
-def new_page(request, browser, live_server_process, tmp_path_factory):
-    """`new_page(color_scheme=..., locale=..., viewport=...)`: a page in a fresh context; screenshots on failure;
-    no Content Security Policy violation allowed."""
-    contexts, console_errors = [], []
-
-    def make(*, color_scheme: str = "light", locale: str = "en-US", viewport: dict | None = None):
-        context = browser.new_context(base_url=live_server_process.url, locale=locale, color_scheme=color_scheme,
-                                      viewport=viewport or {"width": 1280, "height": 900})
-        context.set_default_timeout(harness.TIMEOUT_MS)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
-        return page
-
-    yield make
-    report = getattr(request.node, "rep_call", None)
-    if report is None or report.failed:
-        shots = tmp_path_factory.mktemp("screenshots")
-        for n, context in enumerate(contexts):
-            for m, page in enumerate(context.pages):
-                path = shots / f"{request.node.name}-{n}-{m}.png"
-                try:
-                    page.screenshot(path=str(path), full_page=True)
-                    print(f"screenshot of {page.url}: {path}")
-                except Exception as exc:  # a crashed page must not hide the real failure
-                    print(f"no screenshot of {page.url}: {exc!r}")
-    for context in contexts:
-        context.close()
-    assert [error for error in console_errors if "Content Security Policy" in error] == []
+new_page = harness.new_page  # new_page(color_scheme=...) emulates the device's preference
 
 
 @pytest.fixture
@@ -75,13 +46,7 @@ def admin_b(tenant_world, django_db_blocker):
 
 
 def sign_in(page) -> None:
-    page.goto("/accounts/login/")
-    form = page.locator("main form").filter(has=page.locator("input[name=password]"))
-    form.locator("input[name=login]").fill(EMAIL)
-    form.locator("input[name=password]").fill(PASSWORD)
-    with page.expect_navigation():
-        form.locator("button[type=submit]").first.click()
-    assert urlsplit(page.url).path != "/accounts/login/", f"not signed in: {page.url}"
+    harness.sign_in(page, EMAIL, PASSWORD)
 
 
 def page_colours(page) -> dict:
