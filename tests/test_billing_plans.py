@@ -20,8 +20,8 @@ prices = stripe_tests.prices
 endpoint = stripe_tests.endpoint
 stripe_client = stripe_tests.stripe_client
 
-CARD = re.compile(r'<article class="card plan[^"]*" data-plan="(?P<code>[\w-]+)"(?P<attrs>[^>]*)>(?P<body>.*?)</article>',
-                  re.DOTALL)
+CARD = re.compile(r'<article class="card plan[^"]*" data-plan="(?P<code>[\w-]+)"(?P<attrs>[^>]*)>'
+                  r'(?P<body>.*?)</article>', re.DOTALL)
 
 
 def cards(html: str) -> dict[str, dict]:
