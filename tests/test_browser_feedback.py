@@ -28,6 +28,28 @@ PASSWORD = "correct-horse-battery"  # conftest's tenant_world
 TOAST_LEAVES_MS = 20_000  # generous: a toast leaves after a few seconds
 
 
+@pytest.fixture(autouse=True)
+def audit_restored(tenant_world, django_db_blocker):
+    """The server commits each action's audit event; org A's dashboard lists the latest: remove ours after."""
+    from django_tenants.utils import schema_context
+
+    from tenants.audit.models import AuditEvent
+
+    def last_id():
+        with schema_context(tenant_world["a"]["org"].schema_name):
+            return AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+    def remove_after(saved):
+        with schema_context(tenant_world["a"]["org"].schema_name):
+            AuditEvent.objects.filter(id__gt=saved).delete()
+
+    with django_db_blocker.unblock():
+        saved = in_thread(last_id)
+    yield
+    with django_db_blocker.unblock():
+        in_thread(lambda: remove_after(saved))
+
+
 @pytest.fixture
 def language_restored(tenant_world, django_db_blocker):
     """Switching language saves it on the user (it follows them everywhere): put the owner's back after."""
