@@ -198,3 +198,21 @@ def test_creating_an_api_key_shows_a_toast_in_portuguese_that_fits_a_phone(new_p
     expect(toast).to_contain_text(f"Chave “{name}” criada. Copie-a agora: ela só é mostrada desta vez.")
     box = toast.bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+
+
+def test_on_a_phone_the_plan_cards_stack_with_the_current_one_marked(new_page, tenant_world):
+    from playwright.sync_api import expect
+
+    page = new_page(viewport=PHONE)
+    sign_in(page)
+    page.goto(f"/o/{SLUG}/billing/")
+    cards = page.get_by_test_id("plan-card")
+    expect(cards).to_have_count(5)
+    boxes = [cards.nth(n).bounding_box() for n in range(5)]
+    assert len({round(box["x"]) for box in boxes}) == 1, "one column"
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] for box in boxes), boxes
+    assert all(upper["y"] + upper["height"] <= lower["y"] for upper, lower in zip(boxes, boxes[1:], strict=False))
+    current = page.locator("[data-testid=plan-card][aria-current=true]")
+    expect(current).to_have_count(1)
+    expect(current.get_by_test_id("current-plan")).to_be_visible()
+    expect(page.locator("[data-testid=plan-card] [data-testid=plan-action]")).to_have_count(4)
