@@ -216,3 +216,30 @@ def test_on_a_phone_the_plan_cards_stack_with_the_current_one_marked(new_page, t
     expect(current).to_have_count(1)
     expect(current.get_by_test_id("current-plan")).to_be_visible()
     expect(page.locator("[data-testid=plan-card] [data-testid=plan-action]")).to_have_count(4)
+
+
+def test_a_toast_waiting_for_an_htmx_answer_appears_without_a_reload(new_page, tenant_world):
+    from playwright.sync_api import expect
+
+    page = new_page()
+    sign_in(page)
+    page.goto(f"/o/{SLUG}/chat/")
+    page.evaluate("window.__sameDocument = true")
+    # Another tab saves the settings without showing the page it is sent to: its toast waits for the next answer.
+    status = page.evaluate("""async (url) => {
+        const token = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+        const body = new URLSearchParams({csrfmiddlewaretoken: token, name: "Org A"});
+        return (await fetch(url, {method: "POST", body, redirect: "manual"})).type;
+    }""", f"/o/{SLUG}/settings/")
+    assert status == "opaqueredirect"
+
+    search = page.locator("#thread-search")
+    with page.expect_response(re.compile(rf"/o/{SLUG}/chat/threads/")):
+        search.fill("x")
+        search.press("Enter")
+    toast = page.get_by_test_id("toasts").locator("[data-toast]")
+    expect(toast).to_have_count(1)
+    expect(toast).to_contain_text("Saved.")
+    expect(page.get_by_test_id("toasts")).to_have_count(1)
+    assert page.evaluate("window.__sameDocument === true")
+    expect(toast).to_have_count(0, timeout=TOAST_LEAVES_MS)  # htmx's toasts leave by themselves too
