@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import stripe
 from django.conf import settings
@@ -20,7 +21,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from tenants.guards import org_member_required
 
+from .models import Plan
 from .selectors import plan_list_public
+from .services import FREE_PLAN
 from .stripe import (
     BillingChangeRefused,
     UnknownStripePrice,
@@ -109,12 +112,43 @@ def _grace_until(organization):
         return None
 
 
+@dataclass(frozen=True)
+class PlanCard:
+    """A plan as the billing page shows it: whether it is the current one and the one action it offers.
+
+    `action` is "upgrade" or "switch" (a POST to billing_plan_change), "contact" (a plan not sold online),
+    or "" (the current plan, or a member who may not change it).
+    """
+
+    plan: Plan
+    current: bool
+    action: str
+
+
+def plan_cards(plans, *, current: Plan | None, can_manage: bool) -> list[PlanCard]:
+    cards = []
+    for plan in plans:
+        is_current = current is not None and plan.pk == current.pk
+        if is_current or not can_manage:
+            action = ""
+        elif not plan.stripe_price_id and plan.code != FREE_PLAN:
+            action = "contact"
+        elif (plan.sort_order, plan.monthly_price_cents) > (current.sort_order, current.monthly_price_cents):
+            action = "upgrade"
+        else:
+            action = "switch"
+        cards.append(PlanCard(plan=plan, current=is_current, action=action))
+    return cards
+
+
 def billing_panel_context(request: HttpRequest, account) -> dict:
-    """The plan picker, top-up and portal forms and the invoices, for the billing page."""
+    """The plan cards, top-up and portal forms and the invoices, for the billing page."""
     organization = request.tenant
+    can_manage = request.membership.has_role("admin")
     return {
-        "plans": plan_list_public(),
-        "can_manage": request.membership.has_role("admin"),
+        "plan_cards": plan_cards(plan_list_public(), current=account.plan, can_manage=can_manage),
+        "sales_email": settings.BILLING_SALES_EMAIL,
+        "can_manage": can_manage,
         "grace_until": _grace_until(organization) if account.status == account.Status.PAST_DUE else None,
         "invoices": invoice_list(organization=organization),
         "topup": {"min": settings.BILLING_TOPUP_MIN_CREDITS, "max": settings.BILLING_TOPUP_MAX_CREDITS,

@@ -10,13 +10,14 @@ from tenants.guards import org_member_required
 
 from .charts import bar_chart
 from .forms import UsageRangeForm
-from .selectors import billing_account_get, credit_entry_list, entitlements_for, plan_list_public, usage_report
-from .stripe_views import billing_panel_context
+from .selectors import billing_account_get, credit_entry_list, plan_list_public, usage_report
+from .stripe_views import billing_panel_context, plan_cards
 
 
 def pricing(request: HttpRequest) -> HttpResponse:
-    """Public plans, read from the database."""
-    return render(request, "billing/pricing.html", {"plans": plan_list_public()})
+    """Public plans, read from the database: the billing page's cards, without its actions."""
+    return render(request, "billing/pricing.html",
+                  {"plan_cards": plan_cards(plan_list_public(), current=None, can_manage=False)})
 
 
 @org_member_required
@@ -25,7 +26,6 @@ def billing_overview(request: HttpRequest) -> HttpResponse:
     account = billing_account_get(organization=organization)
     context = {
         "account": account,
-        "entitlements": entitlements_for(organization),
         "entries": credit_entry_list(organization=organization)[:20],
         **billing_panel_context(request, account),
     }

@@ -93,6 +93,13 @@ def _refusal(refused: CheckRefused) -> dict:
     return {"code": refused.code, "message": refused.message}
 
 
+def _check_requested(request: HttpRequest, check: Check) -> None:
+    if check.is_final:
+        messages.success(request, _("Checked: the report is ready."))
+    else:
+        messages.success(request, _("Check queued: its progress and report appear on this page."))
+
+
 # ---------------------------------------------------------------- targets
 
 
@@ -129,9 +136,11 @@ def target_add_view(request: HttpRequest) -> HttpResponse:
         with transaction.atomic():
             target = target_add(cnpj=data["cnpj"], label=data["label"], tags=data["tags"],
                                 schedule=data["schedule"], user=request.user)
-            check_request(organization=request.tenant, target=target, user=request.user, refresh=data["refresh"])
+            check = check_request(organization=request.tenant, target=target, user=request.user,
+                                  refresh=data["refresh"])
     except CheckRefused as refused:
         return _home(request, form, refusal=_refusal(refused), status=refused.status)
+    _check_requested(request, check)
     return redirect("checks_target", request.tenant.slug, target.pk)
 
 
@@ -214,10 +223,11 @@ def target_check(request: HttpRequest, target_id: int) -> HttpResponse:
     """Check now (the cache may answer) or, with refresh=1, ask the registries again."""
     target = _target_or_404(target_id)
     try:
-        check_request(organization=request.tenant, target=target, user=request.user,
-                      refresh=request.POST.get("refresh") == "1")
+        check = check_request(organization=request.tenant, target=target, user=request.user,
+                              refresh=request.POST.get("refresh") == "1")
     except CheckRefused as refused:
         return _target_page(request, target, refusal=_refusal(refused), status=refused.status)
+    _check_requested(request, check)
     return redirect("checks_target", request.tenant.slug, target.pk)
 
 

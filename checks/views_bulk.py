@@ -48,6 +48,10 @@ def bulk_home(request: HttpRequest) -> HttpResponse:
             except bulk.BulkRefused as refused:
                 form.add_error("file", refused.message)
             else:
+                if batch.total:  # a file with only invalid rows has nothing queued: its page says why
+                    messages.success(request, ngettext("Batch queued: %(count)d company to check.",
+                                                       "Batch queued: %(count)d companies to check.",
+                                                       batch.total) % {"count": batch.total})
                 return redirect("checks_batch", request.tenant.slug, batch.pk)
         status = 400
     batches = list(bulk.batch_list())

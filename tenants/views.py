@@ -262,6 +262,8 @@ def api_keys(request: HttpRequest) -> HttpResponse:
         new_key = api_key_create(organization=request.tenant, name=form.cleaned_data["name"],
                                  scopes=form.cleaned_data["scopes"], expires_at=expires_at, user=request.user,
                                  actor=Actor.from_request(request))
+        messages.success(request, _("Key “%(name)s” created. Copy it now: it is shown only this once.")
+                         % {"name": form.cleaned_data["name"]})
         form = ApiKeyForm()
     keys = ApiKey.objects.filter(organization=request.tenant).select_related("created_by")
     context = {"form": form, "keys": keys, "new_key": new_key,

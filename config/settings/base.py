@@ -171,6 +171,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "core.toasts.HtmxToastsMiddleware",  # inside MessageMiddleware: reads messages before they are stored
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
 ]
@@ -368,6 +369,8 @@ STRIPE_METER_EVENT_NAME = os.environ.get("STRIPE_METER_EVENT_NAME", "prumo_credi
 BILLING_CREDITS_PER_USD = 100
 BILLING_TOPUP_MIN_CREDITS = 500
 BILLING_TOPUP_MAX_CREDITS = 1_000_000
+# Plans not sold online (no Stripe price: Enterprise) offer a "Contact us" link to this address.
+BILLING_SALES_EMAIL = os.environ.get("BILLING_SALES_EMAIL", "sales@prumo.local")
 
 # Chat: AI providers. Platform keys come from here; organizations may add their own (encrypted).
 LLM_PROVIDERS = {
