@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -75,13 +74,7 @@ def api_keys(tenant_world, django_db_blocker):
 
 
 def sign_in(page) -> None:
-    page.goto("/accounts/login/")
-    form = page.locator("main form").filter(has=page.locator("input[name=password]"))
-    form.locator("input[name=login]").fill(EMAIL)
-    form.locator("input[name=password]").fill(PASSWORD)
-    with page.expect_navigation():
-        form.locator("button[type=submit]").first.click()
-    assert urlsplit(page.url).path != "/accounts/login/", f"not signed in: {page.url}"
+    harness.sign_in(page, EMAIL, PASSWORD)
 
 
 def hold_posts(page, path: str) -> list:
