@@ -191,6 +191,7 @@ def test_creating_an_api_key_shows_a_toast_in_portuguese_that_fits_a_phone(new_p
     expect(toast).to_contain_text(f"Chave “{name}” criada. Copie-a agora: ela só é mostrada desta vez.")
     box = toast.bounding_box()
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], "the new key widens the page"
 
 
 def test_on_a_phone_the_plan_cards_stack_with_the_current_one_marked(new_page, tenant_world):
