@@ -23,6 +23,7 @@ def manage(*args: str) -> None:
 
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    os.makedirs(os.environ.get("PRUMO_DATA_DIR", ".data"), exist_ok=True)  # beat keeps its schedule there
     manage("deploy_migrate")
     manage("seed_demo")
     celery = [PYTHON, "-m", "celery", "-A", "config"]
