@@ -18,7 +18,7 @@ from playwright.sync_api import expect, sync_playwright
 HERE = Path(__file__).resolve().parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SIZES = {"1280": {"width": 1280, "height": 860}, "375": {"width": 375, "height": 780}}
-QUESTION = "What does **Prumo** check when I verify a CNPJ? Answer with a short list."
+QUESTION = "What does Prumo check when I verify a CNPJ? Answer with a short list."
 
 
 def sign_in(page, email: str, password: str) -> None:
