@@ -59,17 +59,20 @@ def browser_pages(request, browser, base_url: str, tmp_path_factory):
     """Yields `make(locale=..., viewport=..., **context options)`: a page in a fresh context on `base_url`.
 
     On failure each page's screenshot is saved; at the end, any Content Security Policy violation a page
-    logged fails the test.
+    logged fails the test, unless the page was made with `csp_reports_expected=True` (a test that feeds
+    hostile HTML to the browser on purpose).
     """
     contexts, console_errors = [], []
 
-    def make(*, locale: str = "en-US", viewport: dict | None = None, **options):
+    def make(*, locale: str = "en-US", viewport: dict | None = None, csp_reports_expected: bool = False,
+             **options):
         context = browser.new_context(base_url=base_url, locale=locale,
                                       viewport=viewport or {"width": 1280, "height": 900}, **options)
         context.set_default_timeout(TIMEOUT_MS)
         contexts.append(context)
         page = context.new_page()
-        page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+        if not csp_reports_expected:
+            page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
         return page
 
     yield make

@@ -135,7 +135,9 @@ def test_the_browsers_sanitizer_keeps_what_the_servers_keeps(new_page, tenant_wo
     (the second layer: markdown-it never hands it raw HTML)."""
     from chat.markdown import html_sanitize
 
-    page = new_page()
+    # Chromium reports every inline handler it parses, even in the inert document DOMPurify parses into, so
+    # these samples make CSP reports; the tests of real answers check there are none.
+    page = new_page(csp_reports_expected=True)
     sign_in(page)
     page.goto("/o/org-a/chat/")
     page.wait_for_function("window.chatMarkdown !== undefined")
@@ -158,8 +160,6 @@ def test_the_browsers_sanitizer_keeps_what_the_servers_keeps(new_page, tenant_wo
       return holder.innerHTML;
     })""", raw):
         assert not re.search(r"<(?!/?p>)", html) and "<b>" not in html, html
-    # (No check of CSP reports here: Chromium reports every inline handler it parses, even in the inert document
-    # DOMPurify parses into, so these samples make reports; the tests of real answers check there are none.)
 
 
 def test_the_answer_is_rendered_while_it_streams_and_the_final_version_takes_its_place(new_page, threads, org_db):
