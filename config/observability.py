@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from contextvars import ContextVar
+
+from core.metrics import http_request_duration, http_requests
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 organization_var: ContextVar[str] = ContextVar("organization", default="-")
@@ -45,6 +48,33 @@ class HealthzMiddleware:
 
             return JsonResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
         return self.get_response(request)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every request Django answers by its URL pattern's name (`prumo_http_*`); "unmatched" when
+    none matched. The paths served outside Django (/v1, direct chat sends and streams) have metrics of their own."""
+
+    def __init__(self, get_response):
+        from config.metrics import pools_record
+
+        self.get_response = get_response
+        self.pools_record = pools_record
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = (match.view_name or match.route or "unnamed") if match is not None else "unmatched"
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        http_request_duration.labels(route, method).observe(time.perf_counter() - started)
+        http_requests.labels(route, method, str(response.status_code)).inc()
+        self.pools_record(every=POOLS_RECORD_SECONDS)
+        return response
+
+
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# How often a process copies its connection pools' state into prumo_db_pool_connections (at a request's end).
+POOLS_RECORD_SECONDS = 5.0
 
 
 class RequestContextFilter(logging.Filter):

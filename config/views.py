@@ -11,6 +11,8 @@ from django.utils.translation import gettext as _
 from django.views import defaults as django_defaults
 from django.views.decorators.cache import never_cache
 
+from core.metrics import ratelimit_rejected
+
 
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
@@ -43,6 +45,7 @@ def landing(request: HttpRequest) -> HttpResponse:
 
 
 def ratelimited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    ratelimit_rejected("view")
     response = render(request, "429.html", {"message": _("Too many requests. Try again in a minute.")}, status=429)
     response["Retry-After"] = "60"
     return response

@@ -155,6 +155,7 @@ CACHES = {
 # Middleware
 MIDDLEWARE = [
     "config.observability.HealthzMiddleware",
+    "config.observability.RequestMetricsMiddleware",
     "config.observability.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -539,6 +540,17 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# Observability
+# /metrics (config.metrics): with METRICS_TOKEN, scrapers send `Authorization: Bearer <token>`; without it only
+# requests from this machine (loopback, not through a proxy) get an answer, everyone else 404.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# Queues whose length /metrics reports besides the default and the routed ones (comma-separated).
+METRICS_CELERY_QUEUES = [name for name in os.environ.get("METRICS_CELERY_QUEUES", "billing,webhooks").split(",")
+                         if name.strip()]
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself, from the environment): a directory where every
+# process on the node (gunicorn's workers, Celery workers) writes its samples; /metrics adds them up. Set it for
+# gunicorn with several workers; Celery workers share it on the same node (config/gunicorn.py cleans it at start).
 
 # Checks (CNPJ registries)
 # Public registries asked in turn for a company's data (checks.registries); no keys needed.
