@@ -107,3 +107,46 @@ def process_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, MULTIPROCESS_DIR)
+
+
+# ---------------------------------------------------------------- the /v1 gateway and provider calls
+
+gateway_requests = Counter("prumo_gateway_requests_total", "/v1/chat/completions calls, by the provider and catalog "
+                           "model that served them (\"none\" before one was chosen) and HTTP status (499: the client "
+                           "left before any answer).", ["provider", "model", "status"])
+gateway_ttft = Histogram("prumo_gateway_ttft_seconds", "Seconds from asking the provider to its first event.",
+                         ["provider"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 30, 60))
+gateway_overhead = Histogram("prumo_gateway_overhead_seconds", "Seconds a /v1 call spent in Prumo before its "
+                             "response headers, the provider's wait excluded (the x-prumo-overhead-ms header).",
+                             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+llm_tokens = Counter("prumo_llm_tokens_total", "Tokens providers counted (chat answers and /v1), by direction "
+                     "(input, output).", ["provider", "direction"])
+
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    """`metric.labels(*labels)`, made once per label set (a dict lookup, no lock, afterwards)."""
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def gateway_call_record(*, provider: str, model: str, status: int, ttft: float | None, overhead: float | None,
+                        input_tokens: int | None, output_tokens: int | None) -> None:
+    """One /v1/chat/completions call, as it ended."""
+    _child(gateway_requests, provider, model, str(status or 499)).inc()
+    if ttft is not None:
+        _child(gateway_ttft, provider).observe(ttft)
+    if overhead is not None:
+        gateway_overhead.observe(overhead)
+    llm_tokens_count(provider, input_tokens, output_tokens)
+
+
+def llm_tokens_count(provider: str, input_tokens: int | None, output_tokens: int | None) -> None:
+    if input_tokens:
+        _child(llm_tokens, provider, "input").inc(input_tokens)
+    if output_tokens:
+        _child(llm_tokens, provider, "output").inc(output_tokens)

@@ -37,7 +37,8 @@ FAMILIES = {
     "prumo_http_requests", "prumo_http_request_duration_seconds", "prumo_chat_streams_open",
     "prumo_chat_answers", "prumo_credits", "prumo_credit_holds_open", "prumo_ratelimit_rejections",
     "prumo_celery_tasks", "prumo_celery_task_duration_seconds", "prumo_celery_queue_length",
-    "prumo_db_pool_connections",
+    "prumo_db_pool_connections", "prumo_gateway_requests", "prumo_gateway_ttft_seconds",
+    "prumo_gateway_overhead_seconds", "prumo_llm_tokens",
 }
 
 
@@ -159,7 +160,6 @@ def check_once(base: str, key: str) -> None:
 
 
 def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, two_orgs):
-
     server, _worker = stack
     base = server.url
     assert scrape(base).status_code == 404  # a token is configured: without it, nothing is there
@@ -208,6 +208,11 @@ def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, tw
     assert value(second, "prumo_celery_task_duration_seconds", "prumo_celery_task_duration_seconds_count",
                  task="chat.tasks.generation_run") >= 2
     assert {s.labels["queue"] for s in second["prumo_celery_queue_length"]} >= {"default", "checks", "generation"}
+    assert value(second, "prumo_gateway_requests", provider="openai", model=CHEAP, status="200") == 2
+    assert value(second, "prumo_gateway_ttft_seconds", "prumo_gateway_ttft_seconds_count", provider="openai") == 2
+    assert value(second, "prumo_gateway_overhead_seconds", "prumo_gateway_overhead_seconds_count") == 2
+    assert value(second, "prumo_llm_tokens", provider="openai", direction="input") == 20  # the fake's 10 a call
+    assert value(second, "prumo_llm_tokens", provider="openai", direction="output") == 4
     pools = {s.labels["pool"] for s in second["prumo_db_pool_connections"]}
     assert {"async"} <= pools, pools
 
