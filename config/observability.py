@@ -84,3 +84,29 @@ class RequestContextFilter(logging.Filter):
             record.organization = organization_var.get()
         record.user_id = user_var.get()
         return True
+
+
+# A task carries the context of whatever queued it (a request, or another task): set on every message as it is
+# published (Celery's before_task_publish), restored in the worker as the task starts (task_prerun), so the
+# worker's log lines name the request that caused them. config.celery connects both.
+TASK_CONTEXT_HEADERS = {"prumo_request_id": request_id_var, "prumo_organization": organization_var,
+                        "prumo_user": user_var}
+
+
+def task_context_publish(headers: dict | None = None, **kwargs) -> None:
+    if headers is None:
+        return
+    for name, var in TASK_CONTEXT_HEADERS.items():
+        value = var.get()
+        if value != "-":
+            headers.setdefault(name, value)
+
+
+def task_context_restore(task=None, **kwargs) -> None:
+    request = task.request
+    if request.is_eager:  # run inside its caller, whose context it already has
+        return
+    carried = request.headers or {}
+    for name, var in TASK_CONTEXT_HEADERS.items():
+        value = carried.get(name) or request.get(name) or "-"
+        var.set(value if VALID_REQUEST_ID.match(str(value)) else "-")

@@ -545,6 +545,10 @@ LOGGING = {
 # /metrics (config.metrics): with METRICS_TOKEN, scrapers send `Authorization: Bearer <token>`; without it only
 # requests from this machine (loopback, not through a proxy) get an answer, everyone else 404.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# /readyz also wants a Celery worker to have answered a ping within READYZ_WORKER_MAX_AGE seconds (off: a web-only
+# node stays ready without workers; the database, Redis and the broker are always checked).
+READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
+READYZ_WORKER_MAX_AGE = float(os.environ.get("READYZ_WORKER_MAX_AGE", "30"))
 # Queues whose length /metrics reports besides the default and the routed ones (comma-separated).
 METRICS_CELERY_QUEUES = [name for name in os.environ.get("METRICS_CELERY_QUEUES", "billing,webhooks").split(",")
                          if name.strip()]
