@@ -74,6 +74,12 @@ class ScrapeCollector:
         for queue, length in _queue_lengths().items():
             queues.add_metric([queue], length)
         yield queues
+        breakers = GaugeMetricFamily("prumo_circuit_open", "1 while a provider's circuit breaker is open: the AI "
+                                     "providers' platform keys (organizations' own keys aside) and the CNPJ "
+                                     "registries.", labels=["provider"])
+        for provider, state in _breakers_open().items():
+            breakers.add_metric([provider], state)
+        yield breakers
 
 
 def _holds_open() -> float:
@@ -107,6 +113,25 @@ def _queue_lengths() -> dict[str, float]:
         return {queue: float("nan") for queue in queues}
 
 
+def _breakers_open() -> dict[str, float]:
+    from chat.catalog.models import Provider
+    from chat.routing import CircuitBreaker
+    from checks.registries import FALLBACK_ORDER
+    from checks.registries.limits import CircuitBreaker as RegistryBreaker
+    from config.redis_shared import redis_client
+
+    keys = {provider: CircuitBreaker(provider).open_key for provider in Provider.values if provider != "demo"}
+    keys |= {registry: RegistryBreaker(registry).open_key for registry in FALLBACK_ORDER}
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for key in keys.values():
+            pipe.exists(key)
+        return {provider: float(bool(found)) for provider, found in zip(keys, pipe.execute(), strict=True)}
+    except Exception:
+        logger.warning("metrics: circuit breakers unreadable", exc_info=True)
+        return dict.fromkeys(keys, float("nan"))
+
+
 _pools_recorded_at = 0.0
 
 
@@ -122,14 +147,12 @@ def pools_record(*, every: float = 0.0) -> None:
     from config.db_async import _pools
 
     pool = DatabaseWrapper._connection_pools.get("default")  # never opens one that does not exist
-    if pool is not None:
-        metrics.pool_stats_record("django", pool.get_stats())
+    metrics.pool_stats_record("django", pool.get_stats() if pool is not None else {})  # zeros: no pool (yet)
     async_stats: dict[str, int] = {}
     for async_pool in list(_pools.values()):
         for name, value in async_pool.get_stats().items():
             async_stats[name] = async_stats.get(name, 0) + value
-    if async_stats:
-        metrics.pool_stats_record("async", async_stats)
+    metrics.pool_stats_record("async", async_stats)
 
 
 # ---------------------------------------------------------------- Celery (connected in config.celery)

@@ -150,3 +150,16 @@ def llm_tokens_count(provider: str, input_tokens: int | None, output_tokens: int
         _child(llm_tokens, provider, "input").inc(input_tokens)
     if output_tokens:
         _child(llm_tokens, provider, "output").inc(output_tokens)
+
+
+# ---------------------------------------------------------------- CNPJ registries and their cache
+
+registry_requests = Counter("prumo_registry_requests_total", "Requests to a CNPJ registry, by registry and outcome.",
+                            ["registry", "outcome"])
+checks_cache = Counter("prumo_checks_cache_total", "Company lookups answered from the shared cache (hit) or by the "
+                       "registries (miss).", ["result"])
+_checks_cache = {result: checks_cache.labels(result) for result in ("hit", "miss")}
+
+
+def checks_cache_count(*, hit: bool) -> None:
+    _checks_cache["hit" if hit else "miss"].inc()

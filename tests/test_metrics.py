@@ -38,7 +38,8 @@ FAMILIES = {
     "prumo_chat_answers", "prumo_credits", "prumo_credit_holds_open", "prumo_ratelimit_rejections",
     "prumo_celery_tasks", "prumo_celery_task_duration_seconds", "prumo_celery_queue_length",
     "prumo_db_pool_connections", "prumo_gateway_requests", "prumo_gateway_ttft_seconds",
-    "prumo_gateway_overhead_seconds", "prumo_llm_tokens",
+    "prumo_gateway_overhead_seconds", "prumo_llm_tokens", "prumo_circuit_open", "prumo_registry_requests",
+    "prumo_checks_cache",
 }
 
 
@@ -213,6 +214,11 @@ def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, tw
     assert value(second, "prumo_gateway_overhead_seconds", "prumo_gateway_overhead_seconds_count") == 2
     assert value(second, "prumo_llm_tokens", provider="openai", direction="input") == 20  # the fake's 10 a call
     assert value(second, "prumo_llm_tokens", provider="openai", direction="output") == 4
+    assert value(second, "prumo_registry_requests", registry="brasilapi", outcome="found") == 1  # then cached
+    assert value(second, "prumo_checks_cache", result="miss") == 1
+    assert value(second, "prumo_checks_cache", result="hit") >= 2
+    breakers = {s.labels["provider"]: s.value for s in second["prumo_circuit_open"]}
+    assert breakers["openai"] == breakers["brasilapi"] == 0, breakers
     pools = {s.labels["pool"] for s in second["prumo_db_pool_connections"]}
     assert {"async"} <= pools, pools
 
