@@ -155,4 +155,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if _no_connection(sys.exc_info()[1]):
         return overloaded(request)
     request_id = getattr(request, "id", "") or request_id_var.get()
-    return HttpResponse(loader.get_template("500.html").render({"request_id": request_id}), status=500)
+    page = loader.get_template("500.html").render({"request_id": request_id, "reported": bool(settings.SENTRY_DSN)})
+    return HttpResponse(page, status=500)

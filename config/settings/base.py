@@ -549,6 +549,15 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # node stays ready without workers; the database, Redis and the broker are always checked).
 READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
 READYZ_WORKER_MAX_AGE = float(os.environ.get("READYZ_WORKER_MAX_AGE", "30"))
+# Errors to Sentry when SENTRY_DSN is set (config.observability.sentry_init: Django, Celery, ERROR log records;
+# no personal data; the request id as a tag); the 500 page then says the team was notified.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "")
+SENTRY_RELEASE = os.environ.get("SENTRY_RELEASE", "")
+if SENTRY_DSN:
+    from config.observability import sentry_init
+
+    sentry_init(dsn=SENTRY_DSN, environment=SENTRY_ENVIRONMENT, release=SENTRY_RELEASE)
 # Queues whose length /metrics reports besides the default and the routed ones (comma-separated).
 METRICS_CELERY_QUEUES = [name for name in os.environ.get("METRICS_CELERY_QUEUES", "billing,webhooks").split(",")
                          if name.strip()]
