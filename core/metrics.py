@@ -18,9 +18,11 @@ import os
 import re
 from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram
-
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if MULTIPROCESS_DIR:  # prometheus-client writes there as soon as a metric is defined (below)
+    os.makedirs(MULTIPROCESS_DIR, exist_ok=True)
+
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
 # Request durations: from a health check to a long upload; streams are not requests here (they stay open).
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
