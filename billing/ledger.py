@@ -18,6 +18,7 @@ from decimal import Decimal
 from django.db import IntegrityError, connection, transaction
 
 from accounts.models import User
+from core.metrics import credits_count
 from tenants.models import Organization
 
 from .models import ZERO, BillingAccount, CreditEntry, CreditReservation
@@ -91,6 +92,8 @@ def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, d
             cursor.execute(MOVE_SQL, params)
             row = cursor.fetchone()
         if row is not None:
+            if kind in _COUNTED_KINDS:
+                credits_count(_COUNTED_KINDS[kind], amount)
             entry = CreditEntry(pk=row[0], organization=organization, kind=kind, amount=amount, balance_after=row[1],
                                 idempotency_key=key, reservation=reservation, description=description[:255],
                                 created_by=user, metadata=metadata or {}, created_at=row[2])
@@ -103,6 +106,18 @@ def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, d
         # The account does not exist yet (the first movement of an organization): create it, retry once.
         billing_account_ensure(organization)
     raise AssertionError("unreachable")
+
+
+# Movements counted in prumo_credits_total by `_move` (holds and their closing are counted where they happen).
+_COUNTED_KINDS = {CreditEntry.Kind.GRANT: "granted", CreditEntry.Kind.PURCHASE: "purchased"}
+
+
+def credits_closed_count(*, held: Decimal, actual: Decimal | None) -> None:
+    """A hold of `held` just closed (CLOSE_SQL): `actual` settled, or the whole hold released (None)."""
+    if actual is None:
+        credits_count("released", held)
+    else:
+        credits_count("settled", actual)
 
 
 def _positive(amount: Decimal) -> Decimal:
@@ -241,6 +256,7 @@ def credit_reserve(*, organization: Organization, amount: Decimal, key: str, des
         except IntegrityError:
             row = None  # the same key committed concurrently: the lookup below finds it
         if row is not None:
+            credits_count("held", amount)
             return CreditReservation(pk=row[0], organization=organization, key=key, amount=amount,
                                      created_at=row[1])
         existing = CreditReservation.objects.filter(key=key).first()
@@ -259,6 +275,8 @@ def _close(reservation: CreditReservation, *, actual: Decimal | None) -> CreditR
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(CLOSE_SQL, {"reservation": reservation.pk, "actual": actual})
         row = cursor.fetchone()
+    if row is not None:
+        credits_closed_count(held=reservation.amount, actual=actual)
     if row is not None and row[2] > 0:
         credit_overage_uncovered(organization_id=reservation.organization_id, reservation_id=reservation.pk,
                                  key=reservation.key, overage=row[1] + row[2], uncovered=row[2])

@@ -18,6 +18,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from config.redis_shared import redis_client
+from core.metrics import ratelimit_rejected
 
 WINDOW_SECONDS = 60
 
@@ -128,6 +129,8 @@ def rate_limit_keys(organization_id: int, key_id: int) -> list[str]:
 
 def _limit(result: list, requests_per_minute: int, tokens_per_minute: int) -> Limit:
     allowed, reason, req_used, req_reset, tok_used, tok_reset = (int(value) for value in result)
+    if not allowed:
+        ratelimit_rejected("key")
     return Limit(allowed=bool(allowed), exceeded={0: "", 1: "requests", 2: "tokens"}[reason],
                  requests_limit=requests_per_minute, requests_used=req_used, requests_reset_ms=req_reset,
                  tokens_limit=tokens_per_minute, tokens_used=tok_used, tokens_reset_ms=tok_reset)
@@ -176,19 +179,27 @@ def ip_limited(ip: str) -> int | None:
     """Count an unauthenticated call from `ip`; the seconds to wait when over the limit, else None."""
     ttl = int(_script(_WINDOW_COUNT)(keys=[f"rl:ip:{ip}"],
                                      args=[settings.API_UNAUTHENTICATED_PER_MINUTE, WINDOW_SECONDS]))
-    return None if ttl < 0 else max(1, -(-ttl // 1000))
+    return _ip_wait(ttl)
 
 
 async def ip_limited_async(client, ip: str) -> int | None:
     """`ip_limited` on an async Redis client."""
     ttl = int(await client.eval(_WINDOW_COUNT, 1, f"rl:ip:{ip}", settings.API_UNAUTHENTICATED_PER_MINUTE,
                                 WINDOW_SECONDS))
-    return None if ttl < 0 else max(1, -(-ttl // 1000))
+    return _ip_wait(ttl)
+
+
+def _ip_wait(ttl: int) -> int | None:
+    if ttl < 0:
+        return None
+    ratelimit_rejected("ip")
+    return max(1, -(-ttl // 1000))
 
 
 def _over(used: str | None, ttl: int) -> int | None:
     if used is None or int(used) < settings.API_UNAUTHENTICATED_PER_MINUTE or ttl < 0:
         return None
+    ratelimit_rejected("ip")
     return max(1, -(-ttl // 1000))
 
 
@@ -294,4 +305,7 @@ def _send_window(organization_id: int, user_id: int) -> str:
 
 
 def _wait_seconds(ttl_ms: int) -> int | None:
-    return None if ttl_ms < 0 else max(1, -(-ttl_ms // 1000))
+    if ttl_ms < 0:
+        return None
+    ratelimit_rejected("send")
+    return max(1, -(-ttl_ms // 1000))

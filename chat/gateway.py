@@ -35,6 +35,7 @@ from billing.ledger import (
     credit_overage_uncovered,
     credit_release,
     credit_reserve,
+    credits_closed_count,
     reserve_params,
 )
 from billing.models import CreditReservation, UsageEvent
@@ -47,6 +48,7 @@ from billing.ratelimits import (
 )
 from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
 from config.db_async import async_pool
+from core.metrics import credits_count
 from tenants.api_keys import KeyAuth
 from tenants.models import ApiKey, Organization
 
@@ -259,6 +261,7 @@ class Prepared:
     request: ChatRequest
     own_keys: dict[str, str]
     reservation_id: int | None
+    held: Decimal  # the worst case held (0: nothing held)
     billing_key: str
     prompt_tokens: int
     completion_id: str
@@ -276,6 +279,7 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
             organization_id=auth.organization_id, amount=amount, key=key, description=description))
         row = await cursor.fetchone()
     if row is not None:
+        credits_count("held", amount)
         return row[0]
     # Not covered, or the organization's first movement (no account row yet): the ledger decides.
     reservation = await orm_call(credit_reserve, organization=Organization(pk=auth.organization_id),
@@ -355,7 +359,8 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) ->
     request = ChatRequest(model=model.provider_model, messages=params.messages, max_tokens=max_tokens,
                           temperature=params.temperature, top_p=params.top_p, stop=params.stop, extra=params.extra)
     return Prepared(auth=auth, candidates=candidates, request=request, own_keys=config.own_keys,
-                    reservation_id=reservation_id, billing_key=billing_key, prompt_tokens=prompt_tokens,
+                    reservation_id=reservation_id, held=worst if reservation_id is not None else Decimal(0),
+                    billing_key=billing_key, prompt_tokens=prompt_tokens,
                     completion_id=f"chatcmpl-{completion_id}",
                     created=int(time.time()), limit=limit, tokens_counted=prompt_tokens + max_tokens,
                     breakers=breakers)
@@ -395,6 +400,8 @@ async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, inp
             if touch_key:
                 await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
         closed = await closing.fetchone() if closing is not None else None  # already here: the pipeline synced
+    if closed is not None:
+        credits_closed_count(held=prepared.held, actual=credits if credits > 0 else None)
     if closed is not None and closed[2] > 0:
         await orm_call(credit_overage_uncovered, organization_id=auth.organization_id,
                        reservation_id=prepared.reservation_id, key=prepared.billing_key,

@@ -58,6 +58,7 @@ from billing.ratelimits import send_limit_give_back, send_limited_async
 from config.db_async import async_pool, insert_values
 from config.scope import scope_cookie, scope_header
 from config.views import overloaded_asgi
+from core.metrics import credits_count
 from tenants.guards import WRITE_ROLE
 from tenants.models import ROLE_RANK, Membership, Organization, Role
 
@@ -366,7 +367,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
                     raise Fallback
                 question, answer = _messages(asked, option, ids, system_prompt=system_prompt,
                                              history=history_from_rows(await history.fetchall()))
-                held, hold = await _hold(connection, asked, config, option, answer)
+                held, hold, worst = await _hold(connection, asked, config, option, answer)
                 # Watched before the commit, as chat.services does: a process that dies between the commit and the
                 # queueing still leaves the answer to the reaper (which drops an entry whose answer never committed).
                 watched = answer_stream_key(grant.schema, answer.pk)
@@ -383,6 +384,8 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
         if hold is not None and await hold.fetchone() is None:
             await async_client().zrem(PENDING_SET, watched)
             raise Fallback  # not covered (or the organization's first movement): the ledger explains, in Django
+        if hold is not None:
+            credits_count("held", worst)
     return question, answer
 
 
@@ -402,17 +405,17 @@ def _messages(asked: Asked, option: ModelOption, ids: list[int], *, system_promp
 
 
 async def _hold(connection, asked: Asked, config, option: ModelOption, answer: Message):
-    """Queue the hold of the answer's worst case: (its key, the statement's cursor), or (None, None) when the
-    answer costs nothing."""
+    """Queue the hold of the answer's worst case: (its key, the statement's cursor, the amount), or (None, None, 0)
+    when the answer costs nothing."""
     worst = answer_worst_cost(config.candidates(option.model), prompt_tokens=answer.prompt_tokens_estimate,
                               max_tokens=answer.max_tokens)
     if worst <= 0:
-        return None, None
+        return None, None, worst
     key = answer_billing_key(asked.grant.schema, answer.pk)
     cursor = await connection.execute(RESERVE_SQL, reserve_params(
         organization_id=asked.grant.organization_id, amount=worst, key=key, description=f"chat answer {answer.pk}",
         user_id=asked.grant.user_id))
-    return key, cursor
+    return key, cursor, worst
 
 
 # ---------------------------------------------------------------- the answer

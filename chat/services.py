@@ -23,6 +23,7 @@ from billing.ledger import credit_release, credit_reserve, credit_settle
 from billing.models import CreditReservation, Price, UsageEvent
 from billing.ratelimits import send_limited
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost, usage_record
+from core.metrics import chat_answers, llm_tokens_count
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption
@@ -462,6 +463,10 @@ def _credits_for(*, organization: Organization, served: str, input_tokens: int,
     return cost.credits, cost.price
 
 
+# prumo_chat_answers_total, one child per final status.
+ANSWERS_CLOSED = {status: chat_answers.labels(status) for status in Message.Status.values}
+
+
 @transaction.atomic
 def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: str = "",
                   input_tokens: int | None = None, output_tokens: int | None = None, finish_reason: str = "",
@@ -508,6 +513,10 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
     answer.save(update_fields=["status", "content", "served_model_id", "input_tokens", "output_tokens",
                                "usage_estimated", "credits", "finish_reason", "error", "completed_at"])
     Thread.objects.filter(pk=answer.thread_id).update(updated_at=answer.completed_at)
+    transaction.on_commit(ANSWERS_CLOSED[status].inc)
+    if not estimated:
+        provider = served.partition("/")[0]
+        transaction.on_commit(lambda: llm_tokens_count(provider, input_tokens, output_tokens))
     if answer.thread.title_is_auto and not answer.thread.title and status == Message.Status.COMPLETE:
         schema = connection.schema_name
         transaction.on_commit(lambda: _title_enqueue(answer.thread_id, schema))

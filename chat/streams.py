@@ -35,6 +35,7 @@ from django.utils.crypto import constant_time_compare
 from django.utils.translation import gettext_lazy
 
 from billing.ratelimits import Slot, slot_acquire_async
+from core.metrics import chat_streams_open, ratelimit_rejected
 
 from .models import answer_stream_key
 from .redis import BLOCK_MS, async_client, async_client_close, async_reader
@@ -216,17 +217,23 @@ async def stream_lease_take(user_id: int) -> Slot | None:
     """One of the person's CHAT_STREAMS_PER_USER open streams (shared by every web process), None when all are
     taken. The lease outlives a stream's longest connection (CHAT_SSE_MAX_SECONDS), so a vanished one frees
     itself even if its release never ran."""
-    return await slot_acquire_async(async_client(), kind="streams", owner_id=user_id,
-                                    limit=settings.CHAT_STREAMS_PER_USER,
-                                    lease_seconds=settings.CHAT_SSE_MAX_SECONDS + 5)
+    lease = await slot_acquire_async(async_client(), kind="streams", owner_id=user_id,
+                                     limit=settings.CHAT_STREAMS_PER_USER,
+                                     lease_seconds=settings.CHAT_SSE_MAX_SECONDS + 5)
+    if lease is None:
+        ratelimit_rejected("streams")
+    return lease
 
 
 async def leased(events: AsyncIterator[bytes], lease: Slot) -> AsyncIterator[bytes]:
-    """`events`, giving the stream's lease back when it ends (or the client leaves)."""
+    """`events`, giving the stream's lease back when it ends (or the client leaves); counted in
+    prumo_chat_streams_open meanwhile."""
+    chat_streams_open.inc()
     try:
         async for chunk in events:
             yield chunk
     finally:
+        chat_streams_open.dec()
         with contextlib.suppress(Exception):  # the lease expires by itself
             await async_client().zrem(lease.key, lease.token)
 

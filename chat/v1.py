@@ -31,6 +31,7 @@ from django.conf import settings
 from billing.ratelimits import ip_limited_async
 from config.db_async import async_pool
 from config.observability import VALID_REQUEST_ID, request_id_var
+from core.metrics import gateway_call_record
 from tenants.api_keys import (
     LAST_USED_EVERY,
     KeyAuth,
@@ -79,15 +80,20 @@ class Call:
     touch_key: bool = False  # this call is the key's first in its minute: write last_used_at
     upstream: float = 0.0  # seconds spent waiting for the provider (excluded from the overhead)
     responded: bool = False  # the status line went out: an error can no longer change it
+    status: int = 0
+    overhead: float | None = None  # seconds, when the headers went out
+    ttft: float | None = None  # seconds from asking the provider to its first event
+    answer: Answer | None = None  # a completion's, once prepared
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.responded = True
+        self.status = status
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     def head(self, content_type: bytes, length: int | None = None) -> list[tuple[bytes, bytes]]:
-        overhead = (time.perf_counter() - self.started - self.upstream) * 1000
+        self.overhead = time.perf_counter() - self.started - self.upstream
         headers = [(b"content-type", content_type), (b"x-request-id", self.request_id.encode()),
-                   (b"x-prumo-overhead-ms", f"{overhead:.2f}".encode()), *SECURITY_HEADERS]
+                   (b"x-prumo-overhead-ms", f"{self.overhead * 1000:.2f}".encode()), *SECURITY_HEADERS]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         headers += [(name.encode(), value.encode()) for name, value in self.extra_headers.items()]
@@ -144,6 +150,19 @@ async def application(scope, receive, send) -> None:
     finally:
         if call.touch_key:
             await _touch(call)
+        if call.scope["path"] == "/v1/chat/completions":
+            _record(call)
+
+
+def _record(call: Call) -> None:
+    """prumo_gateway_* and prumo_llm_tokens_total for a completion call (counters only: core.metrics)."""
+    answer = call.answer
+    served = answer.served.model if answer is not None else None
+    usage = answer.usage if answer is not None else None
+    gateway_call_record(provider=served.provider if served else "none", model=served.id if served else "none",
+                        status=call.status, ttft=call.ttft, overhead=call.overhead,
+                        input_tokens=usage.input_tokens if usage else None,
+                        output_tokens=usage.output_tokens if usage else None)
 
 
 async def _route(call: Call) -> None:
@@ -284,7 +303,7 @@ async def _completions(call: Call, auth: KeyAuth, config: OrgConfig) -> None:
     params = gateway.params_parse(await call.body())
     prepared = await gateway.prepare(auth, params, config)
     call.extra_headers.update(prepared.limit.headers())
-    answer = Answer(served=prepared.candidates[0])
+    answer = call.answer = Answer(served=prepared.candidates[0])
     try:
         if params.stream:
             await _stream(call, prepared, params, answer)
@@ -298,6 +317,8 @@ async def _complete(call: Call, prepared: Prepared, answer: Answer) -> None:
     upstream_started = time.perf_counter()
     async for event in route_stream(prepared.candidates, prepared.request, own_keys=prepared.own_keys,
                                     breakers=prepared.breakers):
+        if call.ttft is None:
+            call.ttft = time.perf_counter() - upstream_started
         answer.take(event)
     call.upstream = time.perf_counter() - upstream_started
     if answer.failure is not None and not answer.produced:
@@ -368,7 +389,7 @@ async def _stream(call: Call, prepared: Prepared, params, answer: Answer) -> Non
                 return
             if isinstance(event, Served):
                 started = True
-                call.upstream = time.perf_counter() - waited
+                call.upstream = call.ttft = time.perf_counter() - waited
                 await call.start(200, call.head(b"text/event-stream") + [(b"x-accel-buffering", b"no")])
                 if not await emit(_chunk(prepared, answer.served.id, {"role": "assistant", "content": ""})):
                     return

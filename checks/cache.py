@@ -18,6 +18,8 @@ from functools import cache
 from django.conf import settings
 from django.utils import timezone
 
+from core.metrics import checks_cache_count
+
 from .registries import LOOKUP_FOUND, LOOKUP_NOT_FOUND, LookupResult, registry_lookup
 from .registries.limits import redis_client
 
@@ -54,6 +56,7 @@ def _entry(cnpj: str, raw: bytes) -> CachedLookup:
 def _counted(lookup: CachedLookup) -> CachedLookup:
     """Each answer counts once: a hit when the cache gave it, a miss when the registries did."""
     redis_client().incr(_key("hits" if lookup.hit else "misses"))
+    checks_cache_count(hit=lookup.hit)
     return lookup
 
 
@@ -73,7 +76,10 @@ def _peek_script(url: str):
 def cache_peek(cnpj: str) -> CachedLookup | None:
     """The cached answer for `cnpj`, if any, without asking anyone (counted as a hit when there is one)."""
     raw = _peek_script(settings.REDIS_URL)(keys=[_key(cnpj), _key("hits")])
-    return None if raw is None else _entry(cnpj, raw)
+    if raw is None:
+        return None
+    checks_cache_count(hit=True)
+    return _entry(cnpj, raw)
 
 
 def _store(result: LookupResult) -> None:

@@ -10,3 +10,30 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 app = CeleryApp("prumo", task_cls="config.celery_tasks:SchemaCheckedTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def _observability_connect() -> None:
+    """Metrics (prumo_celery_tasks_total, prumo_celery_task_duration_seconds: config.metrics), the request context
+    carried into tasks (config.observability), and Django's LOGGING in the worker instead of Celery's own (so its
+    lines carry `req=`/`org=`/`user=`, JSON in production)."""
+    from celery import signals
+
+    from config import metrics, observability
+
+    signals.task_prerun.connect(metrics.task_prerun, weak=False)
+    signals.task_postrun.connect(metrics.task_postrun, weak=False)
+    signals.worker_process_shutdown.connect(metrics.worker_process_shutdown, weak=False)
+    signals.before_task_publish.connect(observability.task_context_publish, weak=False)
+    signals.task_prerun.connect(observability.task_context_restore, weak=False)
+    signals.setup_logging.connect(_logging_from_django, weak=False)
+
+
+def _logging_from_django(**kwargs) -> None:
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+
+_observability_connect()

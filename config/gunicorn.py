@@ -67,3 +67,17 @@ else:
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _hard == resource.RLIM_INFINITY or _soft < _hard:
     resource.setrlimit(resource.RLIMIT_NOFILE, (_hard if _hard != resource.RLIM_INFINITY else 65_536, _hard))
+
+
+# Metrics from several workers (prometheus-client's multiprocess mode, core.metrics): samples of processes
+# that are gone are removed when the server starts, and a worker's live gauges stop counting when it exits.
+def on_starting(server):
+    from core.metrics import multiprocess_dir_clean
+
+    multiprocess_dir_clean()
+
+
+def child_exit(server, worker):
+    from core.metrics import process_dead
+
+    process_dead(worker.pid)

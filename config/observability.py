@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from contextvars import ContextVar
+
+from core.metrics import http_request_duration, http_requests
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 organization_var: ContextVar[str] = ContextVar("organization", default="-")
@@ -47,6 +50,33 @@ class HealthzMiddleware:
         return self.get_response(request)
 
 
+class RequestMetricsMiddleware:
+    """Counts and times every request Django answers by its URL pattern's name (`prumo_http_*`); "unmatched" when
+    none matched. The paths served outside Django (/v1, direct chat sends and streams) have metrics of their own."""
+
+    def __init__(self, get_response):
+        from config.metrics import pools_record
+
+        self.get_response = get_response
+        self.pools_record = pools_record
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = (match.view_name or match.route or "unnamed") if match is not None else "unmatched"
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        http_request_duration.labels(route, method).observe(time.perf_counter() - started)
+        http_requests.labels(route, method, str(response.status_code)).inc()
+        self.pools_record(every=POOLS_RECORD_SECONDS)
+        return response
+
+
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# How often a process copies its connection pools' state into prumo_db_pool_connections (at a request's end).
+POOLS_RECORD_SECONDS = 5.0
+
+
 class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
@@ -54,3 +84,51 @@ class RequestContextFilter(logging.Filter):
             record.organization = organization_var.get()
         record.user_id = user_var.get()
         return True
+
+
+# A task carries the context of whatever queued it (a request, or another task): set on every message as it is
+# published (Celery's before_task_publish), restored in the worker as the task starts (task_prerun), so the
+# worker's log lines name the request that caused them. config.celery connects both.
+TASK_CONTEXT_HEADERS = {"prumo_request_id": request_id_var, "prumo_organization": organization_var,
+                        "prumo_user": user_var}
+
+
+def task_context_publish(headers: dict | None = None, **kwargs) -> None:
+    if headers is None:
+        return
+    for name, var in TASK_CONTEXT_HEADERS.items():
+        value = var.get()
+        if value != "-":
+            headers.setdefault(name, value)
+
+
+def task_context_restore(task=None, **kwargs) -> None:
+    request = task.request
+    if request.is_eager:  # run inside its caller, whose context it already has
+        return
+    carried = request.headers or {}
+    for name, var in TASK_CONTEXT_HEADERS.items():
+        value = carried.get(name) or request.get(name) or "-"
+        var.set(value if VALID_REQUEST_ID.match(str(value)) else "-")
+
+
+def sentry_init(*, dsn: str, environment: str, release: str) -> None:
+    """Errors to Sentry (or any server speaking its protocol): Django's, Celery's, and log records at ERROR.
+    No personal data (no user, no client address, no bodies); every event tagged with the request id the
+    person was shown (the 500 page) and that the log lines carry."""
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+    from sentry_sdk.integrations.logging import LoggingIntegration
+
+    sentry_sdk.init(dsn=dsn, environment=environment or None, release=release or None, send_default_pii=False,
+                    integrations=[DjangoIntegration(), CeleryIntegration(),
+                                  LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
+                    traces_sample_rate=0.0, before_send=_sentry_tagged)
+
+
+def _sentry_tagged(event: dict, hint: dict) -> dict:
+    tags = event.setdefault("tags", {})
+    if request_id_var.get() != "-":
+        tags.setdefault("request_id", request_id_var.get())
+    return event

@@ -7,6 +7,7 @@ from billing import views as billing_views
 from tenants import views as tenant_views
 
 from . import views
+from .metrics import metrics_view
 
 # Staff sign in through allauth (MFA, rate limits, verified email), never Django's own form.
 admin.site.login = secure_admin_login(admin.site.login)
@@ -14,6 +15,7 @@ admin.site.login = secure_admin_login(admin.site.login)
 urlpatterns = [
     path("", views.landing, name="landing"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("i18n/setlang/", account_views.language_switch, name="set_language"),
     path("accounts/", include("accounts.urls")),
     path("accounts/", include("allauth.urls")),

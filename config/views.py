@@ -11,10 +11,13 @@ from django.utils.translation import gettext as _
 from django.views import defaults as django_defaults
 from django.views.decorators.cache import never_cache
 
+from core.metrics import ratelimit_rejected
+
 
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Ready to serve: the database and Redis answer. 503 names what fails."""
+    """Ready to serve: the database, Redis and the Celery broker answer (and, with READYZ_REQUIRE_WORKER, a Celery
+    worker answered a ping within READYZ_WORKER_MAX_AGE seconds). 503 names what fails."""
     import redis
 
     checks: dict[str, str] = {}
@@ -31,6 +34,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"error: {exc.__class__.__name__}"
+    checks["broker"] = _broker_check()
+    if settings.READYZ_REQUIRE_WORKER:
+        checks["worker"] = _worker_check()
     failing = sorted(name for name, state in checks.items() if state != "ok")
     body = {"status": "ok" if not failing else "unavailable", "checks": checks}
     if failing:
@@ -38,11 +44,45 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=503 if failing else 200)
 
 
+def _broker_check() -> str:
+    from config.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}"
+
+
+_worker_answered_at = 0.0  # monotonic time of this process's last ping a worker answered
+
+
+def _worker_check() -> str:
+    """A worker answered a ping recently: this process's last answer if young enough, else a new ping (1 s)."""
+    import time
+
+    from config.celery import app
+
+    global _worker_answered_at
+    if time.monotonic() - _worker_answered_at < settings.READYZ_WORKER_MAX_AGE:
+        return "ok"
+    try:
+        answered = app.control.ping(timeout=1.0)
+    except Exception as exc:
+        return f"error: {exc.__class__.__name__}"
+    if not answered:
+        return "error: no worker answered a ping"
+    _worker_answered_at = time.monotonic()
+    return "ok"
+
+
 def landing(request: HttpRequest) -> HttpResponse:
     return render(request, "landing.html")
 
 
 def ratelimited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    ratelimit_rejected("view")
     response = render(request, "429.html", {"message": _("Too many requests. Try again in a minute.")}, status=429)
     response["Retry-After"] = "60"
     return response
@@ -115,4 +155,5 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if _no_connection(sys.exc_info()[1]):
         return overloaded(request)
     request_id = getattr(request, "id", "") or request_id_var.get()
-    return HttpResponse(loader.get_template("500.html").render({"request_id": request_id}), status=500)
+    page = loader.get_template("500.html").render({"request_id": request_id, "reported": bool(settings.SENTRY_DSN)})
+    return HttpResponse(page, status=500)

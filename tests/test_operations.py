@@ -31,7 +31,7 @@ def test_healthz_answers_without_touching_the_database():
 def test_readyz_checks_database_and_redis():
     response = Client().get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
 
 
 @pytest.mark.django_db

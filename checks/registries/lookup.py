@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from core.metrics import registry_requests
+
 from .. import cnpj as cnpj_id
 from .base import (
     CIRCUIT_OPEN,
@@ -126,6 +128,7 @@ def provider_attempt(provider: str, cnpj: str, *, background: bool = False,
         breaker.record_success()
     logger.info("registry attempt cnpj=%s provider=%s outcome=%s http_status=%s latency_ms=%s detail=%s",
                 cnpj, provider, answer.outcome, answer.http_status, answer.latency_ms, answer.detail)
+    registry_requests.labels(provider, answer.outcome).inc()
     attempt = Attempt(provider, answer.outcome, answer.http_status, answer.latency_ms, retry_after)
     return attempt, answer.record
 

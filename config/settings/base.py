@@ -155,6 +155,7 @@ CACHES = {
 # Middleware
 MIDDLEWARE = [
     "config.observability.HealthzMiddleware",
+    "config.observability.RequestMetricsMiddleware",
     "config.observability.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -542,6 +543,30 @@ LOGGING = {
         "django.server": {"level": "WARNING"},
     },
 }
+
+# Observability
+# /metrics (config.metrics): with METRICS_TOKEN, scrapers send `Authorization: Bearer <token>`; without it only
+# requests from this machine (loopback, not through a proxy) get an answer, everyone else 404.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# /readyz also wants a Celery worker to have answered a ping within READYZ_WORKER_MAX_AGE seconds (off: a web-only
+# node stays ready without workers; the database, Redis and the broker are always checked).
+READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
+READYZ_WORKER_MAX_AGE = float(os.environ.get("READYZ_WORKER_MAX_AGE", "30"))
+# Errors to Sentry when SENTRY_DSN is set (config.observability.sentry_init: Django, Celery, ERROR log records;
+# no personal data; the request id as a tag); the 500 page then says the team was notified.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "")
+SENTRY_RELEASE = os.environ.get("SENTRY_RELEASE", "")
+if SENTRY_DSN:
+    from config.observability import sentry_init
+
+    sentry_init(dsn=SENTRY_DSN, environment=SENTRY_ENVIRONMENT, release=SENTRY_RELEASE)
+# Queues whose length /metrics reports besides the default and the routed ones (comma-separated).
+METRICS_CELERY_QUEUES = [name for name in os.environ.get("METRICS_CELERY_QUEUES", "billing,webhooks").split(",")
+                         if name.strip()]
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself, from the environment): a directory where every
+# process on the node (gunicorn's workers, Celery workers) writes its samples; /metrics adds them up. Set it for
+# gunicorn with several workers; Celery workers share it on the same node (config/gunicorn.py cleans it at start).
 
 # Checks (CNPJ registries)
 # Public registries asked in turn for a company's data (checks.registries); no keys needed.
