@@ -28,6 +28,7 @@ from .servers import start_celery_worker, start_live_server
 from .test_chat_streaming import csrf_token, sign_in
 
 TOKEN = "metrics-token-for-tests"
+QUEUES = f"metrics-{uuid.uuid4().hex[:8]}"
 CNPJ = "19.131.243/0001-97"
 DEMO = "demo/prumo-demo"
 CHEAP = "openai/gpt-4.1-mini"
@@ -60,7 +61,9 @@ def registries():
 def stack(upstream, registries, test_database_url, redis_url, tmp_path_factory):
     """Web server (two workers) and Celery worker writing their samples to one directory."""
     samples = tmp_path_factory.mktemp("prometheus")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(samples), "METRICS_TOKEN": TOKEN, "WEB_CONCURRENCY": "2",
+    # Queues of its own: the session's other worker (same broker) must not take the tasks this one counts.
+    env = {"GENERATION_QUEUE": f"{QUEUES}-generation", "CHECKS_QUEUE": f"{QUEUES}-checks",
+           "PROMETHEUS_MULTIPROC_DIR": str(samples), "METRICS_TOKEN": TOKEN, "WEB_CONCURRENCY": "2",
            "OPENAI_BASE_URL": upstream.url, "OPENAI_API_KEY": "sk-upstream", "LLM_READ_TIMEOUT": "3",
            "API_UNAUTHENTICATED_PER_MINUTE": "2", "CHECKS_REDIS_PREFIX": f"checks-metrics-{uuid.uuid4().hex[:8]}",
            "CHECKS_CONNECT_TIMEOUT": "0.5", "CHECKS_READ_TIMEOUT": "2",
@@ -68,7 +71,8 @@ def stack(upstream, registries, test_database_url, redis_url, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("metrics")
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=workdir, env_extra=env)
     worker = start_celery_worker(database_url=test_database_url, redis_url=redis_url, workdir=workdir,
-                                 email_dir=server.email_dir, site_url=server.url, env_extra=env)
+                                 email_dir=server.email_dir, site_url=server.url, env_extra=env,
+                                 queues=f"{QUEUES}-generation,{QUEUES}-checks")
     yield server, worker
     worker.process.stop()
     server.process.stop()
@@ -208,7 +212,8 @@ def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, tw
     assert value(second, "prumo_celery_tasks", task="checks.tasks.check_run_task", state="succeeded") >= 1
     assert value(second, "prumo_celery_task_duration_seconds", "prumo_celery_task_duration_seconds_count",
                  task="chat.tasks.generation_run") >= 2
-    assert {s.labels["queue"] for s in second["prumo_celery_queue_length"]} >= {"default", "checks", "generation"}
+    assert {s.labels["queue"] for s in second["prumo_celery_queue_length"]} >= {
+        "default", f"{QUEUES}-checks", f"{QUEUES}-generation"}
     assert value(second, "prumo_gateway_requests", provider="openai", model=CHEAP, status="200") == 2
     assert value(second, "prumo_gateway_ttft_seconds", "prumo_gateway_ttft_seconds_count", provider="openai") == 2
     assert value(second, "prumo_gateway_overhead_seconds", "prumo_gateway_overhead_seconds_count") == 2
