@@ -68,6 +68,7 @@ TENANT_APPS = [
     "tenants.audit",
     "chat",
     "checks",
+    "webhooks",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 TENANT_MODEL = "tenants.Organization"
@@ -589,4 +590,6 @@ WEBHOOK_SECRET_ENCRYPTION_KEYS = env_list("WEBHOOK_SECRET_ENCRYPTION_KEYS") or P
 # Deliveries one endpoint may have in flight at once (every worker together); the others wait their turn.
 WEBHOOKS_ENDPOINT_CONCURRENCY = int(os.environ.get("WEBHOOKS_ENDPOINT_CONCURRENCY", "2"))
 WEBHOOKS_QUEUE = os.environ.get("WEBHOOKS_QUEUE", "webhooks")
-CELERY_TASK_ROUTES["webhooks.tasks.delivery_attempt_task"] = {"queue": WEBHOOKS_QUEUE}
+CELERY_TASK_ROUTES["webhooks.tasks.*"] = {"queue": WEBHOOKS_QUEUE}
+# Deliveries whose next try is overdue (a lost task) are queued again; a try is never sent twice.
+CELERY_BEAT_SCHEDULE["webhooks-deliveries-due"] = {"task": "webhooks.tasks.deliveries_due_fanout", "schedule": 300.0}
