@@ -90,6 +90,12 @@ class WebhookDelivery(models.Model):
     def __str__(self) -> str:
         return f"{self.message_id} → {self.endpoint_id} ({self.status})"
 
+    @property
+    def last_attempt(self) -> WebhookAttempt | None:
+        """The latest try (from `tries` prefetched in order, as selectors.delivery_list does)."""
+        tries = list(self.tries.all())
+        return tries[-1] if tries else None
+
 
 class WebhookAttempt(models.Model):
     class Status(models.TextChoices):

@@ -137,12 +137,13 @@ def _audit_view(endpoint: WebhookEndpoint) -> dict:
 
 @transaction.atomic
 def webhook_endpoint_create(*, organization: Organization, actor: Actor, url: str, description: str = "",
-                            event_types: Iterable[str] = ()) -> NewEndpoint:
+                            event_types: Iterable[str] = (), enabled: bool = True) -> NewEndpoint:
     secret = secret_generate()
     with schema_context(organization.schema_name):
-        endpoint = WebhookEndpoint.objects.create(url=endpoint_url_clean(url), description=description.strip()[:200],
-                                                  event_types=event_types_clean(event_types),
-                                                  secret_encrypted=secret_encrypt(secret))
+        endpoint = WebhookEndpoint.objects.create(
+            url=endpoint_url_clean(url), description=description.strip()[:200],
+            event_types=event_types_clean(event_types), secret_encrypted=secret_encrypt(secret), enabled=enabled,
+            disabled_reason="" if enabled else WebhookEndpoint.DisabledReason.MANUAL)
     audit_record(organization=organization, actor=actor, action="webhook_endpoint.created", target=endpoint,
                  after=_audit_view(endpoint))
     return NewEndpoint(endpoint=endpoint, secret=secret)
@@ -191,7 +192,7 @@ def webhook_endpoint_secret_rotate(*, organization: Organization, actor: Actor, 
 
 
 def webhook_endpoint_test(*, organization: Organization, endpoint: WebhookEndpoint) -> WebhookMessage:
-    """Send a `webhook.test` event to this endpoint only (enabled or not: the owner asked for it)."""
+    """Send a `webhook.test` event to this endpoint only (a disabled endpoint's is cancelled, not sent)."""
     message = webhook_event_emit(organization=organization, type="webhook.test",
                                  data={"endpoint_id": endpoint.pk}, endpoints=[endpoint])
     assert message is not None
