@@ -17,6 +17,7 @@ from django_tenants.utils import schema_context
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from billing.models import BillingAccount, Plan
 from billing.ratelimits import slot_acquire, slot_release
 from checks.models import Check
 from checks.services import check_request, target_add
@@ -42,6 +43,16 @@ pytestmark = pytest.mark.django_db
 
 ACTOR = Actor.system("tests")
 FOUND = "19131243000197"  # the fake registries' sample company
+
+
+@pytest.fixture(autouse=True)
+def on_pro(org_a):
+    """Org A on Pro (webhooks), in the test's transaction."""
+    pro(org_a)
+
+
+def pro(org):
+    BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="pro"))
 
 
 @pytest.fixture
@@ -302,6 +313,7 @@ def test_api_keys_created_and_revoked_are_events(org_a, tenant_world, receiver,
 def test_a_finished_check_is_a_check_completed_event(registries, funded, receiver,
                                                      django_capture_on_commit_callbacks):
     org_a, _org_b = funded
+    pro(org_a)
     _endpoint, secret = endpoint_for(org_a, receiver, event_types=["check.completed"])
     with schema_context(org_a.schema_name):
         target = target_add(cnpj=FOUND, label="Supplier")
@@ -322,6 +334,7 @@ def test_a_check_answered_from_the_cache_is_a_check_completed_event_too(registri
     from checks.cache import cached_lookup
 
     org_a, _org_b = funded
+    pro(org_a)
     cached_lookup(FOUND)  # another organization's lookup filled the shared cache
     _endpoint, secret = endpoint_for(org_a, receiver)
     with schema_context(org_a.schema_name):
@@ -332,3 +345,14 @@ def test_a_check_answered_from_the_cache_is_a_check_completed_event_too(registri
     [payload] = receiver.verify(secret)
     assert (payload["type"], payload["data"]["check_id"], payload["data"]["cache_hit"]) == (
         "check.completed", check.pk, True)
+
+
+def test_after_a_downgrade_endpoints_are_disabled_not_deleted(org_a, receiver, django_capture_on_commit_callbacks):
+    endpoint, _secret = endpoint_for(org_a, receiver)
+    BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="starter"))
+    emit(org_a, capture=django_capture_on_commit_callbacks)
+    [delivery] = deliveries(org_a)
+    assert delivery.status == "cancelled" and receiver.requests == []
+    with schema_context(org_a.schema_name):
+        endpoint.refresh_from_db()
+    assert (endpoint.enabled, endpoint.disabled_reason) == (False, "plan")

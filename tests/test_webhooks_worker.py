@@ -21,8 +21,9 @@ POLL_SECONDS = 30.0
 
 @pytest.fixture
 def committed_key_and_endpoint(tenant_world, django_db_blocker):
-    """A member key of org-a's owner, and (made after it, so its creation is not an event) an endpoint for
+    """Org-a on Pro; a member key of its owner, and (made after it, so its creation is not an event) an endpoint for
     `api_key.revoked` pointed at a fresh receiver; all removed afterwards."""
+    from billing.models import BillingAccount, Plan
     from tenants.api_keys import api_key_create
     from tenants.audit.services import Actor
     from tenants.models import ApiKey
@@ -32,6 +33,9 @@ def committed_key_and_endpoint(tenant_world, django_db_blocker):
     org = tenant_world["a"]["org"]
     actor = Actor.system("tests")
     with Receiver() as receiver, django_db_blocker.unblock():
+        accounts = BillingAccount.objects.filter(pk=org.pk)
+        plan = accounts.get().plan
+        accounts.update(plan=Plan.objects.get(code="pro"))  # a plan with webhooks, meanwhile
         new_key = api_key_create(organization=org, name="webhook e2e", scopes=["read"], actor=actor,
                                  user=tenant_world["a"]["owner"])
         new_endpoint = webhook_endpoint_create(organization=org, actor=actor, url=receiver.url(),
@@ -43,6 +47,7 @@ def committed_key_and_endpoint(tenant_world, django_db_blocker):
                 WebhookEndpoint.objects.filter(pk=new_endpoint.endpoint.pk).delete()
                 WebhookMessage.objects.filter(payload__data__id=new_key.key.pk).delete()
             ApiKey.objects.filter(pk=new_key.key.pk).delete()
+            accounts.update(plan=plan)
 
 
 def test_a_revocation_on_the_server_is_delivered_by_the_worker_and_verifies(

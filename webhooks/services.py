@@ -31,6 +31,7 @@ from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
 from billing.ratelimits import slot_acquire, slot_release
+from billing.selectors import entitlements_for
 from core.egress import (
     TIMEOUT_SECONDS,
     EgressError,
@@ -287,6 +288,9 @@ def delivery_attempt(*, delivery_id: int, number: int, resolve: Resolver = syste
             _pending_cancel(delivery.endpoint)
         return AttemptOutcome(WebhookDelivery.Status.CANCELLED)
     organization = current_organization()
+    if not entitlements_for(organization).webhooks:  # a downgrade: endpoints are kept, disabled
+        webhook_endpoint_disable(endpoint=delivery.endpoint, reason=WebhookEndpoint.DisabledReason.PLAN)
+        return AttemptOutcome(WebhookDelivery.Status.CANCELLED)
     slot = slot_acquire(kind=f"{SLOT_KIND}:{organization.pk}", organization_id=delivery.endpoint_id,
                         limit=settings.WEBHOOKS_ENDPOINT_CONCURRENCY, lease_seconds=STALE_SECONDS)
     if slot is None:
