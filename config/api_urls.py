@@ -53,6 +53,10 @@ v1 = [
     path("webhooks/<int:endpoint_id>/test/", webhooks_api.WebhookTestView.as_view(), name="api_webhook_test"),
     path("webhooks/<int:endpoint_id>/deliveries/", webhooks_api.WebhookDeliveryListView.as_view(),
          name="api_webhook_deliveries"),
+    path("webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>/replay/",
+         webhooks_api.WebhookDeliveryReplayView.as_view(), name="api_webhook_delivery_replay"),
+    path("webhooks/<int:endpoint_id>/replay-failed/", webhooks_api.WebhookReplayFailedView.as_view(),
+         name="api_webhook_replay_failed"),
 ]
 
 

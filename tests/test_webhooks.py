@@ -30,6 +30,8 @@ from webhooks.services import (
     SLOT_KIND,
     delivery_attempt,
     retry_wait,
+    webhook_deliveries_replay_failed,
+    webhook_delivery_replay,
     webhook_endpoint_create,
     webhook_endpoint_secret_rotate,
     webhook_endpoint_test,
@@ -356,3 +358,26 @@ def test_after_a_downgrade_endpoints_are_disabled_not_deleted(org_a, receiver, d
     with schema_context(org_a.schema_name):
         endpoint.refresh_from_db()
     assert (endpoint.enabled, endpoint.disabled_reason) == (False, "plan")
+
+
+
+def test_failed_deliveries_are_replayed_with_the_same_id(org_a, receiver, django_capture_on_commit_callbacks):
+    endpoint, secret = endpoint_for(org_a, receiver)
+    receiver.reply_next(410)  # the endpoint is gone: disabled, the delivery failed
+    message = emit(org_a, capture=django_capture_on_commit_callbacks)
+    [delivery] = deliveries(org_a)
+    assert delivery.status == "failed"
+    with schema_context(org_a.schema_name):
+        delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery.pk)
+    with pytest.raises(ValidationError):  # a disabled endpoint receives nothing, replays included
+        webhook_delivery_replay(organization=org_a, delivery=delivery)
+    with schema_context(org_a.schema_name):
+        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(enabled=True, disabled_reason="")
+    with django_capture_on_commit_callbacks(execute=True):
+        replayed = webhook_deliveries_replay_failed(organization=org_a, endpoint=endpoint,
+                                                    since=timezone.now() - timedelta(hours=1))
+    assert replayed == 1
+    [delivery] = deliveries(org_a)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 2)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [message.event_id] * 2
+    receiver.verify(secret)

@@ -104,7 +104,7 @@ def test_another_organizations_member_gets_404(client_for, org_a, org_b, receive
     endpoint_id = post(owner_a, URL, {"url": receiver.url()}, **in_a).json()["id"]
     owner_b, _in_b = as_member(client_for, "b", "owner", org_b)
     for method, path in (("get", ""), ("patch", ""), ("delete", ""), ("post", "rotate-secret/"), ("post", "test/"),
-                         ("get", "deliveries/")):
+                         ("get", "deliveries/"), ("post", "deliveries/1/replay/"), ("post", "replay-failed/")):
         url = f"{URL}{endpoint_id}/{path}"
         response = getattr(owner_b, method)(url, content_type="application/json", HTTP_X_ORGANIZATION=org_a.slug)
         assert response.status_code == 404, (method, url, response.status_code)
@@ -125,7 +125,7 @@ def test_a_test_event_rotation_and_the_delivery_log(client_for, org_a, receiver,
     with django_capture_on_commit_callbacks(execute=True):
         sent = post(client, f"{endpoint_url}test/", **org)
     assert sent.status_code == 202
-    [request] = receiver.requests
+    request = receiver.requests[0]
     for secret in (created["secret"], rotated.json()["secret"]):  # both valid for 24 hours
         payload = Webhook(secret).verify(request.body, request.headers)
     assert payload["type"] == "webhook.test" and request.headers["webhook-id"] == sent.json()["event_id"]
@@ -137,6 +137,14 @@ def test_a_test_event_rotation_and_the_delivery_log(client_for, org_a, receiver,
     assert (row["response_status"], row["response_body"]) == (200, '{"received": true}')
     assert row["latency_ms"] is not None
     assert client.get(f"{endpoint_url}deliveries/?status=failed", **org).json()["results"] == []
+    with django_capture_on_commit_callbacks(execute=True):
+        again = post(client, f"{endpoint_url}deliveries/{row['id']}/replay/", **org)
+    assert again.status_code == 202 and again.json()["status"] == "pending"  # queued when the request commits
+    [row] = client.get(f"{endpoint_url}deliveries/", **org).json()["results"]
+    assert (row["status"], row["attempts"]) == ("succeeded", 2)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [sent.json()["event_id"]] * 2
+    replay_failed = post(client, f"{endpoint_url}replay-failed/", {"since": "2020-01-01T00:00:00Z"}, **org)
+    assert replay_failed.status_code == 202 and replay_failed.json() == {"replayed": 0}
     disabled = client.patch(endpoint_url, {"enabled": False}, content_type="application/json", **org)
     assert disabled.status_code == 200 and disabled.json()["disabled_reason"] == "manual"
     assert client.delete(endpoint_url, **org).status_code == 204

@@ -47,6 +47,15 @@ def test_an_admin_adds_an_endpoint_sees_the_secret_once_and_tests_it(client_for,
     assert detail.status_code == 200 and secret not in detail.content.decode()
     log = detail.content.decode()
     assert "webhook.test" in log and "<code>200</code>" in log and "ms" in log
+    with Receiver() as receiver:  # the endpoint moved: point it at a new receiver and send the event again
+        with schema_context(org_a.schema_name):
+            WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url=receiver.url())
+            delivery = endpoint.deliveries.get()
+        with django_capture_on_commit_callbacks(execute=True):
+            again = client.post(f"{page(org_a)}{endpoint.pk}/deliveries/{delivery.pk}/replay/")
+        assert again.status_code == 302
+        [payload] = receiver.verify(secret)
+    assert payload["type"] == "webhook.test"
 
 
 def test_a_plan_without_webhooks_sees_an_upgrade_message_and_cannot_add(client_for, org_a):
@@ -70,6 +79,8 @@ def test_members_get_403_and_another_organization_404(client_for, org_a, org_b):
     for url in (page(org_a), f"{page(org_a)}{endpoint.pk}/"):
         assert owner_b.get(url).status_code == 404
     assert owner_b.post(f"{page(org_a)}{endpoint.pk}/delete/").status_code == 404
+    assert owner_b.post(f"{page(org_a)}{endpoint.pk}/deliveries/1/replay/").status_code == 404
+    assert owner_b.post(f"{page(org_a)}{endpoint.pk}/replay-failed/", {"hours": "24"}).status_code == 404
     assert owner_b.get(f"{page(org_b)}{endpoint.pk}/").status_code == 404  # not in B's schema
     with schema_context(org_a.schema_name):
         assert WebhookEndpoint.objects.filter(pk=endpoint.pk).exists()

@@ -29,10 +29,14 @@ from .serializers import (
     WebhookEndpointPatchSerializer,
     WebhookEndpointSerializer,
     WebhookEndpointWriteSerializer,
+    WebhookReplayedSerializer,
+    WebhookReplayFailedSerializer,
     WebhookSecretSerializer,
     WebhookTestSerializer,
 )
 from .services import (
+    webhook_deliveries_replay_failed,
+    webhook_delivery_replay,
     webhook_endpoint_create,
     webhook_endpoint_delete,
     webhook_endpoint_secret_rotate,
@@ -174,6 +178,38 @@ class WebhookDeliveryListView(WebhookAPIView):
         if wanted and wanted not in WebhookDelivery.Status.values:
             raise exceptions.ValidationError({"status": f"One of {', '.join(WebhookDelivery.Status.values)}."})
         return self.page(delivery_list(endpoint=self.endpoint(endpoint_id), status=wanted), WebhookDeliverySerializer)
+
+
+@extend_schema(tags=[TAG])
+class WebhookDeliveryReplayView(WebhookAPIView):
+    serializer_class = WebhookDeliverySerializer
+
+    @extend_schema(operation_id="webhooks_delivery_replay", request=None,
+                   responses={202: WebhookDeliverySerializer, 403: PLAN_REFUSED},
+                   summary="Send a finished delivery's message again (same webhook-id)")
+    def post(self, request: Request, endpoint_id: int, delivery_id: int) -> Response:
+        endpoint = self.endpoint(endpoint_id)
+        delivery = delivery_list(endpoint=endpoint).filter(pk=delivery_id).first()
+        if delivery is None:
+            raise exceptions.NotFound()
+        replayed = self.saved(lambda: webhook_delivery_replay(organization=request.tenant, delivery=delivery))
+        return Response(WebhookDeliverySerializer(delivery_list(endpoint=endpoint).get(pk=replayed.pk)).data,
+                        status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(tags=[TAG])
+class WebhookReplayFailedView(WebhookAPIView):
+    serializer_class = WebhookReplayedSerializer
+
+    @extend_schema(operation_id="webhooks_replay_failed", request=WebhookReplayFailedSerializer,
+                   responses={202: WebhookReplayedSerializer, 403: PLAN_REFUSED},
+                   summary="Send again every failed or cancelled delivery of this endpoint since a time")
+    def post(self, request: Request, endpoint_id: int) -> Response:
+        endpoint = self.endpoint(endpoint_id)
+        data = self.body(WebhookReplayFailedSerializer)
+        count = self.saved(lambda: webhook_deliveries_replay_failed(organization=request.tenant, endpoint=endpoint,
+                                                                    since=data["since"]))
+        return Response({"replayed": count}, status=status.HTTP_202_ACCEPTED)
 
 
 @extend_schema(tags=[TAG])

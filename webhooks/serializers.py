@@ -97,6 +97,14 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
         return last.error if last else ""
 
 
+class WebhookReplayFailedSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(help_text=_("Deliveries created at or after this time are sent again."))
+
+
+class WebhookReplayedSerializer(serializers.Serializer):
+    replayed = serializers.IntegerField(help_text=_("How many deliveries were queued again."))
+
+
 class EventTypeSerializer(serializers.Serializer):
     type = serializers.CharField()
     description = serializers.CharField()

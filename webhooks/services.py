@@ -215,6 +215,33 @@ def webhook_endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> None:
     logger.warning("webhook endpoint %s disabled (%s)", endpoint.pk, reason)
 
 
+def webhook_delivery_replay(*, organization: Organization, delivery: WebhookDelivery) -> WebhookDelivery:
+    """Send a finished delivery's message again (same `webhook-id`): it is pending again and its next try is
+    queued now; past the schedule's last try, a replay is one try. The endpoint must be enabled."""
+    if not delivery.endpoint.enabled:
+        raise ValidationError(_("Enable the endpoint first: a disabled endpoint receives nothing."))
+    schema = organization.schema_name
+    with schema_context(schema), transaction.atomic():
+        replayed = WebhookDelivery.objects.filter(pk=delivery.pk, status__in=WebhookDelivery.FINAL).update(
+            status=WebhookDelivery.Status.PENDING, finished_at=None, next_attempt_at=timezone.now())
+        delivery.refresh_from_db()
+        if replayed:
+            number = delivery.attempts + 1
+            transaction.on_commit(lambda: deliveries_enqueue([delivery.pk], schema=schema, number=number))
+    return delivery
+
+
+def webhook_deliveries_replay_failed(*, organization: Organization, endpoint: WebhookEndpoint, since) -> int:
+    """Replay every delivery to `endpoint` created since `since` that failed or was cancelled; how many."""
+    with schema_context(organization.schema_name):
+        failed = list(WebhookDelivery.objects.select_related("endpoint").filter(
+            endpoint=endpoint, created_at__gte=since,
+            status__in=[WebhookDelivery.Status.FAILED, WebhookDelivery.Status.CANCELLED]))
+    for delivery in failed:
+        webhook_delivery_replay(organization=organization, delivery=delivery)
+    return len(failed)
+
+
 def _timestamp(moment) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 

@@ -7,5 +7,7 @@ from . import views
 urlpatterns = [
     path("", views.webhooks_settings, name="webhooks_settings"),
     path("<int:endpoint_id>/", views.webhook_endpoint_detail, name="webhook_endpoint"),
+    path("<int:endpoint_id>/deliveries/<int:delivery_id>/replay/", views.webhook_delivery_replay_view,
+         name="webhook_delivery_replay"),
     path("<int:endpoint_id>/<slug:action>/", views.webhook_endpoint_action, name="webhook_endpoint_action"),
 ]

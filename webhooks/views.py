@@ -6,11 +6,15 @@ A new endpoint's signing secret (and a rotated one) is shown once, in the answer
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
 from billing.selectors import entitlements_for
@@ -20,9 +24,11 @@ from tenants.models import Role
 
 from .events import EVENT_TYPES
 from .forms import WebhookEndpointForm
-from .models import WebhookEndpoint
+from .models import WebhookDelivery, WebhookEndpoint
 from .selectors import delivery_list, endpoint_list
 from .services import (
+    webhook_deliveries_replay_failed,
+    webhook_delivery_replay,
     webhook_endpoint_create,
     webhook_endpoint_delete,
     webhook_endpoint_secret_rotate,
@@ -31,7 +37,8 @@ from .services import (
 )
 
 DELIVERIES_SHOWN = 50
-ACTIONS = frozenset({"test", "rotate", "enable", "disable", "delete"})
+ACTIONS = frozenset({"test", "rotate", "enable", "disable", "delete", "replay-failed"})
+REPLAY_HOURS = {"1": 1, "24": 24, "168": 168, "720": 720}
 
 
 def _no_store(response: HttpResponse) -> HttpResponse:
@@ -98,8 +105,33 @@ def webhook_endpoint_action(request: HttpRequest, endpoint_id: int, action: str)
         webhook_endpoint_update(organization=request.tenant, actor=actor, endpoint=endpoint, url=endpoint.url,
                                 description=endpoint.description, event_types=endpoint.event_types,
                                 enabled=action == "enable")
+    elif action == "replay-failed":
+        hours = REPLAY_HOURS.get(request.POST.get("hours", ""), 24)
+        try:
+            count = webhook_deliveries_replay_failed(organization=request.tenant, endpoint=endpoint,
+                                                     since=timezone.now() - timedelta(hours=hours))
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, ngettext("%(count)s delivery is being sent again.",
+                                               "%(count)s deliveries are being sent again.", count) % {"count": count})
     elif action == "delete":
         webhook_endpoint_delete(organization=request.tenant, actor=actor, endpoint=endpoint)
         messages.success(request, _("Endpoint deleted."))
         return redirect("webhooks_settings", request.tenant.slug)
     return redirect("webhook_endpoint", request.tenant.slug, endpoint.pk)
+
+
+@org_member_required(role=Role.ADMIN)
+@require_POST
+def webhook_delivery_replay_view(request: HttpRequest, endpoint_id: int, delivery_id: int) -> HttpResponse:
+    _plan_check(request)
+    delivery = get_object_or_404(WebhookDelivery.objects.select_related("endpoint"), pk=delivery_id,
+                                 endpoint_id=endpoint_id)
+    try:
+        webhook_delivery_replay(organization=request.tenant, delivery=delivery)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, _("The event is being sent again."))
+    return redirect("webhook_endpoint", request.tenant.slug, endpoint_id)
