@@ -381,3 +381,25 @@ def test_failed_deliveries_are_replayed_with_the_same_id(org_a, receiver, django
     assert (delivery.status, delivery.attempts) == ("succeeded", 2)
     assert [r.headers["webhook-id"] for r in receiver.requests] == [message.event_id] * 2
     receiver.verify(secret)
+
+
+def test_members_added_and_removed_are_events(org_a, tenant_world, receiver, settings,
+                                              django_capture_on_commit_callbacks):
+    import uuid
+
+    from accounts.models import User
+    from tenants.services import invitation_accept, invitation_create, membership_remove
+
+    settings.INVITATIONS_PER_ORGANIZATION_PER_HOUR = 10_000
+    _endpoint, secret = endpoint_for(org_a, receiver, event_types=["member.added", "member.removed"])
+    email = f"joiner-{uuid.uuid4().hex[:8]}@example.com"
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = invitation_create(organization=org_a, email=email, role="member",
+                                 invited_by=tenant_world["a"]["owner"], actor=ACTOR)
+        membership = invitation_accept(token=sent.token, user=User.objects.create(email=email), actor=ACTOR)
+    membership_id = membership.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        membership_remove(membership=membership, actor=ACTOR)
+    added, removed = receiver.verify(secret)
+    assert added["type"] == "member.added" and added["data"]["email"] == email and added["data"]["role"] == "member"
+    assert removed["type"] == "member.removed" and removed["data"]["membership_id"] == membership_id
