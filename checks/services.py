@@ -456,6 +456,9 @@ def _check_from_cache(*, organization: Organization, target: Target, lookup: Cac
                   api_key_id=api_key_id, created_at=now, started_at=now, finished_at=now)
     if facts.webhook_endpoints:  # the cache hit stays one read and one write when nobody listens
         check_event_emit(organization=organization, check=check, target=target)
+        if alert_id is not None:
+            alert_event_emit(organization=organization, alert_id=alert_id, target=target, report_id=_report_id,
+                             kinds=alert[0], summary=alert[1])
     return check
 
 
@@ -703,11 +706,21 @@ def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | 
         return None
     alert = Alert.objects.create(target=target, report=report, previous_report=previous, kinds=terms[0],
                                  summary=terms[1])
+    alert_event_emit(organization=current_organization(), alert_id=alert.pk, target=target, report_id=report.pk,
+                     kinds=terms[0], summary=terms[1])
     if checks_settings().alert_emails:
         from .tasks import alert_email_task
 
         transaction.on_commit(lambda: alert_email_task.delay(alert.pk))
     return alert
+
+
+def alert_event_emit(*, organization: Organization, alert_id: int, target: Target, report_id: int | None,
+                     kinds: list[str], summary: dict) -> None:
+    """A monitoring alert's event for integrators (`alert.created`), in its transaction."""
+    event_emit(organization=organization, type="alert.created", data={
+        "alert_id": alert_id, "target_id": target.pk, "cnpj": target.cnpj, "label": target.label,
+        "report_id": report_id, "kinds": kinds, "summary": summary})
 
 
 def check_cancel(check: Check) -> bool:

@@ -403,3 +403,26 @@ def test_members_added_and_removed_are_events(org_a, tenant_world, receiver, set
     added, removed = receiver.verify(secret)
     assert added["type"] == "member.added" and added["data"]["email"] == email and added["data"]["role"] == "member"
     assert removed["type"] == "member.removed" and removed["data"]["membership_id"] == membership_id
+
+
+def test_a_monitoring_alert_is_an_alert_created_event(registries, funded, receiver,
+                                                      django_capture_on_commit_callbacks):
+    from checks.models import Alert, Report, Target
+    from checks.services import report_write
+
+    org_a, _org_b = funded
+    pro(org_a)
+    _endpoint, secret = endpoint_for(org_a, receiver, event_types=["alert.created"])
+    with schema_context(org_a.schema_name):
+        target = target_add(cnpj=FOUND, schedule=Target.Schedule.DAILY)
+        with django_capture_on_commit_callbacks(execute=True):
+            check = check_request(organization=org_a, target=target)
+        first = Report.objects.get(check_run_id=check.pk)
+        closed = {**first.data, "situacao": {"code": 8, "label": "BAIXADA", "since": "2026-10-01", "motivo": None}}
+        with django_capture_on_commit_callbacks(execute=True):
+            report = report_write(target=target, check=None, record=closed, provider="cnpjws")
+        alert = Alert.objects.get(report=report)
+    [payload] = receiver.verify(secret)
+    assert payload["type"] == "alert.created"
+    assert (payload["data"]["alert_id"], payload["data"]["cnpj"]) == (alert.pk, FOUND)
+    assert "status" in payload["data"]["kinds"] and payload["data"]["summary"]["risk"][1] == "BLOCKER"

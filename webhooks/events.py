@@ -7,6 +7,7 @@ from django.utils.translation import gettext_lazy as _
 EVENT_TYPES = {
     "check.completed": _("A CNPJ check finished with an answer (the company found, or confirmed absent)."),
     "check.failed": _("A CNPJ check failed: the registries could not be reached."),
+    "alert.created": _("A monitored company changed (status, partners, address, risk level…): an alert was raised."),
     "member.added": _("Someone joined the organization (accepted an invitation)."),
     "member.removed": _("A member left or was removed from the organization."),
     "api_key.created": _("An API key was created."),
