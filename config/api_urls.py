@@ -70,5 +70,5 @@ urlpatterns = [
     path("v1/", include(v1)),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", ApiDocsView.as_view(), name="api_docs"),
-    re_path(r"^(?P<rest>.*)$", api_not_found),
+    re_path(r"^(?P<rest>(?s:.*))$", api_not_found),  # (?s): a path with a newline is JSON-404 too
 ]

@@ -386,3 +386,9 @@ def test_organization_members_and_key_metadata(keys, org_a, client_for):
     assert stored.key_hash.encode() not in listed.content and keys["chat"].encode() not in listed.content
     admin, headers = session(client_for, "a", "admin", org_a)
     assert admin.get("/api/v1/api-keys/", **headers).json()["results"][0]["name"]
+
+
+def test_a_path_with_a_newline_is_a_json_404_too(client):
+    response = client.post("/api/v1/threads/%0A/edit/", {}, content_type="application/json")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}
