@@ -53,8 +53,10 @@ from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan,
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
 from billing.usage import usage_insert_sql, usage_params, usage_record
+from core.events import event_emit
 from core.prepared import PreparedStatement
 from tenants.models import Organization
+from webhooks.models import WebhookEndpoint
 
 from . import cnpj as cnpj_id
 from .cache import CachedLookup, cache_peek, cached_lookup
@@ -236,7 +238,8 @@ SELECT
     coalesce((SELECT requested FROM {ChecksMonth._meta.db_table} WHERE month = %(month)s::date), 0),
     price.id, price.input_per_million, price.output_per_million, price.per_unit,
     settings.id IS NOT NULL, settings.thresholds, settings.alert_emails,
-    previous.id, previous.data, previous.risk_level
+    previous.id, previous.data, previous.risk_level,
+    EXISTS (SELECT 1 FROM {WebhookEndpoint._meta.db_table} WHERE enabled)
 FROM (SELECT 1) AS one
 LEFT JOIN {BillingAccount._meta.db_table} account ON account.organization_id = %(organization)s::bigint
 LEFT JOIN {Plan._meta.db_table} plan ON plan.id = account.plan_id
@@ -319,6 +322,7 @@ class RequestFacts:
     previous_id: int | None
     previous_data: dict | None
     previous_risk_level: str | None
+    webhook_endpoints: bool = True  # whether a `check.completed` event may have someone to go to
 
 
 def _request_facts(*, organization: Organization, target: Target, reuse: bool, hit: bool, now: datetime,
@@ -327,14 +331,16 @@ def _request_facts(*, organization: Organization, target: Target, reuse: bool, h
         REQUEST_READ.execute(cursor, {"organization": organization.pk, "target": target.pk, "reuse": reuse,
                                       "hit": hit, "now": now, "month": month})
         (running_id, has_account, quota, used, price_id, input_per_million, output_per_million, per_unit,
-         has_settings, thresholds, alert_emails, previous_id, previous_data, previous_risk_level) = cursor.fetchone()
+         has_settings, thresholds, alert_emails, previous_id, previous_data, previous_risk_level,
+         webhook_endpoints) = cursor.fetchone()
     price = None if price_id is None else Price(
         pk=price_id, kind=Price.Kind.CHECK, key=CACHED_PRICE, input_per_million=input_per_million,
         output_per_million=output_per_million, per_unit=per_unit)
     return RequestFacts(running_id=running_id, has_account=has_account, quota=quota, used=used, cached_price=price,
                         has_settings=has_settings, thresholds=_json(thresholds) or {},
                         alert_emails=bool(alert_emails), previous_id=previous_id,
-                        previous_data=_json(previous_data), previous_risk_level=previous_risk_level)
+                        previous_data=_json(previous_data), previous_risk_level=previous_risk_level,
+                        webhook_endpoints=webhook_endpoints)
 
 
 def check_request(*, organization: Organization, target: Target, source: str = Check.Source.MANUAL,
@@ -445,9 +451,27 @@ def _check_from_cache(*, organization: Organization, target: Target, lookup: Cac
     target.status, target.last_checked_at = status, now
     if found:
         target.risk_level, target.company_name = draft.risk_level, params["company_name"]
-    return Check(pk=check_id, target=target, batch=batch, status=status, source=source, cache_hit=True,
-                 provider=provider, credits=price.per_unit, billing_key=key, requested_by=user,
-                 api_key_id=api_key_id, created_at=now, started_at=now, finished_at=now)
+    check = Check(pk=check_id, target=target, batch=batch, status=status, source=source, cache_hit=True,
+                  provider=provider, credits=price.per_unit, billing_key=key, requested_by=user,
+                  api_key_id=api_key_id, created_at=now, started_at=now, finished_at=now)
+    if facts.webhook_endpoints:  # the cache hit stays one read and one write when nobody listens
+        check_event_emit(organization=organization, check=check, target=target)
+        if alert_id is not None:
+            alert_event_emit(organization=organization, alert_id=alert_id, target=target, report_id=_report_id,
+                             kinds=alert[0], summary=alert[1])
+    return check
+
+
+def check_event_emit(*, organization: Organization, check: Check, target: Target) -> None:
+    """A finished check's event for integrators (`check.completed`, or `check.failed`), in its transaction."""
+    failed = check.status == Check.Status.FAILED
+    event_emit(organization=organization, type="check.failed" if failed else "check.completed", data={
+        "check_id": check.pk, "status": check.status, "target_id": target.pk, "cnpj": target.cnpj,
+        "label": target.label, "company_name": target.company_name, "risk_level": target.risk_level,
+        "cache_hit": check.cache_hit, "credits": str(check.credits), "source": check.source,
+        "batch_id": check.batch_id, "error": check.error,
+        "finished_at": check.finished_at.isoformat() if check.finished_at else None,
+    })
 
 
 def check_enqueue(check: Check, countdown: float | None = None, *, schema: str | None = None) -> None:
@@ -556,7 +580,7 @@ def _check_run(check_id: int, organization: Organization) -> RunOutcome:
         return RunOutcome(Check.Status.PENDING, retry_in=wait, background=background)
     with transaction.atomic():
         check.runs = runs
-        _fail(check, result.error or _("The registries could not be reached."))
+        _fail(check, result.error or _("The registries could not be reached."), organization=organization)
     return RunOutcome(Check.Status.FAILED, background=background)
 
 
@@ -566,7 +590,7 @@ def _requeue(check: Check, wait: float, *, error: str) -> None:
     Target.objects.filter(pk=check.target_id).update(status=Check.Status.PENDING)
 
 
-def _fail(check: Check, error: str) -> None:
+def _fail(check: Check, error: str, *, organization: Organization) -> None:
     reservation = CreditReservation.objects.filter(key=check.billing_key).first()
     if reservation is not None:
         credit_release(reservation=reservation)
@@ -574,6 +598,8 @@ def _fail(check: Check, error: str) -> None:
     check.save(update_fields=["status", "error", "finished_at", "runs"])
     _quota_give_back(check.pk)
     Target.objects.filter(pk=check.target_id).update(status=check.status, last_checked_at=check.finished_at)
+    check.target.status, check.target.last_checked_at = check.status, check.finished_at
+    check_event_emit(organization=organization, check=check, target=check.target)
 
 
 def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, price: Price) -> None:
@@ -600,6 +626,7 @@ def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, p
         target.company_name = (result.record.get("razao_social") or "")[:200]
         fields += ["risk_level", "company_name"]
     target.save(update_fields=fields)
+    check_event_emit(organization=organization, check=check, target=target)
 
 
 def signals_stored(signals) -> list[dict]:
@@ -679,11 +706,21 @@ def alert_raise(*, target: Target, report: Report, previous: Report) -> Alert | 
         return None
     alert = Alert.objects.create(target=target, report=report, previous_report=previous, kinds=terms[0],
                                  summary=terms[1])
+    alert_event_emit(organization=current_organization(), alert_id=alert.pk, target=target, report_id=report.pk,
+                     kinds=terms[0], summary=terms[1])
     if checks_settings().alert_emails:
         from .tasks import alert_email_task
 
         transaction.on_commit(lambda: alert_email_task.delay(alert.pk))
     return alert
+
+
+def alert_event_emit(*, organization: Organization, alert_id: int, target: Target, report_id: int | None,
+                     kinds: list[str], summary: dict) -> None:
+    """A monitoring alert's event for integrators (`alert.created`), in its transaction."""
+    event_emit(organization=organization, type="alert.created", data={
+        "alert_id": alert_id, "target_id": target.pk, "cnpj": target.cnpj, "label": target.label,
+        "report_id": report_id, "kinds": kinds, "summary": summary})
 
 
 def check_cancel(check: Check) -> bool:

@@ -14,6 +14,7 @@ from billing import api as billing_api
 from chat import api as chat_api
 from checks import api as checks_api
 from tenants import api as tenants_api
+from webhooks import api as webhooks_api
 
 from .openapi import ApiDocsView
 
@@ -44,6 +45,18 @@ v1 = [
     path("reports/<int:report_id>/diff/<int:other_id>/", checks_api.ReportDiffView.as_view(),
          name="api_report_diff"),
     path("alerts/", checks_api.AlertListView.as_view(), name="api_alerts"),
+    path("webhooks/", webhooks_api.WebhookEndpointListView.as_view(), name="api_webhooks"),
+    path("webhooks/event-types/", webhooks_api.EventTypeListView.as_view(), name="api_webhook_event_types"),
+    path("webhooks/<int:endpoint_id>/", webhooks_api.WebhookEndpointDetailView.as_view(), name="api_webhook"),
+    path("webhooks/<int:endpoint_id>/rotate-secret/", webhooks_api.WebhookSecretRotateView.as_view(),
+         name="api_webhook_rotate_secret"),
+    path("webhooks/<int:endpoint_id>/test/", webhooks_api.WebhookTestView.as_view(), name="api_webhook_test"),
+    path("webhooks/<int:endpoint_id>/deliveries/", webhooks_api.WebhookDeliveryListView.as_view(),
+         name="api_webhook_deliveries"),
+    path("webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>/replay/",
+         webhooks_api.WebhookDeliveryReplayView.as_view(), name="api_webhook_delivery_replay"),
+    path("webhooks/<int:endpoint_id>/replay-failed/", webhooks_api.WebhookReplayFailedView.as_view(),
+         name="api_webhook_replay_failed"),
 ]
 
 
@@ -57,5 +70,5 @@ urlpatterns = [
     path("v1/", include(v1)),
     path("schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("docs/", ApiDocsView.as_view(), name="api_docs"),
-    re_path(r"^(?P<rest>.*)$", api_not_found),
+    re_path(r"^(?P<rest>(?s:.*))$", api_not_found),  # (?s): a path with a newline is JSON-404 too
 ]

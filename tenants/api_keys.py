@@ -41,6 +41,7 @@ from accounts.models import User
 from billing.ratelimits import ip_over_limit, ip_over_limit_async
 from config.db_async import async_pool
 from config.redis_shared import redis_client
+from core.events import event_emit
 
 from .audit.services import Actor, audit_record
 from .models import ApiKey, Membership, Organization, Role
@@ -143,6 +144,13 @@ def may_hold_keys(membership: Membership | None) -> bool:
     return membership is not None and membership.role in KEY_HOLDER_ROLES and membership.user.is_active
 
 
+def _key_event(key: ApiKey) -> dict:
+    """What integrators are told about a key (never its secret)."""
+    return {"id": key.pk, "name": key.name, "prefix": key.display_prefix, "scopes": list(key.scopes),
+            "principal": key.principal, "created_by_id": key.created_by_id,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None}
+
+
 @transaction.atomic
 def api_key_create(*, organization: Organization, name: str, scopes: list[str], actor: Actor,
                    user: User | None = None, expires_at: datetime | None = None) -> NewKey:
@@ -162,6 +170,7 @@ def api_key_create(*, organization: Organization, name: str, scopes: list[str], 
     audit_record(organization=organization, actor=actor, action="api_key.created", target=key,
                  after={"name": key.name, "scopes": scopes, "prefix": key.display_prefix, "principal": principal,
                         "expires_at": expires_at.isoformat() if expires_at else None})
+    event_emit(organization=organization, type="api_key.created", data=_key_event(key))
     # An earlier call with this prefix may have cached "unknown": the new key works at once.
     transaction.on_commit(lambda: key_cache_forget(prefix))
     return NewKey(key=key, raw=raw)
@@ -175,6 +184,7 @@ def api_key_revoke(*, key: ApiKey, actor: Actor, reason: str = "") -> ApiKey:
         key.save(update_fields=["revoked_at"])
         audit_record(organization=key.organization, actor=actor, action="api_key.revoked", target=key,
                      after={"reason": reason} if reason else None)
+        event_emit(organization=key.organization, type="api_key.revoked", data={**_key_event(key), "reason": reason})
         transaction.on_commit(lambda: key_cache_forget(key.prefix))
     return key
 

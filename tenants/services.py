@@ -16,6 +16,7 @@ from django.utils.translation import gettext as _
 from accounts.mfa import user_mfa_enabled
 from accounts.models import User
 from billing.services import credits_grant_monthly
+from core.events import event_emit
 
 from .api_keys import KEY_HOLDER_ROLES, api_keys_revoke_held_by
 from .audit.services import Actor, audit_record
@@ -152,6 +153,8 @@ def membership_remove(*, membership: Membership, actor: Actor, action: str = "me
         raise ValidationError(_("The last owner cannot leave or be removed. Make someone else owner first."))
     audit_record(organization=membership.organization, actor=actor, action=action, target=membership,
                  before={"user": membership.user.email, "role": membership.role})
+    event_emit(organization=membership.organization, type="member.removed", data={
+        **_member_event(membership), "reason": action})
     api_keys_revoke_held_by(user=membership.user, organization=membership.organization, actor=actor, reason=action)
     membership.delete()
 
@@ -250,7 +253,15 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
     invitation.save(update_fields=["status", "accepted_at"])
     audit_record(organization=invitation.organization, actor=actor, action="invitation.accepted",
                  target=invitation, after={"user": user.email, "role": membership.role})
+    if created:
+        event_emit(organization=organization, type="member.added", data=_member_event(membership))
     return membership
+
+
+def _member_event(membership: Membership) -> dict:
+    """What integrators are told about a member (member.added, member.removed)."""
+    return {"membership_id": membership.pk, "user_id": membership.user_id, "email": membership.user.email,
+            "role": membership.role}
 
 
 def invitation_url(token: str) -> str:

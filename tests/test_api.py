@@ -139,6 +139,7 @@ def test_member_of_another_organization_gets_404_everywhere(client_for, org_a, o
 
 
 def test_a_key_reaches_only_its_own_organizations_objects(keys, org_a, org_b):
+    BillingAccount.objects.filter(pk=org_b.pk).update(plan=Plan.objects.get(code="pro"))  # its webhooks list too
     created = Client().post("/api/v1/threads/", {"model": DEMO, "title": "Secret of A"},
                             content_type="application/json", **bearer(keys["chat"]))
     assert created.status_code == 201
@@ -385,3 +386,9 @@ def test_organization_members_and_key_metadata(keys, org_a, client_for):
     assert stored.key_hash.encode() not in listed.content and keys["chat"].encode() not in listed.content
     admin, headers = session(client_for, "a", "admin", org_a)
     assert admin.get("/api/v1/api-keys/", **headers).json()["results"][0]["name"]
+
+
+def test_a_path_with_a_newline_is_a_json_404_too(client):
+    response = client.post("/api/v1/threads/%0A/edit/", {}, content_type="application/json")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Not found."}

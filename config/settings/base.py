@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from ipaddress import ip_network
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -67,6 +68,7 @@ TENANT_APPS = [
     "tenants.audit",
     "chat",
     "checks",
+    "webhooks",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 TENANT_MODEL = "tenants.Organization"
@@ -604,3 +606,20 @@ CHECKS_NEGATIVE_TTL = int(os.environ.get("CHECKS_NEGATIVE_TTL", str(6 * 3600)))
 CHECKS_LOCK_SECONDS = int(os.environ.get("CHECKS_LOCK_SECONDS", "60"))
 # A check whose lookups keep failing is retried with backoff this many times, then fails.
 CHECKS_MAX_RUNS = int(os.environ.get("CHECKS_MAX_RUNS", "5"))
+
+# Outbound webhooks (webhooks/, core/egress.py)
+# Endpoint URLs must be https; http is allowed in development only (dev.py).
+WEBHOOKS_ALLOW_HTTP = env_bool("WEBHOOKS_ALLOW_HTTP", False)
+# CIDRs deliveries may reach although they are private, loopback, … ("127.0.0.0/8,10.1.0.0/16"): tests
+# and on-premise installs. Empty: only public addresses. The cloud metadata addresses are never reached.
+# Parsed here, so that a typo stops the process at start rather than failing every delivery.
+WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = [str(ip_network(value, strict=False))
+                                     for value in env_list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS")]
+# Fernet keys for endpoints' signing secrets, newest first; empty: the provider keys' set.
+WEBHOOK_SECRET_ENCRYPTION_KEYS = env_list("WEBHOOK_SECRET_ENCRYPTION_KEYS") or PROVIDER_KEY_ENCRYPTION_KEYS
+# Deliveries one endpoint may have in flight at once (every worker together); the others wait their turn.
+WEBHOOKS_ENDPOINT_CONCURRENCY = int(os.environ.get("WEBHOOKS_ENDPOINT_CONCURRENCY", "2"))
+WEBHOOKS_QUEUE = os.environ.get("WEBHOOKS_QUEUE", "webhooks")
+CELERY_TASK_ROUTES["webhooks.tasks.*"] = {"queue": WEBHOOKS_QUEUE}
+# Deliveries whose next try is overdue (a lost task) are queued again; a try is never sent twice.
+CELERY_BEAT_SCHEDULE["webhooks-deliveries-due"] = {"task": "webhooks.tasks.deliveries_due_fanout", "schedule": 300.0}

@@ -62,6 +62,8 @@ LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https"
 ADMIN_REQUIRE_MFA = env_bool("ADMIN_REQUIRE_MFA", True)  # noqa: F405
+# Webhook endpoints are https in production, whatever the environment says.
+WEBHOOKS_ALLOW_HTTP = False
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)  # noqa: F405

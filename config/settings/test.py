@@ -29,3 +29,6 @@ CELERY_TASK_EAGER_PROPAGATES = True
 ORGANIZATION_CREATE_ATTEMPTS_PER_HOUR = 10_000
 # One TOTP period either side, so a code a test computes just before a 30 s boundary is still accepted.
 MFA_TOTP_TOLERANCE = 1
+# Webhook deliveries go to receivers the tests run on 127.0.0.1, over http.
+WEBHOOKS_ALLOW_HTTP = True
+WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.0/8"]

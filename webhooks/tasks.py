@@ -1,0 +1,40 @@
+"""Webhook deliveries' Celery tasks (the `webhooks` queue): thin and idempotent, in the organization's schema."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import OperationalError, connection
+from django_tenants.utils import schema_context
+
+from tenants.models import Organization
+
+from .services import deliveries_due, deliveries_enqueue, delivery_attempt
+
+
+@shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5,
+             ignore_result=True)
+def delivery_attempt_task(self, delivery_id: int, number: int) -> str:
+    """Try `number` of a delivery (sent at most once however often this runs), then queue the next one if due.
+
+    Run eagerly (in-process tests) the next try is not queued: an eager countdown would not wait."""
+    outcome = delivery_attempt(delivery_id=delivery_id, number=number)
+    if outcome.next_number is not None and not self.request.is_eager:
+        deliveries_enqueue([delivery_id], schema=connection.schema_name, number=outcome.next_number,
+                           countdown=outcome.retry_in)
+    return outcome.status
+
+
+@shared_task(ignore_result=True)
+def deliveries_due_fanout() -> int:
+    """Beat: each organization queues again its deliveries whose next try is overdue (a lost task)."""
+    count = 0
+    for schema in Organization.objects.exclude(schema_name="public").values_list("schema_name", flat=True):
+        with schema_context(schema):
+            deliveries_due_task.delay()
+        count += 1
+    return count
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def deliveries_due_task() -> int:
+    return deliveries_due()
