@@ -27,6 +27,7 @@ from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.models import Membership
 from tenants.services import invitation_create
+from webhooks.services import webhook_endpoint_create, webhook_endpoint_test
 
 from ..checks_reports import dbone_report, serpro_matriz_report
 from ..urlwalk import routes
@@ -37,7 +38,7 @@ ORG_PREFIX = "o/<slug:org_slug>/"
 # The only changes a viewer makes under /o/<slug>/ (profile and language live outside it).
 VIEWER_MAY_POST = {"member_leave"}
 # Rows a refused POST could have touched: every table of the apps behind /o/<slug>/.
-WATCHED_APPS = ("tenants", "audit", "billing", "catalog", "chat", "checks")
+WATCHED_APPS = ("tenants", "audit", "billing", "catalog", "chat", "checks", "webhooks")
 EXPLANATION = "can only read. Ask an admin for the Member role."
 
 
@@ -67,11 +68,15 @@ def _objects(org, people) -> dict[str, object]:
     provider_key_set(organization=org, provider="openai", secret="sk-" + "a" * 40, user=owner, actor=actor)
     invitation = invitation_create(organization=org, email="someone@example.com", role="member",
                                    invited_by=owner, actor=actor)
+    endpoint = webhook_endpoint_create(organization=org, actor=actor, url="https://hooks.example.com/prumo").endpoint
+    with schema_context(org.schema_name):
+        delivery = webhook_endpoint_test(organization=org, endpoint=endpoint).deliveries.get()
     return {
         "thread_id": thread.pk, "message_id": answer.pk, "token": attachment.token, "target_id": target.pk,
         "check_id": check.pk, "report_id": first.pk, "alert_id": alert.pk, "batch_id": batch.pk,
         "membership_id": Membership.objects.get(organization=org, user=people["member"]).pk,
         "key_id": key.key.pk, "provider": "openai", "invitation_id": invitation.invitation.pk,
+        "endpoint_id": endpoint.pk, "delivery_id": delivery.pk, "action": "rotate",
     }
 
 
