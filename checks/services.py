@@ -239,6 +239,7 @@ SELECT
     price.id, price.input_per_million, price.output_per_million, price.per_unit,
     settings.id IS NOT NULL, settings.thresholds, settings.alert_emails,
     previous.id, previous.data, previous.risk_level,
+    -- Anyone listening? (checks reads the webhooks table here only, so a cache hit stays one read.)
     EXISTS (SELECT 1 FROM {WebhookEndpoint._meta.db_table} WHERE enabled)
 FROM (SELECT 1) AS one
 LEFT JOIN {BillingAccount._meta.db_table} account ON account.organization_id = %(organization)s::bigint

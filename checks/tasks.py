@@ -11,10 +11,10 @@ from django.core.mail import send_mail
 from django.db import OperationalError
 from django.template.loader import render_to_string
 from django.utils import translation
-from django_tenants.utils import schema_context
 
 from tenants.audit.services import Actor, audit_record
-from tenants.models import Membership, Organization, Role
+from tenants.models import Membership, Role
+from tenants.tasks import task_per_organization
 
 from .bulk import batch_start
 from .models import Alert, Check
@@ -34,19 +34,10 @@ def check_run_task(self, check_id: int) -> str:
     return outcome.status
 
 
-def _each_organization(task) -> int:
-    count = 0
-    for schema in Organization.objects.exclude(schema_name="public").values_list("schema_name", flat=True):
-        with schema_context(schema):
-            task.delay()
-        count += 1
-    return count
-
-
 @shared_task(ignore_result=True)
 def monitoring_fanout() -> int:
     """Beat (hourly): each organization queues checks of its monitored targets that are due."""
-    return _each_organization(monitoring_org_task)
+    return task_per_organization(monitoring_org_task)
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -57,7 +48,7 @@ def monitoring_org_task() -> int:
 @shared_task(ignore_result=True)
 def checks_maintenance_fanout() -> int:
     """Beat (daily): each organization purges reports past its retention and requeues stuck checks."""
-    return _each_organization(checks_maintenance_org_task)
+    return task_per_organization(checks_maintenance_org_task)
 
 
 @shared_task(acks_late=True, ignore_result=True)

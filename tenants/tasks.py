@@ -7,14 +7,25 @@ from django.core.mail import send_mail
 from django.db import connection
 from django.template.loader import render_to_string
 from django.utils import translation
+from django_tenants.utils import schema_context
 
 from .audit.services import Actor, audit_record
-from .models import Invitation
+from .models import Invitation, Organization
 from .services import invitation_url
 
 EMAIL_NAME_MAX = 60
 # A dot between two word characters (`evil.example`) and a scheme separator make mail clients draw a link.
 _LINKABLE_DOT = re.compile(r"(?<=\w)\.(?=\w)")
+
+
+def task_per_organization(task) -> int:
+    """Beat fan-out: queue `task` once in every organization's schema; returns how many were queued."""
+    count = 0
+    for schema in Organization.objects.exclude(schema_name="public").values_list("schema_name", flat=True):
+        with schema_context(schema):
+            task.delay()
+        count += 1
+    return count
 
 
 def email_plain_name(name: str, *, limit: int = EMAIL_NAME_MAX) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 from django.db import OperationalError, connection
-from django_tenants.utils import schema_context
 
-from tenants.models import Organization
+from tenants.tasks import task_per_organization
 
 from .services import deliveries_due, deliveries_enqueue, delivery_attempt
 
@@ -27,12 +26,7 @@ def delivery_attempt_task(self, delivery_id: int, number: int) -> str:
 @shared_task(ignore_result=True)
 def deliveries_due_fanout() -> int:
     """Beat: each organization queues again its deliveries whose next try is overdue (a lost task)."""
-    count = 0
-    for schema in Organization.objects.exclude(schema_name="public").values_list("schema_name", flat=True):
-        with schema_context(schema):
-            deliveries_due_task.delay()
-        count += 1
-    return count
+    return task_per_organization(deliveries_due_task)
 
 
 @shared_task(acks_late=True, ignore_result=True)
