@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from config.observability import user_var
+from core.observability import user_var
 
 from .mfa import mfa_enabled, organization_mfa_missing
 

@@ -12,7 +12,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import OrgAPIView
+from tenants.api_base import OrgAPIView
 from tenants.models import Organization
 
 from .models import ZERO, DailyUsage

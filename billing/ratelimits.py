@@ -17,8 +17,8 @@ from functools import cache
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
-from config.redis_shared import redis_client
 from core.metrics import ratelimit_rejected
+from core.redis_clients import redis_client
 
 WINDOW_SECONDS = 60
 

@@ -2,7 +2,7 @@
 
 Threads are private to a member (chat.models). A session sees its user's threads; a member
 API key acts as the admin or owner who created it, while they still may hold keys (see
-config.api), so it sees and writes that member's threads. A service key (`manage.py
+tenants.api_base), so it sees and writes that member's threads. A service key (`manage.py
 create_api_key`) is no person: it has no threads of its own and never sees anyone's, so every
 endpoint here answers it 403 (it serves /v1 and the checks API). Reading needs the `read` or `chat` scope (or any
 role), writing the `chat` scope (or the member role). Asking a question (or regenerating the
@@ -25,7 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.ledger import InsufficientCredits
-from config.api import OrgAPIView
+from tenants.api_base import OrgAPIView
 
 from . import selectors, services
 from .files import FileRefused
@@ -85,7 +85,7 @@ class ChatAPIView(OrgAPIView):
 
 @extend_schema(tags=[TAG])
 class ThreadListView(ChatAPIView):
-    """The caller's threads (a member key's: its creator's; see config.api)."""
+    """The caller's threads (a member key's: its creator's; see tenants.api_base)."""
 
     serializer_class = ThreadSerializer
 

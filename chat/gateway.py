@@ -47,8 +47,9 @@ from billing.ratelimits import (
     rate_limit_scripts_load,
 )
 from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
-from config.db_async import async_pool
+from core.db_async import async_pool
 from core.metrics import credits_count
+from core.redis_clients import redis_async_client
 from tenants.api_keys import KeyAuth
 from tenants.models import ApiKey, Organization
 
@@ -56,7 +57,6 @@ from .catalog.selectors import ModelOption
 from .files import CHARS_PER_TOKEN, tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
-from .redis import async_client
 from .routing import BreakerState, CircuitBreaker, breaker_name
 from .snapshot import OrgConfig, orm_call
 
@@ -295,7 +295,7 @@ async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list
     providers = list(dict.fromkeys(option.model.provider for option in candidates))
     limits = {"requests_per_minute": entitlements.requests_per_minute,
               "tokens_per_minute": entitlements.tokens_per_minute}
-    redis = async_client()
+    redis = redis_async_client()
     for first_try in (True, False):
         async with redis.pipeline(transaction=False) as pipe:
             rate_limit_queue(pipe, organization_id=auth.organization_id, key_id=auth.key_id, tokens=tokens, **limits)
@@ -334,7 +334,7 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) ->
     if prompt_tokens + max_tokens > model.context_window:
         raise invalid(f"The prompt (about {prompt_tokens} tokens, tools included) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
-    redis = async_client()
+    redis = redis_async_client()
     limit, breakers = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
@@ -406,7 +406,7 @@ async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, inp
         await orm_call(credit_overage_uncovered, organization_id=auth.organization_id,
                        reservation_id=prepared.reservation_id, key=prepared.billing_key,
                        overage=closed[1] + closed[2], uncovered=closed[2])
-    await rate_limit_give_back_async(async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
+    await rate_limit_give_back_async(redis_async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
                                      tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
 

@@ -42,13 +42,13 @@ from django_tenants.utils import schema_context
 from psycopg import sql
 
 from billing.ratelimits import Slot, slot_acquire, slot_release, slot_renew_async, slots_held
+from core.redis_clients import redis_async_client, redis_client
 
 from .catalog.selectors import ModelOption
 from .context import HISTORY_SQL, context_fit, history_from_rows, history_params
 from .loop import answers_run, answers_start
 from .models import Attachment, Message, Thread, answer_stream_key
 from .providers import ChatRequest, Finish, ProviderError, StreamError, TextDelta, Usage
-from .redis import async_client, sync_client
 from .routing import Served, route_stream
 from .services import (
     PENDING_SET,
@@ -96,7 +96,7 @@ async def generation_stream(*, key: str, candidates: list[ModelOption], request:
                             own_keys: dict[str, str], slot: Slot | None = None) -> Outcome:
     """Stream the answer into the Redis stream `key`; returns what happened. Never raises ProviderError.
     The heartbeat also renews `slot`'s lease."""
-    client = async_client()
+    client = redis_async_client()
     outcome = Outcome()
     pending: list[str] = []
     lock = asyncio.Lock()
@@ -163,7 +163,7 @@ async def generation_stream(*, key: str, candidates: list[ModelOption], request:
 
 def stream_end(key: str, status: str) -> None:
     """Tell readers the answer is final (the database already has it) and let the stream expire."""
-    client = sync_client()
+    client = redis_client()
     with client.pipeline(transaction=True) as pipe:
         pipe.xadd(key, {"t": "end", "status": status})
         pipe.expire(key, STREAM_TTL)
@@ -175,7 +175,7 @@ def stream_end(key: str, status: str) -> None:
 
 def stream_text(key: str) -> str:
     """The text a stream holds so far (what a dead worker had written)."""
-    return "".join(fields.get("d", "") for _id, fields in sync_client().xrange(key) if fields.get("t") == "delta")
+    return "".join(fields.get("d", "") for _id, fields in redis_client().xrange(key) if fields.get("t") == "delta")
 
 
 def _claim(answer_id: int) -> bool:
@@ -186,7 +186,7 @@ def _claim(answer_id: int) -> bool:
 
 
 def _heartbeat_alive(key: str) -> bool:
-    score = sync_client().zscore(ACTIVE_SET, key)
+    score = redis_client().zscore(ACTIVE_SET, key)
     return score is not None and time.time() - score < settings.CHAT_HEARTBEAT_TIMEOUT
 
 
@@ -214,11 +214,11 @@ def answer_generate(answer_id: int, *, wait: bool = True) -> bool:
     slot, streams_on = None, False
     try:
         # A stopped answer or a redelivered one needs no slot: it is closed at once.
-        if answer.status == Message.Status.PENDING and not sync_client().exists(cancel_key(answer.stream_key)):
+        if answer.status == Message.Status.PENDING and not redis_client().exists(cancel_key(answer.stream_key)):
             slot = _slot_take(organization)
             if slot is None:
                 # Waiting its turn keeps the time it was queued: the reaper bounds the wait (CHAT_PENDING_TIMEOUT).
-                sync_client().zadd(PENDING_SET, {answer.stream_key: time.time()}, nx=True)
+                redis_client().zadd(PENDING_SET, {answer.stream_key: time.time()}, nx=True)
                 return False
         streams_on = _answer_run(answer, organization, slot, wait=wait)
     finally:
@@ -288,11 +288,11 @@ def _answer_run(answer: Queued, organization, slot: Slot | None, *, wait: bool) 
         if answer.status == Message.Status.STREAMING and not _heartbeat_alive(key):
             answer_recover(Message.objects.get(pk=answer_id))
         return False
-    with sync_client().pipeline(transaction=True) as pipe:
+    with redis_client().pipeline(transaction=True) as pipe:
         pipe.zadd(ACTIVE_SET, {key: time.time()})
         pipe.zrem(PENDING_SET, key)
         pipe.execute()
-    if sync_client().exists(cancel_key(key)):
+    if redis_client().exists(cancel_key(key)):
         answer_finish(answer_id=answer_id, status=Message.Status.STOPPED, text="")
         stream_end(key, Message.Status.STOPPED)
         return False

@@ -14,9 +14,10 @@ from functools import lru_cache
 
 from django.conf import settings
 
+from core.redis_clients import redis_async_client
+
 from .catalog.selectors import ModelOption
 from .providers import ChatRequest, ProviderError, StreamError, adapter_shared
-from .redis import async_client
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class CircuitBreaker:
     async def is_open(self) -> bool:
         if self.known is not None:
             return self.known.open
-        return bool(await async_client().exists(self.open_key))
+        return bool(await redis_async_client().exists(self.open_key))
 
     async def record_failure(self, error: ProviderError) -> None:
-        client = async_client()
+        client = redis_async_client()
         failures = await client.incr(self.failures_key)
         if failures == 1:  # the window starts with the first failure
             await client.expire(self.failures_key, settings.CHAT_BREAKER_WINDOW)
@@ -89,7 +90,7 @@ class CircuitBreaker:
 
     async def record_success(self) -> None:
         if self.known is None or self.known.failures:  # nothing to forgive: spare the round trip
-            await async_client().delete(self.failures_key)
+            await redis_async_client().delete(self.failures_key)
 
 
 async def route_stream(candidates: list[ModelOption], request: ChatRequest, *, own_keys: dict[str, str],

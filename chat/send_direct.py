@@ -8,7 +8,7 @@ read it. An htmx send that presents a valid one is served here (config/asgi.py),
 
 1. Redis, one round trip: was this send (`send_token`) done already, and the snapshot's version; then the plan's
    sends a minute (billing.ratelimits).
-2. PostgreSQL, one round trip on the async pool (config.db_async): the session still valid and still this user's
+2. PostgreSQL, one round trip on the async pool (core.db_async): the session still valid and still this user's
    (expiry, password), the membership and its role, the organization's MFA rule, the thread locked and idle, two
    message ids, and the thread's history for the hold's estimate (chat.context.context_fit, the rule the ORM
    path uses).
@@ -55,17 +55,17 @@ from accounts.models import User
 from billing.ledger import RESERVE_SQL, reserve_params
 from billing.models import CreditReservation
 from billing.ratelimits import send_limit_give_back, send_limited_async
-from config.db_async import async_pool, insert_values
-from config.scope import scope_cookie, scope_header
-from config.views import overloaded_asgi
+from core.db_async import async_pool, insert_values
 from core.metrics import credits_count
+from core.overload import overloaded_asgi
+from core.redis_clients import redis_async_client
+from core.scope import scope_cookie, scope_header
 from tenants.guards import WRITE_ROLE
 from tenants.models import ROLE_RANK, Membership, Organization, Role
 
 from .catalog.selectors import ModelOption
 from .context import HISTORY_SQL, context_fit, history_from_rows, history_params
 from .models import Attachment, Message, Thread, answer_billing_key, answer_stream_key
-from .redis import async_client
 from .services import (
     PENDING_SET,
     SEND_TOKEN_SECONDS,
@@ -236,7 +236,7 @@ def _asked(scope, body: bytes, *, slug: str, thread_id: int) -> Asked:
 async def _send(scope, send, body: bytes, *, slug: str, thread_id: int) -> None:
     asked = _asked(scope, body, slug=slug, thread_id=thread_id)
     grant = asked.grant
-    redis = async_client()
+    redis = redis_async_client()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(send_key(grant.schema, grant.user_id, asked.token) if asked.token else "chat:sent:-")
         pipe.get(CONFIG_VERSION_KEY)
@@ -371,7 +371,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
                 # Watched before the commit, as chat.services does: a process that dies between the commit and the
                 # queueing still leaves the answer to the reaper (which drops an entry whose answer never committed).
                 watched = answer_stream_key(grant.schema, answer.pk)
-                await async_client().zadd(PENDING_SET, {watched: time.time()})
+                await redis_async_client().zadd(PENDING_SET, {watched: time.time()})
                 for instance in (question, answer):
                     await connection.execute(*_insert(tables["messages"], instance, held=held, tables=tables))
                 await connection.execute(*_touch(asked.thread_id, answer, held=held, tables=tables))
@@ -382,7 +382,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
                 await connection.rollback()
             raise
         if hold is not None and await hold.fetchone() is None:
-            await async_client().zrem(PENDING_SET, watched)
+            await redis_async_client().zrem(PENDING_SET, watched)
             raise Fallback  # not covered (or the organization's first movement): the ledger explains, in Django
         if hold is not None:
             credits_count("held", worst)

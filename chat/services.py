@@ -24,13 +24,13 @@ from billing.models import CreditReservation, Price, UsageEvent
 from billing.ratelimits import send_limited
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost, usage_record
 from core.metrics import chat_answers, llm_tokens_count
+from core.redis_clients import redis_client
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption
 from .context import context_build
 from .files import PDF, FileRefused, file_sniff, file_text, text_fit, tokens_estimate
 from .models import Attachment, Message, Thread, answer_stream_key
-from .redis import sync_client
 from .snapshot import org_config_now
 
 TITLE_MAX = 200
@@ -100,13 +100,13 @@ def send_remembered(thread_id: int, answer_id: int) -> str:
 def send_remember(*, user: User, token: str, thread: Thread, answer: Message) -> None:
     """Remember that the send named `token` (the composer's) went through: its retry answers the same."""
     if token:
-        sync_client().set(send_key(connection.schema_name, user.pk, token), send_remembered(thread.pk, answer.pk),
+        redis_client().set(send_key(connection.schema_name, user.pk, token), send_remembered(thread.pk, answer.pk),
                           ex=SEND_TOKEN_SECONDS)
 
 
 def send_done(*, user: User, token: str, thread: Thread | None) -> tuple[Thread, int] | None:
     """(thread, answer id) of the send named `token` when it already went through, in `thread` when given."""
-    found = sync_client().get(send_key(connection.schema_name, user.pk, token)) if token else None
+    found = redis_client().get(send_key(connection.schema_name, user.pk, token)) if token else None
     if not found:
         return None
     thread_id, answer_id = (int(part) for part in found.split(":"))
@@ -342,7 +342,7 @@ PENDING_SET = "chat:pending"
 
 
 def _pending_watch(answer_id: int, schema: str) -> None:
-    sync_client().zadd(PENDING_SET, {answer_stream_key(schema, answer_id): time.time()})
+    redis_client().zadd(PENDING_SET, {answer_stream_key(schema, answer_id): time.time()})
 
 
 def _generation_enqueue(answer_id: int, schema: str, *, watched: bool = False) -> None:
@@ -435,7 +435,7 @@ def cancel_key(stream_key: str) -> str:
 
 def generation_stop(*, message: Message) -> None:
     """Ask the running generation to stop (it ends within a second and keeps what it wrote)."""
-    sync_client().set(cancel_key(message.stream_key), "1", ex=3600)
+    redis_client().set(cancel_key(message.stream_key), "1", ex=3600)
     if message.status == Message.Status.WAITING:  # nothing runs yet: close it now, its hold released
         key = message.stream_key
         with transaction.atomic():

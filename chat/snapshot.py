@@ -28,11 +28,11 @@ from django.dispatch import receiver
 
 from billing.models import Price
 from billing.selectors import Entitlements, entitlements_for
+from core.redis_clients import redis_client
 from tenants.models import Organization
 
 from .catalog.models import Model
 from .catalog.selectors import ModelOption, catalog_prices, options_priced, provider_keys_for, usable_by
-from .redis import sync_client
 
 CONFIG_VERSION_KEY = "gw:config:v"
 CONFIG_MAX_AGE = 60.0
@@ -146,7 +146,7 @@ def _version_now() -> str | None:
     answer asks several times): another process's change is seen within that, this process's own at once."""
     read_at, version = _version_read
     if time.monotonic() - read_at >= VERSION_READ_SECONDS:
-        version = sync_client().get(CONFIG_VERSION_KEY)
+        version = redis_client().get(CONFIG_VERSION_KEY)
         _version_read[:] = [time.monotonic(), version]
     return version
 
@@ -163,7 +163,7 @@ def org_config_now(organization_id: int) -> OrgConfig:
 def org_config_bump() -> None:
     """Make every process rebuild its snapshots (a random token: a restarted Redis cannot repeat one); this one at
     once."""
-    sync_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
+    redis_client().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
     org_config_forget()
 
 

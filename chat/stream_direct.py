@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 
-from config.scope import scope_cookie, scope_header
+from core.scope import scope_cookie, scope_header
 
 from .streams import (
     STREAM_RETRY_SECONDS,

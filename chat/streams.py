@@ -36,9 +36,10 @@ from django.utils.translation import gettext_lazy
 
 from billing.ratelimits import Slot, slot_acquire_async
 from core.metrics import chat_streams_open, ratelimit_rejected
+from core.redis_clients import BLOCK_MS, redis_async_client, redis_async_reader
 
 from .models import answer_stream_key
-from .redis import BLOCK_MS, async_client, async_client_close, async_reader
+from .redis import async_client_close
 
 logger = logging.getLogger(__name__)
 
@@ -84,14 +85,14 @@ class StreamHub:
                 self.cursors.pop(key, None)
 
     async def _read_forever(self) -> None:
-        client = async_reader()  # its own connection: the blocking read never waits for the pool
+        client = redis_async_reader()  # its own connection: the blocking read never waits for the pool
         try:
             await self._read_loop(client)
         finally:
             await client.aclose()
 
     async def wake(self) -> None:
-        async with async_client().pipeline(transaction=False) as pipe:
+        async with redis_async_client().pipeline(transaction=False) as pipe:
             pipe.xadd(self.control, {"w": "1"}, maxlen=100, approximate=True)
             pipe.expire(self.control, 86_400)
             await pipe.execute()
@@ -167,7 +168,7 @@ async def answer_final(key: str, status: str, after: str = "0-0") -> AsyncIterat
     up to its end: a stream opened late, behind a busy server, still gets the text as it was streamed. Past
     that, its end alone (the page then shows the answer from the database)."""
     after = after if _valid_id(after) else "0-0"
-    entries = await async_client().xrange(key, min=f"({after}" if after != "0-0" else "-")
+    entries = await redis_async_client().xrange(key, min=f"({after}" if after != "0-0" else "-")
     if entries and entries[-1][1].get("t") == "end":
         yield f"retry: {RETRY_MS}\n\n".encode()
         for entry_id, fields in entries:
@@ -185,7 +186,7 @@ async def answer_events(key: str, after: str = "0-0") -> AsyncIterator[bytes]:
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         last = _id_tuple(after)
-        for entry_id, fields in await async_client().xrange(key, min=f"({after}" if after != "0-0" else "-"):
+        for entry_id, fields in await redis_async_client().xrange(key, min=f"({after}" if after != "0-0" else "-"):
             last = _id_tuple(entry_id)
             yield _encode(entry_id, fields)
             if fields.get("t") == "end":
@@ -217,7 +218,7 @@ async def stream_lease_take(user_id: int) -> Slot | None:
     """One of the person's CHAT_STREAMS_PER_USER open streams (shared by every web process), None when all are
     taken. The lease outlives a stream's longest connection (CHAT_SSE_MAX_SECONDS), so a vanished one frees
     itself even if its release never ran."""
-    lease = await slot_acquire_async(async_client(), kind="streams", owner_id=user_id,
+    lease = await slot_acquire_async(redis_async_client(), kind="streams", owner_id=user_id,
                                      limit=settings.CHAT_STREAMS_PER_USER,
                                      lease_seconds=settings.CHAT_SSE_MAX_SECONDS + 5)
     if lease is None:
@@ -235,7 +236,7 @@ async def leased(events: AsyncIterator[bytes], lease: Slot) -> AsyncIterator[byt
     finally:
         chat_streams_open.dec()
         with contextlib.suppress(Exception):  # the lease expires by itself
-            await async_client().zrem(lease.key, lease.token)
+            await redis_async_client().zrem(lease.key, lease.token)
 
 
 STREAM_TOKEN_SALT = "chat.stream"

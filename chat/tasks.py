@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import OperationalError, connection
 from django_tenants.utils import schema_context, schema_exists
 
+from core.redis_clients import redis_client
+
 from .gateway import holds_reap
 from .generation import (
     ACTIVE_SET,
@@ -22,7 +24,6 @@ from .generation import (
     answers_drain,
 )
 from .models import Message
-from .redis import sync_client
 from .services import PENDING_SET, attachment_text_extract
 from .titles import thread_title_write
 
@@ -79,7 +80,7 @@ def generations_reap() -> int:
 
     Each entry on its own: one that cannot be closed (a database error) is logged and tried again on the
     next run, and one whose organization was deleted is dropped; neither keeps the reaper from the others."""
-    client = sync_client()
+    client = redis_client()
     closed = 0
     for key in client.zrangebyscore(PENDING_SET, "-inf", time.time() - settings.CHAT_PENDING_TIMEOUT):
         closed += _reap(client, PENDING_SET, key)

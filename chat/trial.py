@@ -22,6 +22,7 @@ from accounts.models import User
 from billing.models import Plan
 from billing.selectors import Entitlements
 from billing.services import FREE_PLAN, plans_seed
+from core.redis_clients import redis_client
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption, model_cheapest, model_options
@@ -30,7 +31,6 @@ from .generation import generation_stream, stream_end
 from .loop import answers_run
 from .models import Message, Thread
 from .providers import ChatMessage, ChatRequest
-from .redis import sync_client
 
 COOKIE = "prumo_trial"
 TTL = 24 * 3600
@@ -104,7 +104,7 @@ def trial_option() -> ModelOption | None:
 
 
 def trial_messages(visitor: str) -> list[TrialMessage]:
-    client = sync_client()
+    client = redis_client()
     rows = [TrialMessage(**json.loads(raw)) for raw in client.lrange(_log_key(visitor), 0, -1)]
     active = client.get(_active_key(visitor))
     if active is not None:
@@ -114,7 +114,7 @@ def trial_messages(visitor: str) -> list[TrialMessage]:
 
 
 def trial_used(visitor: str) -> int:
-    return int(sync_client().get(f"trial:count:v:{visitor}") or 0)
+    return int(redis_client().get(f"trial:count:v:{visitor}") or 0)
 
 
 def trial_ask(*, visitor: str, ip: str, content: str) -> int:
@@ -125,7 +125,7 @@ def trial_ask(*, visitor: str, ip: str, content: str) -> int:
     option = trial_option()
     if option is None:
         raise TrialUnavailable
-    client = sync_client()
+    client = redis_client()
     if client.exists(_active_key(visitor)):
         raise TrialBusy
     counted = client.eval(_COUNT, 2, f"trial:count:v:{visitor}", f"trial:count:ip:{ip}",
@@ -155,7 +155,7 @@ def _history(visitor: str) -> list[ChatMessage]:
 
 def trial_generate(*, visitor: str, answer_id: int, model_id: str) -> None:
     """Write the trial answer (a Celery task runs this); the platform pays, nothing is billed."""
-    client = sync_client()
+    client = redis_client()
     if client.get(_active_key(visitor)) != str(answer_id):
         return  # already answered (a redelivered task)
     options = [o for o in model_options(entitlements=None, own_keys={}, ids=[model_id])]
@@ -170,7 +170,7 @@ def trial_generate(*, visitor: str, answer_id: int, model_id: str) -> None:
 
 
 def trial_finish(*, visitor: str, answer_id: int, text: str, status: str) -> None:
-    client = sync_client()
+    client = redis_client()
     active = _active_key(visitor)
     if client.get(active) != str(answer_id):
         return
@@ -214,7 +214,7 @@ def trial_claim(*, visitor: str, organization: Organization, user: User) -> Thre
             for m in rows
         ])
         # Last, so a failed insert loses nothing; only one claim can delete the log (the others roll back).
-        if not sync_client().delete(_log_key(visitor)):
+        if not redis_client().delete(_log_key(visitor)):
             transaction.set_rollback(True)
             return None
     return thread

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from billing.ratelimits import ip_limited_async
-from config.db_async import async_pool
-from config.observability import VALID_REQUEST_ID, request_id_var
+from core.db_async import async_pool
 from core.metrics import gateway_call_record
+from core.observability import VALID_REQUEST_ID, request_id_var
+from core.redis_clients import redis_async_client
 from tenants.api_keys import (
     LAST_USED_EVERY,
     KeyAuth,
@@ -48,7 +49,6 @@ from . import gateway
 from .gateway import GatewayError, Prepared
 from .providers import Finish, StreamError, TextDelta, Usage
 from .providers.base import ToolCallDelta, tool_calls_assemble
-from .redis import async_client
 from .routing import Served, route_stream
 from .snapshot import CONFIG_VERSION_KEY, OrgConfig, org_config
 
@@ -203,7 +203,7 @@ async def _authenticate(call: Call) -> tuple[KeyAuth, OrgConfig]:
     scheme, _, token = call.headers.get("authorization", "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
     prefix = lookup_prefix(token)
-    redis = async_client()
+    redis = redis_async_client()
     client = call.scope.get("client") or ("unknown", 0)
     ip = client_ip_from(call.headers.get("x-forwarded-for", ""), client[0]) or "unknown"
     auth, version = None, None

@@ -17,7 +17,7 @@ from django_tenants.utils import schema_context
 
 from billing.ledger import InsufficientCredits
 from billing.selectors import billing_account_get
-from config.pagination import page_number
+from core.pagination import page_number
 from tenants.guards import org_member_required
 
 from . import selectors, services

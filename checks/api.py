@@ -8,7 +8,7 @@ balance are 402 (quota_exceeded, insufficient_credits); nothing is written then.
 
 Keys: reading needs the `read` or `checks` scope, writing (requesting checks, editing and
 deleting targets) the `checks` scope. Sessions: any role reads, members write. A key's checks
-are requested as the member the key acts as (see config.api) and carry the key's id.
+are requested as the member the key acts as (see tenants.api_base) and carry the key's id.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api import OrgAPIView, acting_user
+from tenants.api_base import OrgAPIView, acting_user
 from tenants.api_keys import KeyAuth
 
 from . import cnpj as cnpj_id

@@ -19,9 +19,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from core.metrics import checks_cache_count
+from core.redis_clients import redis_client
 
 from .registries import LOOKUP_FOUND, LOOKUP_NOT_FOUND, LookupResult, registry_lookup
-from .registries.limits import redis_client
 
 CACHED_OUTCOMES = (LOOKUP_FOUND, LOOKUP_NOT_FOUND)
 
@@ -43,7 +43,7 @@ class CachedLookup:
 
 
 def _read(cnpj: str) -> CachedLookup | None:
-    raw = redis_client().get(_key(cnpj))
+    raw = redis_client(decode=False).get(_key(cnpj))
     return None if raw is None else _entry(cnpj, raw)
 
 
@@ -55,7 +55,7 @@ def _entry(cnpj: str, raw: bytes) -> CachedLookup:
 
 def _counted(lookup: CachedLookup) -> CachedLookup:
     """Each answer counts once: a hit when the cache gave it, a miss when the registries did."""
-    redis_client().incr(_key("hits" if lookup.hit else "misses"))
+    redis_client(decode=False).incr(_key("hits" if lookup.hit else "misses"))
     checks_cache_count(hit=lookup.hit)
     return lookup
 
@@ -70,7 +70,7 @@ return entry
 
 @cache
 def _peek_script(url: str):
-    return redis_client().register_script(_PEEK)
+    return redis_client(decode=False).register_script(_PEEK)
 
 
 def cache_peek(cnpj: str) -> CachedLookup | None:
@@ -86,7 +86,7 @@ def _store(result: LookupResult) -> None:
     ttl = settings.CHECKS_CACHE_TTL if result.outcome == LOOKUP_FOUND else settings.CHECKS_NEGATIVE_TTL
     entry = {"outcome": result.outcome, "record": result.record, "provider": result.provider,
              "cached_at": timezone.now().isoformat()}
-    redis_client().set(_key(result.cnpj), json.dumps(entry), ex=ttl)
+    redis_client(decode=False).set(_key(result.cnpj), json.dumps(entry), ex=ttl)
 
 
 def cached_lookup(cnpj: str, *, refresh: bool = False, background: bool = False, waiter: str = "") -> CachedLookup:
@@ -97,10 +97,10 @@ def cached_lookup(cnpj: str, *, refresh: bool = False, background: bool = False,
     lock = _key("lock", cnpj)
     token = secrets.token_hex(8)
     deadline = time.monotonic() + settings.CHECKS_LOCK_SECONDS
-    while not redis_client().set(lock, token, nx=True, ex=settings.CHECKS_LOCK_SECONDS):
+    while not redis_client(decode=False).set(lock, token, nx=True, ex=settings.CHECKS_LOCK_SECONDS):
         # Someone is asking the registries for this CNPJ right now: their answer is ours.
         time.sleep(0.05)
-        if not redis_client().exists(lock):
+        if not redis_client(decode=False).exists(lock):
             shared = _read(cnpj)
             if shared is not None:
                 return _counted(shared)
@@ -114,10 +114,10 @@ def cached_lookup(cnpj: str, *, refresh: bool = False, background: bool = False,
             _store(result)
         return _counted(CachedLookup(result=result, hit=False))
     finally:
-        redis_client().eval(_RELEASE, 1, lock, token)
+        redis_client(decode=False).eval(_RELEASE, 1, lock, token)
 
 
 def cache_stats() -> dict[str, int]:
-    hits, misses = redis_client().mget(_key("hits"), _key("misses"))
+    hits, misses = redis_client(decode=False).mget(_key("hits"), _key("misses"))
     return {"hits": int(hits or 0), "misses": int(misses or 0)}
 

@@ -19,7 +19,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST, require_safe
 
-from config.pagination import page_get
+from core.pagination import page_get
 from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role

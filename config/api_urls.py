@@ -1,6 +1,6 @@
 """The DRF API (/api/v1/...), its OpenAPI schema (/api/schema/) and docs page (/api/docs/).
 
-Every view under v1/ is an `OrgAPIView` (config.api); tests/test_api.py checks it.
+Every view under v1/ is an `OrgAPIView` (tenants.api_base); tests/test_api.py checks it.
 """
 
 from __future__ import annotations

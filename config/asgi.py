@@ -36,8 +36,8 @@ from django.conf import settings  # noqa: E402
 from chat import v1  # noqa: E402  (needs the apps loaded by get_asgi_application)
 from chat.send_direct import send_direct  # noqa: E402
 from chat.stream_direct import stream_direct  # noqa: E402
-from config.body_limit import body_limited  # noqa: E402
-from config.views import overloaded_asgi  # noqa: E402
+from core.body_limit import body_limited  # noqa: E402
+from core.overload import overloaded_asgi  # noqa: E402
 
 STREAM_PATH = re.compile(r"^/o/[^/]+/chat/m/\d+/events/$|^/try/m/\d+/events/$")
 SEND_PATH = re.compile(r"^/o/[^/]+/chat/(new|t/\d+/(send|regenerate|edit))/$")
@@ -53,7 +53,7 @@ def send_turns() -> asyncio.Semaphore:
     return _send_turns[loop]
 
 
-@body_limited  # bodies are capped before Django's handler spools them (config.body_limit); /v1 caps its own
+@body_limited  # bodies are capped before Django's handler spools them (core.body_limit); /v1 caps its own
 async def django_routed(scope, receive, send):
     path = scope.get("path", "")
     if scope["type"] == "http" and STREAM_PATH.match(path):

@@ -14,11 +14,11 @@ app.autodiscover_tasks()
 
 def _observability_connect() -> None:
     """Metrics (prumo_celery_tasks_total, prumo_celery_task_duration_seconds: config.metrics), the request context
-    carried into tasks (config.observability), and Django's LOGGING in the worker instead of Celery's own (so its
+    carried into tasks (core.observability), and Django's LOGGING in the worker instead of Celery's own (so its
     lines carry `req=`/`org=`/`user=`, JSON in production)."""
     from celery import signals
 
-    from config import metrics, observability
+    from core import metrics, observability
 
     signals.task_prerun.connect(metrics.task_prerun, weak=False)
     signals.task_postrun.connect(metrics.task_postrun, weak=False)

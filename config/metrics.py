@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
@@ -43,7 +42,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 def scrape_registry() -> CollectorRegistry:
     """Every process's samples (multiprocess mode) or this one's, plus the gauges read now."""
-    pools_record()
+    metrics.pools_record()
     registry = CollectorRegistry()
     if metrics.MULTIPROCESS_DIR:
         from prometheus_client import multiprocess
@@ -118,7 +117,7 @@ def _breakers_open() -> dict[str, float]:
     from chat.routing import CircuitBreaker
     from checks.registries import FALLBACK_ORDER
     from checks.registries.limits import CircuitBreaker as RegistryBreaker
-    from config.redis_shared import redis_client
+    from core.redis_clients import redis_client
 
     keys = {provider: CircuitBreaker(provider).open_key for provider in Provider.values if provider != "demo"}
     keys |= {registry: RegistryBreaker(registry).open_key for registry in FALLBACK_ORDER}
@@ -130,50 +129,3 @@ def _breakers_open() -> dict[str, float]:
     except Exception:
         logger.warning("metrics: circuit breakers unreadable", exc_info=True)
         return dict.fromkeys(keys, float("nan"))
-
-
-_pools_recorded_at = 0.0
-
-
-def pools_record(*, every: float = 0.0) -> None:
-    """This process's connection pools into `prumo_db_pool_connections` (at most once per `every` seconds)."""
-    global _pools_recorded_at
-    now = time.monotonic()
-    if every and now - _pools_recorded_at < every:
-        return
-    _pools_recorded_at = now
-    from django.db.backends.postgresql.base import DatabaseWrapper
-
-    from config.db_async import _pools
-
-    pool = DatabaseWrapper._connection_pools.get("default")  # never opens one that does not exist
-    metrics.pool_stats_record("django", pool.get_stats() if pool is not None else {})  # zeros: no pool (yet)
-    async_stats: dict[str, int] = {}
-    for async_pool in list(_pools.values()):
-        for name, value in async_pool.get_stats().items():
-            async_stats[name] = async_stats.get(name, 0) + value
-    metrics.pool_stats_record("async", async_stats)
-
-
-# ---------------------------------------------------------------- Celery (connected in config.celery)
-
-_task_started: dict[str, float] = {}
-
-
-def task_prerun(task_id=None, task=None, **kwargs) -> None:
-    _task_started[task_id] = time.monotonic()
-    metrics.celery_tasks.labels(task.name, "started").inc()
-
-
-def task_postrun(task_id=None, task=None, state=None, **kwargs) -> None:
-    started = _task_started.pop(task_id, None)
-    if started is not None:
-        metrics.celery_task_duration.labels(task.name).observe(time.monotonic() - started)
-    outcome = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}.get(state or "", "other")
-    metrics.celery_tasks.labels(task.name, outcome).inc()
-
-
-def worker_process_shutdown(pid=None, **kwargs) -> None:
-    import os
-
-    metrics.process_dead(pid or os.getpid())

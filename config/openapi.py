@@ -22,7 +22,7 @@ ORGANIZATION_SCHEME = "organizationHeader"
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
-    target_class = "config.api.ApiKeyAuthentication"
+    target_class = "tenants.api_base.ApiKeyAuthentication"
     name = API_KEY_SCHEME
 
     def get_security_definition(self, auto_schema) -> dict[str, Any]:

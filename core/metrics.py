@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
@@ -165,3 +166,48 @@ _checks_cache = {result: checks_cache.labels(result) for result in ("hit", "miss
 
 def checks_cache_count(*, hit: bool) -> None:
     _checks_cache["hit" if hit else "miss"].inc()
+
+
+_pools_recorded_at = 0.0
+
+
+def pools_record(*, every: float = 0.0) -> None:
+    """This process's connection pools into `prumo_db_pool_connections` (at most once per `every` seconds)."""
+    global _pools_recorded_at
+    now = time.monotonic()
+    if every and now - _pools_recorded_at < every:
+        return
+    _pools_recorded_at = now
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from core.db_async import _pools
+
+    pool = DatabaseWrapper._connection_pools.get("default")  # never opens one that does not exist
+    pool_stats_record("django", pool.get_stats() if pool is not None else {})  # zeros: no pool (yet)
+    async_stats: dict[str, int] = {}
+    for async_pool in list(_pools.values()):
+        for name, value in async_pool.get_stats().items():
+            async_stats[name] = async_stats.get(name, 0) + value
+    pool_stats_record("async", async_stats)
+
+
+# ---------------------------------------------------------------- Celery (connected in config.celery)
+
+_task_started: dict[str, float] = {}
+
+
+def task_prerun(task_id=None, task=None, **kwargs) -> None:
+    _task_started[task_id] = time.monotonic()
+    celery_tasks.labels(task.name, "started").inc()
+
+
+def task_postrun(task_id=None, task=None, state=None, **kwargs) -> None:
+    started = _task_started.pop(task_id, None)
+    if started is not None:
+        celery_task_duration.labels(task.name).observe(time.monotonic() - started)
+    outcome = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}.get(state or "", "other")
+    celery_tasks.labels(task.name, outcome).inc()
+
+
+def worker_process_shutdown(pid=None, **kwargs) -> None:
+    process_dead(pid or os.getpid())

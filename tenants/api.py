@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.selectors import billing_account_get
-from config.api import OrgAPIView, reauthentication_check
+from tenants.api_base import OrgAPIView, reauthentication_check
 
 from .api_keys import api_key_create, api_key_revoke
 from .audit.services import Actor
@@ -66,7 +66,7 @@ class ApiKeyListView(OrgAPIView):
     """API key metadata (never the key or its hash). Key scope `read`; admins and owners.
 
     POST creates a key (sessions of admins and owners only): the response holds the key itself,
-    once. A `chat` key acts as the member who creates it (see config.api).
+    once. A `chat` key acts as the member who creates it (see tenants.api_base).
     """
 
     serializer_class = ApiKeySerializer

@@ -39,9 +39,9 @@ from django.utils.translation import gettext as _
 
 from accounts.models import User
 from billing.ratelimits import ip_over_limit, ip_over_limit_async
-from config.db_async import async_pool
-from config.redis_shared import redis_client
+from core.db_async import async_pool
 from core.events import event_emit
+from core.redis_clients import redis_client
 
 from .audit.services import Actor, audit_record
 from .models import ApiKey, Membership, Organization, Role

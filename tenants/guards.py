@@ -1,6 +1,6 @@
 """The guard every view under /o/<slug>/ carries (an architecture test enforces it).
 
-Roles as in the API (config/api.py): viewers read, members write, some views need an admin.
+Roles as in the API (tenants/api_base.py): viewers read, members write, some views need an admin.
 Unsafe methods (POST, PUT, PATCH, DELETE) need `WRITE_ROLE` unless a view says a viewer may
 use it (`viewer_may_write=True`, e.g. leaving the organization), so a new form cannot forget it.
 """

@@ -8,8 +8,8 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from config.observability import organization_var
-from config.views import own_connection_closed
+from core.observability import organization_var
+from core.overload import own_connection_closed
 
 from .api_keys import api_key_authenticate, bearer_token
 from .audit.services import client_ip

@@ -133,7 +133,7 @@ class ApiKey(models.Model):
     The raw key is `prm_` + a 12-character lookup prefix + a 32-character secret; the prefix
     finds the row (and is shown in lists), the hash proves the rest.
 
-    `principal` says whom the key acts as (config.api): a `member` key acts as `created_by`, and
+    `principal` says whom the key acts as (tenants.api_base): a `member` key acts as `created_by`, and
     only while that person is an active admin or owner of the organization; a `service` key (from
     `manage.py create_api_key`) acts as the organization itself and owns no person's threads.
     """

@@ -108,7 +108,7 @@ def registries(settings):
     Redis namespace of the test's own (cache, limits, breakers), dropped afterwards."""
     import uuid
 
-    from checks.registries.limits import redis_client
+    from core.redis_clients import redis_client
 
     from .fake_registries import PROVIDERS, FakeRegistries
 
@@ -140,7 +140,7 @@ def funded(org_a, org_b):
 @pytest.fixture(autouse=True)
 def chat_sends_uncounted():
     """Each test starts with no chat sends counted: the plan's per-member limit is a minute, tests send faster."""
-    from config.redis_shared import redis_client
+    from core.redis_clients import redis_client
 
     keys = list(redis_client().scan_iter(match="rl:send:*", count=500))
     if keys:

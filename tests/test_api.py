@@ -15,8 +15,8 @@ from billing.ledger import credit_grant
 from billing.models import BillingAccount, DailyUsage, Plan
 from billing.ratelimits import rate_limit_keys
 from chat.models import Message, Thread
-from chat.redis import sync_client
-from config.api import OrgAPIView, ServicePrincipal, api_key_principal
+from core.redis_clients import redis_client
+from tenants.api_base import OrgAPIView, ServicePrincipal, api_key_principal
 from tenants.api_keys import api_key_authenticate, api_key_create, api_key_revoke
 from tenants.audit.services import Actor
 from tenants.models import ApiKey
@@ -47,7 +47,7 @@ def _endpoints() -> list[tuple[str, str]]:
 
 @pytest.fixture(autouse=True)
 def clean_redis():
-    client = sync_client()
+    client = redis_client()
     for key in client.scan_iter("chat:*"):
         client.delete(key)
 
@@ -59,7 +59,7 @@ def fast_demo(settings):
 
 def rate_limits_reset(*orgs) -> None:
     """Organization rate counters outlive a test's transaction (they are in Redis): start each test at zero."""
-    client = sync_client()
+    client = redis_client()
     for org in orgs:
         client.delete(*rate_limit_keys(org.pk, 0))
     client.delete("rl:ip:127.0.0.1")  # the test client's address: anonymous calls are limited per address

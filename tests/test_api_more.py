@@ -12,8 +12,8 @@ from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan
 from chat.models import Attachment, Message
-from chat.redis import sync_client
 from chat.snapshot import org_config_bump
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_authenticate, api_key_create
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def clean_redis():
-    client = sync_client()
+    client = redis_client()
     for key in client.scan_iter("chat:*"):
         client.delete(key)
 
@@ -373,7 +373,7 @@ def test_threads_filter_by_pinned(keys):
 
 
 def test_calls_without_a_valid_key_or_session_are_limited_per_address(settings):
-    from config.redis_shared import redis_client
+    from core.redis_clients import redis_client
 
     settings.API_UNAUTHENTICATED_PER_MINUTE = 3
     redis_client().delete("rl:ip:192.0.2.77")

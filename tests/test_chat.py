@@ -18,8 +18,8 @@ from chat import generation, tasks
 from chat.catalog.models import Model
 from chat.catalog.selectors import model_resolve
 from chat.models import Attachment, Message, Thread
-from chat.redis import sync_client
 from chat.services import cancel_key
+from core.redis_clients import redis_client
 
 from .fake_llm import SERVER_ERROR, Answer, FakeGemini, FakeOpenAI
 
@@ -31,7 +31,7 @@ FALLBACK = "gemini/gemini-2.5-flash-lite"  # its first fallback
 
 @pytest.fixture(autouse=True)
 def clean_redis():
-    client = sync_client()
+    client = redis_client()
     for key in client.scan_iter("chat:*"):
         client.delete(key)
     yield
@@ -212,7 +212,7 @@ def test_stop_ends_the_answer_within_a_second_and_bills_what_was_produced(client
 
 def _stop_latest_answer(org) -> None:
     # From another thread: only Redis, as the Stop button's view does.
-    client = sync_client()
+    client = redis_client()
     for key in client.zrange(generation.ACTIVE_SET, 0, -1):
         if f":{org.schema_name}:" in key:
             client.set(cancel_key(key), "1", ex=60)
@@ -228,7 +228,7 @@ def test_dead_worker_answer_is_closed_as_interrupted_and_billed_once(client_for,
         answer = Message.objects.create(thread=thread, role="assistant", status="streaming", model_id=CHEAP,
                                         max_tokens=100, prompt_tokens_estimate=30)
         key = answer.stream_key
-    redis = sync_client()
+    redis = redis_client()
     redis.xadd(key, {"t": "start", "model": CHEAP, "name": "GPT-4.1 mini"})
     redis.xadd(key, {"t": "delta", "d": "The worker wrote this "})
     redis.xadd(key, {"t": "delta", "d": "and then died."})
@@ -256,7 +256,7 @@ def test_reaper_closes_answers_whose_heartbeat_stopped(org_a, settings, tenant_w
         answer = Message.objects.create(thread=thread, role="assistant", status="streaming", model_id=CHEAP,
                                         max_tokens=100, prompt_tokens_estimate=10)
         key = answer.stream_key
-    redis = sync_client()
+    redis = redis_client()
     redis.xadd(key, {"t": "delta", "d": "half an answer"})
     redis.zadd(generation.ACTIVE_SET, {key: time.time() - 60})
     assert tasks.generations_reap() == 1
@@ -503,14 +503,14 @@ def test_an_answer_whose_task_was_lost_is_closed_and_its_hold_released(org_a, te
     from chat.services import PENDING_SET
 
     answer, key, billing_key = lost_answer(org_a, tenant_world["a"]["owner"])
-    sync_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    redis_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
     assert tasks.generations_reap() == 1
     with schema_context(org_a.schema_name):
         answer.refresh_from_db()
     assert answer.status == "failed" and "could not start" in answer.error
     assert "too many answers" not in answer.error  # nothing else was running: the task was lost
     assert CreditReservation.objects.get(key=billing_key).status == "released"
-    assert sync_client().zscore(PENDING_SET, key) is None
+    assert redis_client().zscore(PENDING_SET, key) is None
 
 
 def test_a_send_sent_again_with_its_token_is_answered_once(client_for, org_a, tenant_world, providers,
@@ -539,7 +539,7 @@ def test_a_send_sent_again_with_its_token_is_answered_once(client_for, org_a, te
     with schema_context(org_a.schema_name):
         billing_key = answers[0].billing_key
     assert CreditReservation.objects.filter(key=billing_key).count() == 1
-    assert sync_client().ttl(f"chat:sent:{org_a.schema_name}:{tenant_world['a']['owner'].pk}:{token}") <= \
+    assert redis_client().ttl(f"chat:sent:{org_a.schema_name}:{tenant_world['a']['owner'].pk}:{token}") <= \
         SEND_TOKEN_SECONDS
     # The same token in another thread is another send.
     with schema_context(org_a.schema_name):
@@ -587,7 +587,7 @@ def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_r
     _question, answer = messages_of(org_a, thread)
     with schema_context(org_a.schema_name):
         key, billing_key = answer.stream_key, answer.billing_key
-    assert answer.status == "pending" and sync_client().zscore(PENDING_SET, key) is not None
+    assert answer.status == "pending" and redis_client().zscore(PENDING_SET, key) is not None
     assert CreditReservation.objects.get(key=billing_key).status == "open"
     settings.CHAT_PENDING_TIMEOUT = 0.2
     time.sleep(0.3)
@@ -597,7 +597,7 @@ def test_a_send_whose_process_died_before_queueing_its_answer_is_closed_by_the_r
     assert answer.status == "failed"
     assert CreditReservation.objects.get(key=billing_key).status == "released"
     assert BillingAccount.objects.get(pk=org_a.pk).credits == ledger_sum(organization=org_a)
-    assert sync_client().zscore(PENDING_SET, key) is None
+    assert redis_client().zscore(PENDING_SET, key) is None
 
 
 def test_the_reaper_goes_past_entries_it_cannot_close(org_a, tenant_world, settings, caplog):
@@ -609,29 +609,29 @@ def test_the_reaper_goes_past_entries_it_cannot_close(org_a, tenant_world, setti
     answer, key, billing_key = lost_answer(org_a, tenant_world["a"]["owner"])
     old = time.time() - settings.CHAT_PENDING_TIMEOUT - settings.CHAT_HEARTBEAT_TIMEOUT - 60
     gone, broken = "chat:gen:org_deleted_meanwhile:1", f"chat:gen:{org_a.schema_name}:not-a-number"
-    sync_client().zadd(PENDING_SET, {gone: old - 2, broken: old - 1, key: old})
-    sync_client().zadd(ACTIVE_SET, {gone: old})
+    redis_client().zadd(PENDING_SET, {gone: old - 2, broken: old - 1, key: old})
+    redis_client().zadd(ACTIVE_SET, {gone: old})
     try:
         assert tasks.generations_reap() == 1
         with schema_context(org_a.schema_name):
             answer.refresh_from_db()
         assert answer.status == "failed"
         assert CreditReservation.objects.get(key=billing_key).status == "released"
-        assert sync_client().zscore(PENDING_SET, gone) is None and sync_client().zscore(ACTIVE_SET, gone) is None
-        assert sync_client().zscore(PENDING_SET, broken) is not None  # tried again next time, and logged
+        assert redis_client().zscore(PENDING_SET, gone) is None and redis_client().zscore(ACTIVE_SET, gone) is None
+        assert redis_client().zscore(PENDING_SET, broken) is not None  # tried again next time, and logged
         assert f"{broken} could not be closed" in caplog.text
     finally:
-        sync_client().zrem(PENDING_SET, broken, gone, key)
-        sync_client().zrem(ACTIVE_SET, gone)
+        redis_client().zrem(PENDING_SET, broken, gone, key)
+        redis_client().zrem(ACTIVE_SET, gone)
 
 
 def test_a_pending_watch_whose_send_rolled_back_is_dropped(org_a, tenant_world):
     from chat.services import PENDING_SET
 
     key = f"chat:gen:{org_a.schema_name}:987654321"  # an answer that never committed
-    sync_client().zadd(PENDING_SET, {key: time.time() - 3600})
+    redis_client().zadd(PENDING_SET, {key: time.time() - 3600})
     tasks.generations_reap()
-    assert sync_client().zscore(PENDING_SET, key) is None
+    assert redis_client().zscore(PENDING_SET, key) is None
 
 
 def test_an_answer_waiting_behind_the_organizations_cap_ends_failed_within_the_bound(
@@ -652,11 +652,11 @@ def test_an_answer_waiting_behind_the_organizations_cap_ends_failed_within_the_b
         _question, answer = messages_of(org_a, thread)
         with schema_context(org_a.schema_name):
             key, billing_key = answer.stream_key, answer.billing_key
-        queued = sync_client().zscore(PENDING_SET, key)
+        queued = redis_client().zscore(PENDING_SET, key)
         assert answer.status == "pending" and queued is not None
         with schema_context(org_a.schema_name):
             assert generation.answer_generate(answer.pk) is False  # its task asks again: still no slot
-        assert sync_client().zscore(PENDING_SET, key) == queued  # the wait is not renewed
+        assert redis_client().zscore(PENDING_SET, key) == queued  # the wait is not renewed
 
         settings.CHAT_PENDING_TIMEOUT = 0.2
         time.sleep(0.3)
@@ -691,7 +691,7 @@ def test_a_reaped_answer_page_says_why_in_the_readers_language(client_for, org_a
         answer = Message.objects.create(thread=thread, role="assistant", status="pending", model_id=CHEAP,
                                         max_tokens=100)
         key = answer.stream_key
-    sync_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    redis_client().zadd(PENDING_SET, {key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
     assert tasks.generations_reap() == 1
     url = f"/o/{org_a.slug}/chat/t/{thread.pk}/"
     page = client_for("a").get(url).content.decode()

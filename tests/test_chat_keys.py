@@ -18,7 +18,7 @@ from chat.catalog.crypto import key_decrypt
 from chat.catalog.models import ProviderKey
 from chat.catalog.selectors import provider_keys_for
 from chat.models import Attachment
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 
 from .fake_llm import Answer, FakeAnthropic
 from .servers import production_secrets
@@ -30,8 +30,8 @@ SECRET = "sk-ant-org-own-key-1234"
 
 @pytest.fixture(autouse=True)
 def clean_redis():
-    for key in sync_client().scan_iter("chat:*"):
-        sync_client().delete(key)
+    for key in redis_client().scan_iter("chat:*"):
+        redis_client().delete(key)
 
 
 def test_admin_adds_a_key_that_is_encrypted_and_never_shown_again(client_for, org_a):

@@ -26,9 +26,9 @@ from billing.models import BillingAccount, CreditReservation
 from billing.selectors import ledger_sum
 from chat.context import context_build
 from chat.models import Attachment, Message, Thread
-from chat.redis import sync_client
 from chat.send_direct import send_grant
 from chat.services import thread_create
+from core.redis_clients import redis_client
 from tenants.models import Membership, Role
 
 from .fake_llm import Answer, FakeOpenAI
@@ -116,7 +116,7 @@ def messages_of(org, thread: Thread) -> list[Message]:
 
 
 def served_by_django(response: httpx.Response) -> bool:
-    return "x-request-id" in response.headers  # config.observability.RequestIDMiddleware
+    return "x-request-id" in response.headers  # core.observability.RequestIDMiddleware
 
 
 def test_the_composer_sends_in_two_round_trips_without_django_and_the_answer_completes(direct, org, tenant_world):
@@ -250,12 +250,12 @@ def test_refusals_are_left_to_django_which_says_why_and_nothing_is_written_twice
     balance_set(org, Decimal("0.0001"))
     try:
         window = f"rl:send:{org.pk}:{person.user.pk}"
-        sync_client().delete(window)
+        redis_client().delete(window)
         response = person.send(quiet.pk, person.form("too expensive"))
         assert served_by_django(response) and "Not enough credits" in response.text
         assert messages_of(org, quiet) == []
         assert BillingAccount.objects.get(pk=org.pk).credits == Decimal("0.0001") == ledger_sum(organization=org)
-        assert int(sync_client().get(window)) == 1  # counted once toward the plan's sends a minute, not twice
+        assert int(redis_client().get(window)) == 1  # counted once toward the plan's sends a minute, not twice
     finally:
         balance_set(org, Decimal("100"))
 

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import BillingAccount, Plan
 from chat import snapshot
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +40,7 @@ def test_a_plan_change_reaches_this_process_at_once_and_the_others_within_a_seco
 
     # Another process's change: a new version in Redis and a row this process has not seen.
     Plan.objects.filter(pk=business.pk).update(messages_per_minute=business.messages_per_minute + 7)
-    sync_client().set(snapshot.CONFIG_VERSION_KEY, "another-process")
+    redis_client().set(snapshot.CONFIG_VERSION_KEY, "another-process")
     assert snapshot.org_config_now(org_a.pk).entitlements.messages_per_minute == business.messages_per_minute
     monkeypatch.setattr(snapshot, "VERSION_READ_SECONDS", 0)  # a second later
     assert snapshot.org_config_now(org_a.pk).entitlements.messages_per_minute == business.messages_per_minute + 7

@@ -10,13 +10,13 @@ import pytest
 from django.conf import settings
 from redis.asyncio import BlockingConnectionPool
 
-from chat import redis as chat_redis
 from chat.streams import answer_events, streams_close
+from core import redis_clients
 
 
 def test_blocking_reads_end_before_the_socket_timeout():
     # redis-py's default socket timeout (5 s) killed `XREAD BLOCK 15000` mid-wait.
-    assert chat_redis.BLOCK_MS / 1000 < chat_redis.SOCKET_TIMEOUT
+    assert redis_clients.BLOCK_MS / 1000 < redis_clients.BLOCKING_SOCKET_TIMEOUT
 
 
 def test_streams_end_themselves_before_gunicorn_cuts_them():
@@ -49,7 +49,7 @@ def test_many_streams_share_a_few_redis_connections(settings):
     streams = 300
 
     async def scenario() -> tuple[int, list[str]]:
-        client = chat_redis.async_client()
+        client = redis_clients.redis_async_client()
         keys = [f"chat:gen:test-limits:{i}" for i in range(streams)]
         await client.delete(*keys)
         readers = [answer_events(key) for key in keys]
@@ -81,7 +81,7 @@ def test_many_streams_share_a_few_redis_connections(settings):
 @pytest.mark.parametrize("after", ["garbage", "", "0-0"])
 def test_a_bad_last_event_id_replays_from_the_start(after):
     async def scenario() -> list[bytes]:
-        client = chat_redis.async_client()
+        client = redis_clients.redis_async_client()
         key = "chat:gen:test-limits:replay"
         await client.delete(key)
         await client.xadd(key, {"t": "delta", "d": "hello"})

@@ -223,12 +223,12 @@ def threads_remove(organization, thread_ids: list[int]) -> None:
     from billing.models import UsageEvent
     from chat.generation import ACTIVE_SET
     from chat.models import Message, Thread
-    from chat.redis import sync_client
     from chat.services import cancel_key
+    from core.redis_clients import redis_client
 
     if not thread_ids:
         return
-    redis = sync_client()
+    redis = redis_client()
     schema = organization.schema_name
     with schema_context(schema):
         answers = list(Message.objects.filter(thread_id__in=thread_ids, role=Message.Role.ASSISTANT))
@@ -410,9 +410,9 @@ def redis_connections(pid: int) -> dict[str, int]:
     and from its TCP sockets when Redis is reached over TCP (the embedded one is a unix socket)."""
     from django.conf import settings
 
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
-    listed = [client for client in sync_client().client_list() if client.get("name") == f"prumo-chat-{pid}"]
+    listed = [client for client in redis_client().client_list() if client.get("name") == f"prumo-chat-{pid}"]
     blocked_reads = [client for client in listed if client.get("cmd") == "xread" and "b" in client.get("flags", "")]
     counts = {"client_list": len(listed), "blocked_xread": len(blocked_reads)}
     parts = urlsplit(settings.REDIS_URL)
@@ -447,7 +447,7 @@ def test_a_stream_opened_after_the_answer_ended_replays_it_while_redis_keeps_it(
     """A busy server can open an answer's stream after the answer ended: it still gets the text as it was
     streamed (then `end`), and a resume only what comes after its Last-Event-ID. Once Redis has let the stream
     go (STREAM_TTL), `end` alone: the page shows the answer from the database."""
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     asked = chat.ask()
     message = chat.wait_final(asked.answer_id)
@@ -463,7 +463,7 @@ def test_a_stream_opened_after_the_answer_ended_replays_it_while_redis_keeps_it(
     assert all(id_key(block.id) > id_key(middle) for block in events(rest))
     assert [block.event for block in events(rest)][-1] == "end"
 
-    sync_client().delete(f"chat:gen:{chat.organization.schema_name}:{asked.answer_id}")  # what STREAM_TTL does
+    redis_client().delete(f"chat:gen:{chat.organization.schema_name}:{asked.answer_id}")  # what STREAM_TTL does
     # By then the page's stream token has expired too (it lives shorter): Django's view serves the URL.
     with chat.stream(replace(asked, stream_token="")) as expired:
         alone = expired.read()
@@ -516,7 +516,7 @@ def test_two_tabs_reading_the_same_answer_get_identical_text(chat):
 
 
 def test_closing_the_stream_does_not_stop_the_answer(chat):
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     asked = chat.ask()
     with chat.stream(asked) as stream:
@@ -527,7 +527,7 @@ def test_closing_the_stream_does_not_stop_the_answer(chat):
     assert message.status == "complete"
     assert message.content == expected_answer(asked.question)
     key = chat.db(lambda: message.stream_key)
-    *_, (_id, last) = sync_client().xrange(key)
+    *_, (_id, last) = redis_client().xrange(key)
     assert last == {"t": "end", "status": "complete"}
 
 
@@ -556,11 +556,11 @@ def test_stop_ends_the_stream_within_a_second_and_keeps_the_partial_answer(chat)
 
 def test_event_stream_is_not_compressed_nor_cached(chat):
     from chat.models import Message
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     [(answer_id, key)] = chat.fabricate(1)
     text = "plain text, many times over. " * 200  # big enough for any gzip threshold
-    redis = sync_client()
+    redis = redis_client()
     redis.xadd(key, {"t": "start", "model": DEMO, "name": "Demo"})
     redis.xadd(key, {"t": "delta", "d": text})
     redis.xadd(key, {"t": "end", "status": "complete"})
@@ -594,10 +594,10 @@ def test_event_stream_is_not_compressed_nor_cached(chat):
 def test_one_web_process_serves_200_streams_with_few_threads_and_redis_connections(chat, live_server_process):
     from django.conf import settings
 
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     answers = chat.fabricate(CAPACITY_STREAMS)
-    redis = sync_client()
+    redis = redis_client()
     with redis.pipeline(transaction=False) as pipe:
         for _answer_id, key in answers:
             pipe.xadd(key, {"t": "start", "model": DEMO, "name": "Demo"})
@@ -750,10 +750,10 @@ def test_the_page_opens_its_answer_at_a_url_with_a_stream_token_that_reads_it_wh
 def fabricated_stream(chat, message_id: int, text: str) -> str:
     """A finished answer's Redis stream for `message_id`, which has no row: only a route that reads no database
     can serve it (Django's view answers 404)."""
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     key = f"chat:gen:{chat.organization.schema_name}:{message_id}"
-    redis = sync_client()
+    redis = redis_client()
     redis.xadd(key, {"t": "start", "model": DEMO, "name": "Demo"})
     redis.xadd(key, {"t": "delta", "d": text})
     redis.xadd(key, {"t": "end", "status": "complete"})
@@ -762,7 +762,7 @@ def fabricated_stream(chat, message_id: int, text: str) -> str:
 
 
 def test_a_stream_token_is_served_without_the_database_and_only_with_its_session(chat, live_server_process):
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     missing = 2_000_000_000 + uuid.uuid4().int % 1_000_000  # no message has this id
     key = fabricated_stream(chat, missing, "read from Redis alone")
@@ -784,7 +784,7 @@ def test_a_stream_token_is_served_without_the_database_and_only_with_its_session
         with anonymous:
             assert anonymous.get(tokened).status_code == 404  # Django: not a member
     finally:
-        sync_client().delete(key)
+        redis_client().delete(key)
 
 
 def test_a_member_of_another_organization_gets_404_for_an_answer_url_with_its_token(chat, live_server_process):

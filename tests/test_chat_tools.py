@@ -29,8 +29,9 @@ from chat.providers import (
     tool_calls_assemble,
 )
 from chat.providers.demo import DemoAdapter
-from chat.redis import async_client_close, sync_client
+from chat.redis import async_client_close
 from chat.routing import Served, route_stream
+from core.redis_clients import redis_client
 
 from .fake_llm import CUT, FAKES, Answer, FakeProvider, FakeToolCall
 from .test_chat_providers import run, texts
@@ -430,9 +431,9 @@ def routed(settings, servers):
     """The OpenAI fake, first choice, and the Gemini fake, its fallback; closed circuit breakers."""
     breakers = [f"chat:breaker:{provider}:{state}" for provider in ("openai", "gemini")
                 for state in ("failures", "open")]
-    sync_client().delete(*breakers)
+    redis_client().delete(*breakers)
     yield fake_pointed("openai", settings, servers), fake_pointed("gemini", settings, servers)
-    sync_client().delete(*breakers)
+    redis_client().delete(*breakers)
 
 
 def test_the_router_passes_tool_calls_through(routed):

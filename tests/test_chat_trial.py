@@ -7,8 +7,8 @@ from django.test import Client
 from django_tenants.utils import schema_context
 
 from chat.models import Thread
-from chat.redis import sync_client
 from chat.trial import COOKIE
+from core.redis_clients import redis_client
 
 from .fake_llm import Answer, FakeGemini, FakeOpenAI
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def clean_redis(settings):
     settings.CHAT_DEMO_DELAY = 0
-    client = sync_client()
+    client = redis_client()
     for pattern in ("trial:*", "chat:*"):
         for key in client.scan_iter(pattern):
             client.delete(key)

@@ -39,7 +39,7 @@ HX = {"HTTP_HX_REQUEST": "true"}
 
 def redis_forget(prefix: str) -> None:
     """Drop the shared cache, cooldowns and counters a test wrote under its own prefix."""
-    from checks.registries.limits import redis_client
+    from core.redis_clients import redis_client
 
     client = redis_client()
     keys = list(client.scan_iter(match=f"{prefix}*", count=500))

@@ -63,7 +63,7 @@ class FakeSentry:
 def sentry(settings):
     import sentry_sdk
 
-    from config.observability import sentry_init
+    from core.observability import sentry_init
 
     fake = FakeSentry()
     settings.SENTRY_DSN = fake.dsn

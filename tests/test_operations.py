@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
-from config.observability import RequestContextFilter
+from core.observability import RequestContextFilter
 from tenants.models import Membership
 
 from .servers import production_secrets

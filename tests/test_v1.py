@@ -82,10 +82,10 @@ def orgs(tenant_world, django_db_blocker):
     # Organization ids restart with a new test database, Redis counters do not (the embedded Redis keeps
     # its data between runs): start from zero.
     from billing.ratelimits import rate_limit_keys
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     for org in made.values():
-        sync_client().delete(*rate_limit_keys(org.pk, 0))
+        redis_client().delete(*rate_limit_keys(org.pk, 0))
     yield made
     with django_db_blocker.unblock():
         for org in made.values():
@@ -97,7 +97,7 @@ def orgs(tenant_world, django_db_blocker):
 def keys(orgs, django_db_blocker):
     """Org A with the chat scope, org A read-only, org B (whose balance a test empties)."""
     from billing.ratelimits import rate_limit_keys
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
     with django_db_blocker.unblock():
         made = {
@@ -110,17 +110,17 @@ def keys(orgs, django_db_blocker):
             "free": api_key_create(organization=orgs["free"], name="v1 free", scopes=["chat"], actor=Actor.system()),
         }
     for new in made.values():  # ids restart with a new test database, Redis counters do not
-        sync_client().delete(*rate_limit_keys(new.key.organization_id, new.key.pk))
+        redis_client().delete(*rate_limit_keys(new.key.organization_id, new.key.pk))
     return made
 
 
 @pytest.fixture(autouse=True)
 def breakers_closed():
     """Failures other tests provoked must not leave a provider's circuit open for these."""
-    from chat.redis import sync_client
+    from core.redis_clients import redis_client
 
-    for key in sync_client().scan_iter("chat:breaker:*"):
-        sync_client().delete(key)
+    for key in redis_client().scan_iter("chat:breaker:*"):
+        redis_client().delete(key)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from billing.models import CreditReservation, UsageEvent
 from chat import v1
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 
@@ -92,7 +92,7 @@ def test_a_call_takes_two_database_round_trips(gateway_settings, api_org, django
 
 def test_calls_without_a_valid_key_are_limited_per_address(gateway_settings, django_db_blocker):
     gateway_settings.API_UNAUTHENTICATED_PER_MINUTE = 3
-    sync_client().delete("rl:ip:192.0.2.55")
+    redis_client().delete("rl:ip:192.0.2.55")
 
     async def scenario():
         client = sdk("prm_" + "n" * 44, client_address="192.0.2.55")

@@ -10,7 +10,7 @@ from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan
 from billing.ratelimits import rate_limit_keys
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
@@ -29,7 +29,7 @@ def on_pro(org_a, org_b):
     """Org A on Pro (webhooks), org B on Starter (API access, no webhooks), rate counters at zero."""
     BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="pro"))
     BillingAccount.objects.filter(pk=org_b.pk).update(plan=Plan.objects.get(code="starter"))
-    client = sync_client()
+    client = redis_client()
     for org in (org_a, org_b):
         client.delete(*rate_limit_keys(org.pk, 0))
 

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing.selectors import entitlements_for
-from config.api import OrgAPIView
+from tenants.api_base import OrgAPIView
 from tenants.audit.services import Actor
 from tenants.models import Role
 

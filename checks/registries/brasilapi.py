@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from core.redis_clients import redis_client
+
 from . import normalize as n
 from .base import RegistryClient, logger
-from .limits import redis_client, redis_key
+from .limits import redis_key
 
 UPDATED_TTL = 6 * 3600
 UPDATED_RETRY_TTL = 300  # after a failed /updated, try again this much later
@@ -48,7 +50,7 @@ class MinhaReceitaClient(BrasilApiClient):
 def minhareceita_updated() -> str | None:
     """The date of the Receita dump minha-receita serves (`/updated`: "2026-09" or "2026-09-05"), best effort."""
     key = redis_key("minhareceita", "updated")
-    client = redis_client()
+    client = redis_client(decode=False)
     cached = client.get(key)
     if cached is not None:
         return cached.decode() or None

@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass
 from functools import cache
 
-import redis
 from django.conf import settings
-from redis.driver_info import DriverInfo
+
+from core.redis_clients import redis_client
 
 # Sliding-window log per window. KEYS = the waiting set, then one sorted set per window; ARGV = background
 # ("1"/"0"), grace ms, waiter, member, then limit, window_ms for each window. Counts the request in every
@@ -100,18 +100,8 @@ return 0
 
 
 @cache
-def _client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
-                                driver_info=DriverInfo(name=None, lib_version=None))
-
-
-def redis_client() -> redis.Redis:
-    return _client_for(settings.REDIS_URL)
-
-
-@cache
 def _script(url: str, source: str):
-    return _client_for(url).register_script(source)
+    return redis_client(decode=False).register_script(source)
 
 
 def _run(source: str, *, keys: list[str], args: list):
@@ -162,7 +152,7 @@ def rate_limit_acquire(provider: str, *, background: bool = False, waiter: str =
 
 def waiting_clear(waiter: str, providers) -> None:
     """The interactive lookup `waiter` no longer waits for any of `providers`."""
-    with redis_client().pipeline(transaction=False) as pipe:
+    with redis_client(decode=False).pipeline(transaction=False) as pipe:
         for provider in providers:
             pipe.zrem(redis_key(provider, "rl", "waiting"), waiter)
         pipe.execute()
@@ -177,7 +167,7 @@ def cooldown_set(provider: str, seconds: float) -> None:
 
 
 def cooldown_remaining(provider: str) -> float:
-    return _seconds(redis_client().pttl(redis_key(provider, "cooldown")))
+    return _seconds(redis_client(decode=False).pttl(redis_key(provider, "cooldown")))
 
 
 # ---------------------------------------------------------------- circuit breaker
@@ -229,15 +219,15 @@ class CircuitBreaker:
         return bool(opened)
 
     def record_success(self) -> None:
-        redis_client().delete(self.failures_key, self.tripped_key, self.probe_key, self.open_key)
+        redis_client(decode=False).delete(self.failures_key, self.tripped_key, self.probe_key, self.open_key)
 
     def release_probe(self) -> None:
         """Give the half-open probe back unused (the request was not sent)."""
-        redis_client().delete(self.probe_key)
+        redis_client(decode=False).delete(self.probe_key)
 
     def state(self) -> str:
         """"closed", "open" or "half_open" (for status pages and tests)."""
-        client = redis_client()
+        client = redis_client(decode=False)
         if client.exists(self.open_key):
             return "open"
         return "half_open" if client.exists(self.tripped_key) else "closed"

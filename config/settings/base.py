@@ -156,9 +156,9 @@ CACHES = {
 
 # Middleware
 MIDDLEWARE = [
-    "config.observability.HealthzMiddleware",
-    "config.observability.RequestMetricsMiddleware",
-    "config.observability.RequestIDMiddleware",
+    "core.observability.HealthzMiddleware",
+    "core.observability.RequestMetricsMiddleware",
+    "core.observability.RequestIDMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -454,20 +454,20 @@ CHAT_BREAKER_MAX_COOLDOWN = int(os.environ.get("CHAT_BREAKER_MAX_COOLDOWN", "60"
 
 # Request bodies: form fields (files aside) are refused past DATA_UPLOAD_MAX_MEMORY_SIZE (400); an
 # uploaded file spills to disk past FILE_UPLOAD_MAX_MEMORY_SIZE and is then held to the plan's
-# max_upload_mb; API JSON bodies past API_JSON_MAX_BYTES get 413 unparsed (config.parsers).
+# max_upload_mb; API JSON bodies past API_JSON_MAX_BYTES get 413 unparsed (core.parsers).
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(2_621_440)))
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 DATA_UPLOAD_MAX_NUMBER_FILES = 20  # chat.serializers.ATTACHMENTS_MAX files per question
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 API_JSON_MAX_BYTES = int(os.environ.get("API_JSON_MAX_BYTES", str(2 * 1024 * 1024)))
-# Whole bodies, before Django reads them (config.body_limit): uploads may carry the largest file
+# Whole bodies, before Django reads them (core.body_limit): uploads may carry the largest file
 # any plan allows (UPLOAD_MAX_MB ≥ every Plan.max_upload_mb), every other request this many bytes.
 UPLOAD_MAX_MB = int(os.environ.get("UPLOAD_MAX_MB", "500"))
 REQUEST_BODY_MAX_BYTES = int(os.environ.get("REQUEST_BODY_MAX_BYTES", str(10 * 1024 * 1024)))
 
 # REST framework
 REST_FRAMEWORK = {
-    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser", "rest_framework.parsers.FormParser",
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser", "rest_framework.parsers.FormParser",
                                "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -503,7 +503,7 @@ RATELIMIT_USE_CACHE = "default"
 RATELIMIT_VIEW = "config.views.ratelimited"
 
 # The /v1 gateway (chat.v1) and the chat composer's sends (chat.send_direct) share an async PostgreSQL pool per
-# process (config.db_async). Then the largest request body /v1 reads, and how long an unsettled hold may stay
+# process (core.db_async). Then the largest request body /v1 reads, and how long an unsettled hold may stay
 # open before the reaper releases it (a process that died mid-call; longer than any upstream call can take).
 ASYNC_DB_POOL_SIZE = int(os.environ.get("ASYNC_DB_POOL_SIZE", "12"))
 GATEWAY_MAX_BODY_BYTES = int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(25 * 1024 * 1024)))
@@ -519,7 +519,7 @@ LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_context": {"()": "config.observability.RequestContextFilter"}},
+    "filters": {"request_context": {"()": "core.observability.RequestContextFilter"}},
     "formatters": {
         "text": {
             "format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s org=%(organization)s"
@@ -554,13 +554,13 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # node stays ready without workers; the database, Redis and the broker are always checked).
 READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
 READYZ_WORKER_MAX_AGE = float(os.environ.get("READYZ_WORKER_MAX_AGE", "30"))
-# Errors to Sentry when SENTRY_DSN is set (config.observability.sentry_init: Django, Celery, ERROR log records;
+# Errors to Sentry when SENTRY_DSN is set (core.observability.sentry_init: Django, Celery, ERROR log records;
 # no personal data; the request id as a tag); the 500 page then says the team was notified.
 SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
 SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "")
 SENTRY_RELEASE = os.environ.get("SENTRY_RELEASE", "")
 if SENTRY_DSN:
-    from config.observability import sentry_init
+    from core.observability import sentry_init
 
     sentry_init(dsn=SENTRY_DSN, environment=SENTRY_ENVIRONMENT, release=SENTRY_RELEASE)
 # Queues whose length /metrics reports besides the default and the routed ones (comma-separated).

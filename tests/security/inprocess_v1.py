@@ -15,8 +15,9 @@ import psycopg
 from billing.ledger import credit_debit, credit_grant
 from billing.models import BillingAccount, Plan
 from chat import v1
-from chat.redis import async_client_close, sync_client
+from chat.redis import async_client_close
 from config import db_async
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.services import organization_create
@@ -88,8 +89,8 @@ def balance_set(org, credits: Decimal) -> None:
 
 def redis_forget(*patterns: str) -> None:
     for pattern in patterns:
-        for key in sync_client().scan_iter(pattern):
-            sync_client().delete(key)
+        for key in redis_client().scan_iter(pattern):
+            redis_client().delete(key)
 
 
 def run(scenario):

@@ -28,11 +28,12 @@ from accounts.models import User
 from billing.models import BillingAccount, Plan
 from chat import v1
 from chat.models import Thread
-from chat.redis import async_client, async_client_close, sync_client
+from chat.redis import async_client_close
 from chat.services import thread_create
 from checks.models import Check
 from config import db_async
 from conftest import PASSWORD
+from core.redis_clients import redis_async_client, redis_client
 from tenants.api_keys import (
     api_key_authenticate,
     api_key_create,
@@ -82,7 +83,7 @@ def world(django_db_setup, django_db_blocker):
         Membership.objects.create(user=admin, organization=org, role=Role.ADMIN)
         with schema_context(org.schema_name):
             thread = thread_create(user=owner, model_id=DEMO)
-        sync_client().delete("rl:ip:127.0.0.1")
+        redis_client().delete("rl:ip:127.0.0.1")
         yield World(org=org, owner=owner, admin=admin, owner_thread=thread)
         organization_drop(org)
         User.objects.filter(pk__in=[owner.pk, admin.pk]).delete()
@@ -110,7 +111,7 @@ def _v1(raw: str, method: str, path: str, body: dict | None = None) -> httpx.Res
             await db_async.async_pool_close()
             await async_client_close()
 
-    sync_client().delete("rl:ip:192.0.2.41")
+    redis_client().delete("rl:ip:192.0.2.41")
     return asyncio.run(call())
 
 
@@ -323,7 +324,7 @@ def test_v1_cannot_put_back_a_key_revoked_after_it_read_it(world, django_db_bloc
 
         async def read():  # what /v1 does on a miss before filling: the generation, then the row
             try:
-                generation = await async_client().get(generation_key(prefix))
+                generation = await redis_async_client().get(generation_key(prefix))
                 return generation, await key_entry_read_async(prefix)
             finally:
                 await db_async.async_pool_close()
@@ -331,7 +332,7 @@ def test_v1_cannot_put_back_a_key_revoked_after_it_read_it(world, django_db_bloc
 
         async def fill(generation, entry):
             try:
-                return await key_cache_fill_async(async_client(), prefix, generation, entry)
+                return await key_cache_fill_async(redis_async_client(), prefix, generation, entry)
             finally:
                 await async_client_close()
 

@@ -13,9 +13,9 @@ from django_tenants.utils import schema_context
 
 from chat.catalog.crypto import key_encrypt
 from chat.catalog.models import ProviderKey
-from chat.redis import sync_client
 from chat.routing import CircuitBreaker, breaker_name
 from chat.snapshot import org_config_bump
+from core.redis_clients import redis_client
 
 from ..fake_llm import RATE_LIMIT, SERVER_ERROR, Answer, FakeOpenAI
 from ..orgs import organization_drop
@@ -65,7 +65,7 @@ def own_key(org, secret: str) -> None:
 
 
 def breaker_keys() -> list[str]:
-    return sorted(sync_client().scan_iter("chat:breaker:*"))
+    return sorted(redis_client().scan_iter("chat:breaker:*"))
 
 
 def test_a_key_that_cannot_be_sent_fails_locally_and_counts_nowhere(world, upstream, settings):
@@ -95,12 +95,12 @@ def test_an_own_keys_failures_open_its_breaker_for_that_organization_only(world,
     assert upstream.count == failures
     assert all(r.headers["authorization"] == f"Bearer {A_KEY}" for r in upstream.requests)
     # A's breaker is open: A's next call is refused here, the provider never sees it.
-    assert sync_client().exists(CircuitBreaker(breaker_name("openai", A_KEY)).open_key)
+    assert redis_client().exists(CircuitBreaker(breaker_name("openai", A_KEY)).open_key)
     assert ask(a_key).status_code == 503
     assert upstream.count == failures
     # The platform key's breaker never counted A's failures: B is served.
     platform = CircuitBreaker(breaker_name("openai"))
-    assert not sync_client().exists(platform.open_key) and not sync_client().exists(platform.failures_key)
+    assert not redis_client().exists(platform.open_key) and not redis_client().exists(platform.failures_key)
     response = ask(b_key)
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "Still here"
     assert upstream.count == failures + 1 and upstream.last.headers["authorization"] == f"Bearer {PLATFORM_KEY}"
@@ -112,7 +112,7 @@ def test_a_providers_retry_after_opens_the_breaker_for_at_most_the_cap(world, up
     response = ask(b_key)
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) <= settings.CHAT_BREAKER_MAX_COOLDOWN
-    ttl = sync_client().ttl(CircuitBreaker(breaker_name("openai")).open_key)
+    ttl = redis_client().ttl(CircuitBreaker(breaker_name("openai")).open_key)
     assert 0 < ttl <= settings.CHAT_BREAKER_MAX_COOLDOWN
 
 

@@ -18,8 +18,8 @@ from django_tenants.utils import schema_context
 from billing.ledger import credit_settle
 from billing.models import BillingAccount, CreditEntry, CreditReservation, UsageEvent
 from billing.selectors import ledger_sum
-from chat.redis import sync_client
 from chat.snapshot import org_config_bump
+from core.redis_clients import redis_client
 
 from ..fake_llm import Answer, FakeOpenAI
 from ..orgs import organization_drop
@@ -135,7 +135,7 @@ def test_usage_beyond_the_hold_is_debited_once(gateway, upstream):
     assert account.credits == before - cost == ledger_sum(organization=org)
     assert UsageEvent.objects.get(request_id=hold.key).credits == cost
     # The minute's token counter holds what the provider counted, not the smaller estimate.
-    assert int(sync_client().get(f"rl:tok:org:{org.pk}")) >= 1_000_010
+    assert int(redis_client().get(f"rl:tok:org:{org.pk}")) >= 1_000_010
     # A retried settlement moves nothing more.
     credit_settle(reservation=hold, actual=cost, beyond_hold=True)
     assert CreditEntry.objects.filter(reservation=hold).count() == 4

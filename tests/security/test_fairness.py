@@ -30,7 +30,7 @@ from chat.models import Message
 from checks import cnpj as cnpj_id
 from checks.models import Batch, Check, Report, Target
 from checks.registries.limits import rate_limit_acquire, redis_key
-from config.redis_shared import redis_client
+from core.redis_clients import redis_client
 
 from .. import test_browser as harness
 from ..fake_registries import PROVIDERS, RATE_LIMIT, FakeRegistries

@@ -24,7 +24,7 @@ from django_tenants.utils import schema_context
 from billing.models import BillingAccount, Plan
 from billing.ratelimits import rate_limit_keys
 from chat.models import Thread
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.models import AuditEvent
 from tenants.audit.services import Actor
@@ -222,7 +222,7 @@ def test_api_sessions_get_403_mfa_required_but_keys_are_unaffected(tenant_world,
 
     # Keys are not people: the requirement does not apply to them.
     BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="starter"))
-    sync_client().delete(*rate_limit_keys(org_a.pk, 0))
+    redis_client().delete(*rate_limit_keys(org_a.pk, 0))
     key = api_key_create(organization=org_a, name="sync", scopes=["read"], actor=Actor.system("tests"),
                          user=tenant_world["a"]["admin"])
     assert Client().get("/api/v1/threads/", HTTP_AUTHORIZATION=f"Bearer {key.raw}").status_code == 200

@@ -21,8 +21,8 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import BillingAccount, Plan
 from chat import v1
-from chat.redis import sync_client
 from config import db_async
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create, cache_key
 from tenants.audit.services import Actor
 from tenants.services import organization_create
@@ -46,9 +46,9 @@ def _api(raw: str):
 @pytest.fixture
 def fresh_address(settings):
     settings.API_UNAUTHENTICATED_PER_MINUTE = 5
-    sync_client().delete("rl:ip:127.0.0.1")
+    redis_client().delete("rl:ip:127.0.0.1")
     yield "127.0.0.1"
-    sync_client().delete("rl:ip:127.0.0.1")
+    redis_client().delete("rl:ip:127.0.0.1")
 
 
 # ---------------------------------------------------------------- the API (Django's middleware)
@@ -84,7 +84,7 @@ def test_a_new_key_works_at_once_even_after_its_prefix_was_cached_as_unknown(ten
         new = api_key_create(organization=org_a, name="fresh", scopes=["read"], user=tenant_world["a"]["admin"],
                              actor=Actor.system("tests"))
         # What a guess of this prefix a moment earlier left in the negative cache.
-        sync_client().set(cache_key(new.key.prefix), "{}", ex=60)
+        redis_client().set(cache_key(new.key.prefix), "{}", ex=60)
     assert _api(new.raw).status_code == 200
 
 
@@ -149,7 +149,7 @@ async def _asgi(raw: str, chunks: list[bytes], *, address: str, length: int | No
 def test_v1_reads_unknown_keys_on_its_pool_once_and_never_connects_per_call(counted, settings):
     settings.API_UNAUTHENTICATED_PER_MINUTE = 8
     address = "192.0.2.71"
-    sync_client().delete(f"rl:ip:{address}")
+    redis_client().delete(f"rl:ip:{address}")
     unknown = [_unknown_key() for _ in range(4)]
 
     async def scenario():
@@ -173,7 +173,7 @@ def test_v1_reads_unknown_keys_on_its_pool_once_and_never_connects_per_call(coun
     # The pool's connections (it may add one while its first is still opening), not one per look-up.
     assert CountingConnection.connects <= 2 < CountingConnection.statements
     assert counted == []  # Django opened no connection of its own (in any thread)
-    sync_client().delete(f"rl:ip:{address}")
+    redis_client().delete(f"rl:ip:{address}")
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_v1_parses_a_body_within_the_limit(api_key, small_bodies):
 def test_v1_applies_the_address_limit_before_the_body(small_bodies):
     small_bodies.API_UNAUTHENTICATED_PER_MINUTE = 2
     address = "192.0.2.75"
-    sync_client().delete(f"rl:ip:{address}")
+    redis_client().delete(f"rl:ip:{address}")
 
     async def scenario():
         return [await _asgi("prm_bad", [b"x" * 500] * 4, address=address, length=2000) for _ in range(3)]
@@ -240,4 +240,4 @@ def test_v1_applies_the_address_limit_before_the_body(small_bodies):
     results = run(scenario)
     assert [status for status, _body, _read in results] == [401, 401, 429]
     assert all(read == [] for _status, _body, read in results)  # no body was read for a caller without a key
-    sync_client().delete(f"rl:ip:{address}")
+    redis_client().delete(f"rl:ip:{address}")

@@ -74,7 +74,7 @@ def test_a_body_that_lies_about_its_length_is_cut_at_the_limit(api, settings):
 
     from rest_framework.exceptions import APIException
 
-    from config.parsers import JSONParser
+    from core.parsers import JSONParser
 
     settings.API_JSON_MAX_BYTES = 100
     with pytest.raises(APIException) as caught:
@@ -131,7 +131,7 @@ def test_a_chunked_body_is_cut_when_it_passes_the_limit(settings):
 
 
 def test_uploads_may_carry_the_largest_file_any_plan_allows(org_a, settings):
-    from config.body_limit import body_limit_for
+    from core.body_limit import body_limit_for
 
     largest = max(Plan.objects.values_list("max_upload_mb", flat=True))
     assert settings.UPLOAD_MAX_MB >= largest, "a plan allows files the request body limit refuses"

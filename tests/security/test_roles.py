@@ -18,11 +18,11 @@ from billing.models import BillingAccount
 from chat import services as chat_services
 from chat.catalog.services import provider_key_set
 from chat.models import Message, Thread
-from chat.redis import sync_client
 from chat.services import cancel_key
 from checks import bulk
 from checks.models import Alert, Target
 from checks.services import check_request, report_write, target_add
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.models import Membership
@@ -125,7 +125,7 @@ def test_a_viewer_can_post_to_nothing_but_the_allow_list(client_for, org_a, tena
     assert _snapshot(org_a) == before
     with schema_context(org_a.schema_name):
         stream_key = Message.objects.get(pk=objects["message_id"]).stream_key
-    assert not sync_client().exists(cancel_key(stream_key))  # the refused stop asked nothing of the generation
+    assert not redis_client().exists(cancel_key(stream_key))  # the refused stop asked nothing of the generation
 
     left = viewer.post(_path("o/<slug:org_slug>/settings/members/leave/", org_a, objects))
     assert left.status_code == 302 and left["Location"] == "/orgs/"
@@ -213,4 +213,4 @@ def test_a_viewer_cannot_stop_regenerate_or_follow_someone_elses_answer(client_f
     with schema_context(org_a.schema_name):
         answer.refresh_from_db()
         assert answer.is_active
-    assert not sync_client().exists(cancel_key(answer.stream_key))  # no stop was asked of the generation
+    assert not redis_client().exists(cancel_key(answer.stream_key))  # no stop was asked of the generation

@@ -23,7 +23,7 @@ from django_tenants.utils import schema_context
 from billing.models import BillingAccount, CreditEntry, UsageEvent
 from chat.files import PdfLimits
 from chat.models import Attachment, Message, Thread
-from chat.redis import sync_client
+from core.redis_clients import redis_client
 from tenants.audit.services import Actor
 
 from ..fake_llm import Answer, FakeOpenAI
@@ -70,8 +70,8 @@ def openai(settings):
     server = FakeOpenAI().start()
     settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "openai": {"base_url": server.url, "api_key": "sk-platform"}}
     settings.LLM_READ_TIMEOUT = 2
-    for key in sync_client().scan_iter("chat:*"):
-        sync_client().delete(key)
+    for key in redis_client().scan_iter("chat:*"):
+        redis_client().delete(key)
     yield server
     server.stop()
 
@@ -241,7 +241,7 @@ def test_a_waiting_answer_can_be_stopped_or_reaped_and_its_hold_comes_back(
     with django_capture_on_commit_callbacks(execute=True):
         assert client_for("a").post(f"/o/{org_a.slug}/chat/m/{stopped.pk}/stop/").status_code == 302
     # The reaper closes a waiting answer whose file was never read (its task was lost).
-    sync_client().zadd(PENDING_SET, {lost_key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
+    redis_client().zadd(PENDING_SET, {lost_key: time.time() - settings.CHAT_PENDING_TIMEOUT - 1})
     assert tasks.generations_reap() == 1
 
     with schema_context(org_a.schema_name):

@@ -1,5 +1,5 @@
 """`manage.py create_api_key`: a service key, acting as the organization itself (no person; it owns
-no threads and sees none: see config.api). Keys acting as a member are made on the keys page."""
+no threads and sees none: see tenants.api_base). Keys acting as a member are made on the keys page."""
 
 from django.core.management.base import BaseCommand, CommandError
 

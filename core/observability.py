@@ -55,7 +55,7 @@ class RequestMetricsMiddleware:
     none matched. The paths served outside Django (/v1, direct chat sends and streams) have metrics of their own."""
 
     def __init__(self, get_response):
-        from config.metrics import pools_record
+        from core.metrics import pools_record
 
         self.get_response = get_response
         self.pools_record = pools_record

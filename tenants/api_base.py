@@ -55,8 +55,8 @@ from accounts.models import User
 from accounts.reauthentication import reauthentication_url, recently_reauthenticated
 from billing.ratelimits import Limit, ip_limited, rate_limit_take
 from billing.selectors import Entitlements, entitlements_for
-from config.observability import organization_var
-from config.pagination import CheckedCursorPagination
+from core.observability import organization_var
+from core.pagination import CheckedCursorPagination
 from tenants.api_keys import KeyAuth, bearer_token, may_hold_keys
 from tenants.audit.services import client_ip
 from tenants.guards import role_refusal

@@ -17,7 +17,7 @@ from django.utils import translation
 from django.utils.translation import gettext as _
 from django.utils.translation.trans_real import parse_accept_lang_header
 
-from config.scope import scope_header
+from core.scope import scope_header
 
 UPLOAD_PATH = re.compile(r"^/o/[^/]+/chat/(new|t/\d+/send)/$|^/api/v1/threads/\d+/attachments/$")
 # Form fields and multipart framing around the files of one upload.
