@@ -16,7 +16,7 @@ from billing.ledger import credit_debit, credit_grant
 from billing.models import BillingAccount, Plan
 from chat import v1
 from chat.redis import async_client_close
-from config import db_async
+from core import db_async
 from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor

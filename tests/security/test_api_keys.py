@@ -31,8 +31,8 @@ from chat.models import Thread
 from chat.redis import async_client_close
 from chat.services import thread_create
 from checks.models import Check
-from config import db_async
 from conftest import PASSWORD
+from core import db_async
 from core.redis_clients import redis_async_client, redis_client
 from tenants.api_keys import (
     api_key_authenticate,

@@ -21,7 +21,7 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import BillingAccount, Plan
 from chat import v1
-from config import db_async
+from core import db_async
 from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create, cache_key
 from tenants.audit.services import Actor
