@@ -116,7 +116,7 @@ def charge_settle(*, organization: Organization, key: str, actual: Decimal, usag
     hold is debited as far as the balance goes (usage a provider reports, which no estimate bounds), or, without
     `beyond_hold`, charged at the hold (a price raised since the hold does not charge more). Work that had no hold
     is metered only (a free model). Closing an already closed hold, or metering twice, changes nothing."""
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # within the caller's transaction: no savepoint to pay for
         reservation = _open_hold(key)
         if reservation is not None:
             if not beyond_hold:

@@ -371,7 +371,7 @@ async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, inp
                                                    held=prepared.held, actual=credits, usage=usage)
             if touch_key:
                 await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
-        await settlement.done()  # the pipeline synced: its results are here
+    await settlement.done()  # the pipeline synced: its results are in its cursors, the connection is back in the pool
     await rate_limit_give_back_async(redis_async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
                                      tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
