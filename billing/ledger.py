@@ -167,8 +167,8 @@ def credit_adjust(*, organization: Organization, amount: Decimal, reason: str, u
     return movement
 
 
-# The hold and its settlement are each one SQL statement (the /v1 gateway runs them on its
-# async connection pool too): the balance moves only if it covers the hold, and the
+# The hold and its settlement are each one SQL statement (billing.charges also runs them on the
+# async connection pool): the balance moves only if it covers the hold, and the
 # reservation and its ledger entries are written with it or not at all.
 RESERVE_SQL = f"""
 WITH account AS (

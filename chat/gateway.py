@@ -28,16 +28,8 @@ from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
-from billing.ledger import (
-    CLOSE_SQL,
-    RESERVE_SQL,
-    InsufficientCredits,
-    credit_overage_uncovered,
-    credit_release,
-    credit_reserve,
-    credits_closed_count,
-    reserve_params,
-)
+from billing.charges import Metered, charge_hold_async, charge_release, charge_settle_queue
+from billing.ledger import InsufficientCredits
 from billing.models import CreditReservation, UsageEvent
 from billing.ratelimits import (
     Limit,
@@ -46,19 +38,18 @@ from billing.ratelimits import (
     rate_limit_result,
     rate_limit_scripts_load,
 )
-from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_params
+from billing.usage import CREDIT_QUANTUM, credits_for
 from core.db_async import async_pool
-from core.metrics import credits_count
 from core.redis_clients import redis_async_client
 from tenants.api_keys import KeyAuth
-from tenants.models import ApiKey, Organization
+from tenants.models import ApiKey
 
 from .catalog.selectors import ModelOption
 from .files import CHARS_PER_TOKEN, tokens_estimate
 from .providers import ChatMessage, ChatRequest, ImagePart, ProviderError
 from .providers.base import ToolCall
 from .routing import BreakerState, CircuitBreaker, breaker_name
-from .snapshot import OrgConfig, orm_call
+from .snapshot import OrgConfig
 
 PASSTHROUGH = ("tools", "tool_choice", "response_format", "user", "seed", "presence_penalty", "frequency_penalty",
                "parallel_tool_calls")
@@ -271,22 +262,6 @@ class Prepared:
     breakers: dict[str, BreakerState]
 
 
-async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> int:
-    """Reserve `amount` in one statement; the ledger's general path explains a refusal (402)."""
-    pool = await async_pool()
-    async with pool.connection() as connection:
-        cursor = await connection.execute(RESERVE_SQL, reserve_params(
-            organization_id=auth.organization_id, amount=amount, key=key, description=description))
-        row = await cursor.fetchone()
-    if row is not None:
-        credits_count("held", amount)
-        return row[0]
-    # Not covered, or the organization's first movement (no account row yet): the ledger decides.
-    reservation = await orm_call(credit_reserve, organization=Organization(pk=auth.organization_id),
-                                 amount=amount, key=key, description=description)
-    return reservation.pk
-
-
 async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list[ModelOption],
                               tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
     """Count the call against the plan's limits and read the circuit breakers of the credentials the
@@ -347,7 +322,8 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) ->
     reservation_id = None
     if worst > 0:
         try:
-            reservation_id = await _hold(auth, worst, billing_key, f"API {model.id}")
+            reservation_id = await charge_hold_async(organization_id=auth.organization_id, amount=worst,
+                                                      key=billing_key, description=f"API {model.id}")
         except BaseException as error:
             await rate_limit_give_back_async(redis, organization_id=auth.organization_id, key_id=auth.key_id,
                                              tokens=prompt_tokens + max_tokens)
@@ -382,30 +358,20 @@ async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, inp
     credits = credits_for(input_per_million=served.input_per_million, output_per_million=served.output_per_million,
                           input_tokens=input_tokens, output_tokens=output_tokens)
     auth = prepared.auth
-    closing = None
+    usage = Metered(kind=UsageEvent.Kind.MODEL, key=served.id, request_id=prepared.billing_key, credits=credits,
+                  input_per_million=served.input_per_million, output_per_million=served.output_per_million,
+                  api_key_id=auth.key_id, input_tokens=input_tokens, output_tokens=output_tokens)
     pool = await async_pool()
-    # One pipeline, one Sync: PostgreSQL runs the statements up to a Sync as one implicit transaction,
-    # so the hold closes and the usage event is written together or not at all, in one round trip.
+    # One pipeline, one Sync: the hold closes, the usage event and the key's last use are written together or not
+    # at all, in one round trip.
     async with pool.connection() as connection:
         async with connection.pipeline():
-            if prepared.reservation_id is not None:
-                closing = await connection.execute(CLOSE_SQL, {"reservation": prepared.reservation_id,
-                                                               "actual": credits if credits > 0 else None})
-            if input_tokens or output_tokens:
-                await connection.execute(USAGE_INSERT_SQL, usage_params(
-                    organization_id=auth.organization_id, kind=UsageEvent.Kind.MODEL, key=served.id,
-                    request_id=prepared.billing_key, credits=credits, input_per_million=served.input_per_million,
-                    output_per_million=served.output_per_million, api_key_id=auth.key_id,
-                    input_tokens=input_tokens, output_tokens=output_tokens))
+            settlement = await charge_settle_queue(connection, organization_id=auth.organization_id,
+                                                   reservation_id=prepared.reservation_id, key=prepared.billing_key,
+                                                   held=prepared.held, actual=credits, usage=usage)
             if touch_key:
                 await connection.execute(LAST_USED_SQL, {"key": auth.key_id})
-        closed = await closing.fetchone() if closing is not None else None  # already here: the pipeline synced
-    if closed is not None:
-        credits_closed_count(held=prepared.held, actual=credits if credits > 0 else None)
-    if closed is not None and closed[2] > 0:
-        await orm_call(credit_overage_uncovered, organization_id=auth.organization_id,
-                       reservation_id=prepared.reservation_id, key=prepared.billing_key,
-                       overage=closed[1] + closed[2], uncovered=closed[2])
+    await settlement.done()  # the pipeline synced: its results are in its cursors, the connection is back in the pool
     await rate_limit_give_back_async(redis_async_client(), organization_id=auth.organization_id, key_id=auth.key_id,
                                      tokens=prepared.tokens_counted - input_tokens - output_tokens)
     return credits
@@ -424,9 +390,9 @@ def holds_reap() -> int:
     stale = CreditReservation.objects.filter(status=CreditReservation.Status.OPEN, key__startswith="v1:",
                                              created_at__lt=cutoff)
     count = 0
-    for reservation in stale.iterator():
+    for key in stale.values_list("key", flat=True).iterator():
         with transaction.atomic():
-            credit_release(reservation=reservation)
+            charge_release(key=key)
         count += 1
     return count
 

@@ -12,7 +12,7 @@ read it. An htmx send that presents a valid one is served here (config/asgi.py),
    (expiry, password), the membership and its role, the organization's MFA rule, the thread locked and idle, two
    message ids, and the thread's history for the hold's estimate (chat.context.context_fit, the rule the ORM
    path uses).
-3. PostgreSQL, a second round trip: the worst case held (billing.ledger.RESERVE_SQL), the question and the
+3. PostgreSQL, a second round trip: the worst case held (billing.charges.charge_hold_queue), the question and the
    answer inserted only if the hold was taken, the thread touched, committed.
 4. The answer queued (Celery) and the exchange rendered from what was written (chat/_messages.html).
 
@@ -52,11 +52,10 @@ from psycopg_pool import PoolTimeout
 
 from accounts.mfa import MFA_FACTOR_TYPES
 from accounts.models import User
-from billing.ledger import RESERVE_SQL, reserve_params
+from billing.charges import charge_hold_queue
 from billing.models import CreditReservation
 from billing.ratelimits import send_limit_give_back, send_limited_async
 from core.db_async import async_pool, insert_values
-from core.metrics import credits_count
 from core.overload import overloaded_asgi
 from core.redis_clients import redis_async_client
 from core.scope import scope_cookie, scope_header
@@ -367,7 +366,7 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
                     raise Fallback
                 question, answer = _messages(asked, option, ids, system_prompt=system_prompt,
                                              history=history_from_rows(await history.fetchall()))
-                held, hold, worst = await _hold(connection, asked, config, option, answer)
+                held, hold = await _hold(connection, asked, config, option, answer)
                 # Watched before the commit, as chat.services does: a process that dies between the commit and the
                 # queueing still leaves the answer to the reaper (which drops an entry whose answer never committed).
                 watched = answer_stream_key(grant.schema, answer.pk)
@@ -381,11 +380,9 @@ async def _write(asked: Asked, config) -> tuple[Message, Message]:
             if connection.info.transaction_status != TransactionStatus.IDLE:
                 await connection.rollback()
             raise
-        if hold is not None and await hold.fetchone() is None:
+        if hold is not None and await hold.taken() is None:
             await redis_async_client().zrem(PENDING_SET, watched)
             raise Fallback  # not covered (or the organization's first movement): the ledger explains, in Django
-        if hold is not None:
-            credits_count("held", worst)
     return question, answer
 
 
@@ -405,17 +402,16 @@ def _messages(asked: Asked, option: ModelOption, ids: list[int], *, system_promp
 
 
 async def _hold(connection, asked: Asked, config, option: ModelOption, answer: Message):
-    """Queue the hold of the answer's worst case: (its key, the statement's cursor, the amount), or (None, None, 0)
-    when the answer costs nothing."""
+    """Queue the hold of the answer's worst case: (its key, the pending hold), or (None, None) when the answer costs
+    nothing."""
     worst = answer_worst_cost(config.candidates(option.model), prompt_tokens=answer.prompt_tokens_estimate,
                               max_tokens=answer.max_tokens)
     if worst <= 0:
-        return None, None, worst
+        return None, None
     key = answer_billing_key(asked.grant.schema, answer.pk)
-    cursor = await connection.execute(RESERVE_SQL, reserve_params(
-        organization_id=asked.grant.organization_id, amount=worst, key=key, description=f"chat answer {answer.pk}",
-        user_id=asked.grant.user_id))
-    return key, cursor, worst
+    hold = await charge_hold_queue(connection, organization_id=asked.grant.organization_id, amount=worst, key=key,
+                                   description=f"chat answer {answer.pk}", user_id=asked.grant.user_id)
+    return key, hold
 
 
 # ---------------------------------------------------------------- the answer

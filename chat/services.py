@@ -19,10 +19,10 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from accounts.models import User
-from billing.ledger import credit_release, credit_reserve, credit_settle
-from billing.models import CreditReservation, Price, UsageEvent
+from billing.charges import Metered, charge_hold, charge_settle
+from billing.models import Price, UsageEvent
 from billing.ratelimits import send_limited
-from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost, usage_record
+from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost
 from core.metrics import chat_answers, llm_tokens_count
 from core.redis_clients import redis_client
 from tenants.models import Organization
@@ -306,9 +306,9 @@ def _answer_create(*, organization: Organization, thread: Thread, option: ModelO
     answer.save()
     worst = answer_worst_cost(candidates_for(organization, option), prompt_tokens=prompt_tokens,
                               max_tokens=max_tokens)
-    if worst > 0:  # raises InsufficientCredits, and the whole send rolls back
-        credit_reserve(organization=organization, amount=worst, key=answer.billing_key, user=user,
-                       description=f"chat answer {answer.pk}")
+    # Raises InsufficientCredits, and the whole send rolls back.
+    charge_hold(organization=organization, amount=worst, key=answer.billing_key, user=user,
+                description=f"chat answer {answer.pk}")
     Thread.objects.filter(pk=thread.pk).update(updated_at=timezone.now(), model_id=option.id)
     schema = connection.schema_name
     # Watched before the commit: a process that dies between the commit and the enqueue still leaves the answer
@@ -489,18 +489,12 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
         input_tokens = answer.prompt_tokens_estimate if produced else 0
         output_tokens = tokens_estimate(text)
     served = served_model_id or answer.model_id
-    reservation = CreditReservation.objects.filter(key=answer.billing_key).first()
     credits, price = _credits_for(organization=organization, served=served, input_tokens=input_tokens,
                                   output_tokens=output_tokens)
-    if reservation is not None:
-        if credits > 0:
-            credit_settle(reservation=reservation, actual=credits, beyond_hold=True)
-        else:
-            credit_release(reservation=reservation)
-    if price is not None and (input_tokens or output_tokens):
-        usage_record(organization=organization, kind=UsageEvent.Kind.MODEL, key=served,
-                     request_id=answer.billing_key, credits=credits, price=price, user=answer.thread.user,
-                     input_tokens=input_tokens, output_tokens=output_tokens)
+    usage = None if price is None else Metered.at(
+        price, kind=UsageEvent.Kind.MODEL, key=served, request_id=answer.billing_key, credits=credits,
+        user=answer.thread.user, input_tokens=input_tokens, output_tokens=output_tokens)
+    charge_settle(organization=organization, key=answer.billing_key, actual=credits, usage=usage)
     answer.status = status
     answer.content = text
     answer.served_model_id = served if text or status == Message.Status.COMPLETE else ""

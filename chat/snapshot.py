@@ -21,13 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.core.signals import setting_changed
-from django.db import connection as db_connection
 from django.dispatch import receiver
 
 from billing.models import Price
 from billing.selectors import Entitlements, entitlements_for
+from core.db_async import orm_call
 from core.redis_clients import redis_client
 from tenants.models import Organization
 
@@ -58,22 +57,6 @@ class OrgConfig:
     @property
     def stale(self) -> bool:
         return _stale(self.built_at)
-
-
-async def orm_call(function, *args, **kwargs):
-    """`function` on Django's ORM, in a thread, for the event loop's rare slow paths (a snapshot to build, a
-    key not cached yet, a refused hold to explain). Outside Django's request cycle nobody would close
-    that thread's connection, so the call closes it when done. Each call stands alone, so they run on the
-    loop's thread pool side by side (not thread-sensitive: a fresh process's first sends for 100 organizations
-    built their 100 snapshots one after another)."""
-
-    def call():
-        try:
-            return function(*args, **kwargs)
-        finally:
-            db_connection.close()
-
-    return await sync_to_async(call, thread_sensitive=False)()
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-from django.db import transaction
-
-from billing.ledger import InsufficientCredits, credit_debit
+from billing.charges import Metered, charge_now
+from billing.ledger import InsufficientCredits
 from billing.models import UsageEvent
-from billing.usage import UnknownPrice, usage_cost, usage_record
+from billing.usage import UnknownPrice, usage_cost
 
 from .catalog.selectors import model_cheapest
 from .loop import answers_run
@@ -81,12 +80,9 @@ def _bill(organization, thread: Thread, model_id: str, usage: Usage) -> bool:
         return True
     key = f"chat-title:{organization.schema_name}:{thread.pk}"
     try:
-        with transaction.atomic():
-            if cost.credits > 0:
-                credit_debit(organization=organization, amount=cost.credits, key=key, description="thread title")
-            usage_record(organization=organization, kind=UsageEvent.Kind.MODEL, key=model_id, request_id=key,
-                         credits=cost.credits, price=cost.price, user=thread.user,
-                         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+        charge_now(organization=organization, description="thread title", usage=Metered.at(
+            cost.price, kind=UsageEvent.Kind.MODEL, key=model_id, request_id=key, credits=cost.credits,
+            user=thread.user, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens))
     except InsufficientCredits:
         return False
     return True

@@ -14,7 +14,7 @@ checks a month it may request: a check takes its place in the month's count (`Ch
 row) in the statement that writes it, and a failed or cancelled one gives it back.
 
 A cache hit is two round trips to PostgreSQL, both prepared once per connection (core.prepared):
-one read (REQUEST_READ_SQL) and one write (CACHE_HIT_SQL: billing.ledger.MOVE_CTES, extended).
+one read (REQUEST_READ_SQL) and one write (CACHE_HIT_SQL: billing.charges.CHARGE_NOW_CTES, extended).
 
 Fair sharing between organizations (the registries' rate limits are one budget for everyone):
 
@@ -48,11 +48,11 @@ from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
 from accounts.models import User
-from billing.ledger import MOVE_CTES, InsufficientCredits, credit_release, credit_reserve, credit_settle
-from billing.models import BillingAccount, CreditEntry, CreditReservation, Plan, Price, UsageEvent
+from billing.charges import CHARGE_NOW_CTES, Metered, charge_hold, charge_now_params, charge_release, charge_settle
+from billing.ledger import InsufficientCredits
+from billing.models import BillingAccount, Plan, Price, UsageEvent
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
-from billing.usage import usage_insert_sql, usage_params, usage_record
 from core.events import event_emit
 from core.prepared import PreparedStatement
 from tenants.models import Organization
@@ -256,12 +256,12 @@ LEFT JOIN LATERAL (
 ) previous ON true
 """
 
-# A check answered from the cache, written in one statement: the ledger's movement (billing.ledger.MOVE_CTES:
-# the balance row locked, the entry inserted only if the balance covers it and its key is new, the balance
-# updated), then, only when its entry went in, the check (inserted finished), its place in the month's quota, the
-# usage event (billing.usage.usage_insert_sql), the report and alert when the company was found, and the
-# target. A balance that does not cover it writes nothing; a quota reached meanwhile fails the statement.
-CACHE_HIT_SQL = MOVE_CTES + f""",
+# A check answered from the cache, written in one statement: its charge (billing.charges.CHARGE_NOW_CTES: the
+# balance row locked, the entry inserted only if the balance covers it and its key is new, the balance updated,
+# the usage event), then, only when its entry went in, the check (inserted finished), its place in the month's
+# quota, the report and alert when the company was found, and the target. A balance that does not cover it
+# writes nothing; a quota reached meanwhile fails the statement.
+CACHE_HIT_SQL = CHARGE_NOW_CTES + f""",
 checked AS (
     INSERT INTO {Check._meta.db_table} (target_id, batch_id, status, source, refresh, cache_hit, provider, runs,
         error, credits, billing_key, requested_by_id, api_key_id, created_at, started_at, finished_at)
@@ -271,8 +271,6 @@ checked AS (
     FROM entry
     RETURNING id
 ), quota AS ({_QUOTA_TAKE.format(source="SELECT %(month)s::date, 1, %(quota)s::integer FROM entry")}
-), usage AS (
-    {usage_insert_sql(prefix="usage_", after="entry")}
 ), reported AS (
     INSERT INTO {Report._meta.db_table} (target_id, check_run_id, data, signals, risk_level, provider, data_date,
         fetched_at, created_at)
@@ -377,7 +375,7 @@ def check_request(*, organization: Organization, target: Target, source: str = C
         with transaction.atomic():
             check = Check.objects.create(target=target, source=source, requested_by=user, api_key_id=api_key_id,
                                          refresh=refresh, batch=batch, billing_key=billing_key, created_at=now)
-            credit_reserve(organization=organization, amount=price.per_unit, key=billing_key,
+            charge_hold(organization=organization, amount=price.per_unit, key=billing_key,
                            description=_("Check %(cnpj)s") % {"cnpj": target.cnpj_formatted}, user=user)
             with connection.cursor() as cursor:  # after the hold: the balance row is always locked first
                 cursor.execute(QUOTA_TAKE_SQL, {"month": month, "quota": quota})
@@ -414,11 +412,11 @@ def _check_from_cache(*, organization: Organization, target: Target, lookup: Cac
         if facts.previous_data is not None and target.schedule != Target.Schedule.NONE:
             alert = alert_terms(previous_data=facts.previous_data, previous_level=facts.previous_risk_level,
                                 data=draft.data, level=draft.risk_level)
-    user_id = user.pk if user else None
+    metered = Metered.at(price, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=key, credits=price.per_unit,
+                         user=user, api_key_id=api_key_id, units=1, occurred_at=now)
     params = {
-        "organization": organization.pk, "kind": CreditEntry.Kind.DEBIT, "amount": -price.per_unit, "key": key,
-        "reservation": None, "description": (_("Check %(cnpj)s (cached)") % {"cnpj": target.cnpj_formatted})[:255],
-        "user": user_id, "metadata": "{}",
+        **charge_now_params(organization=organization, usage=metered,
+                            description=_("Check %(cnpj)s (cached)") % {"cnpj": target.cnpj_formatted}),
         "target": target.pk, "batch": batch.pk if batch is not None else None, "status": status, "source": source,
         "provider": provider, "price": price.per_unit, "api_key": api_key_id, "now": now, "month": month_of(now),
         "quota": quota, "found": found, "data": json.dumps(result.record) if found else None,
@@ -427,11 +425,6 @@ def _check_from_cache(*, organization: Organization, target: Target, lookup: Cac
         "company_name": (result.record.get("razao_social") or "")[:200] if found else "",
         "previous": facts.previous_id, "alert_kinds": json.dumps(alert[0]) if alert else None,
         "alert_summary": json.dumps(alert[1]) if alert else None,
-        **{f"usage_{name}": value for name, value in usage_params(
-            organization_id=organization.pk, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=key,
-            credits=price.per_unit, input_per_million=price.input_per_million,
-            output_per_million=price.output_per_million, per_unit=price.per_unit, user_id=user_id,
-            api_key_id=api_key_id, units=1, occurred_at=now).items()},
     }
     try:
         # Inside a caller's transaction, a failed statement marks it for rollback (it cannot go on).
@@ -592,9 +585,7 @@ def _requeue(check: Check, wait: float, *, error: str) -> None:
 
 
 def _fail(check: Check, error: str, *, organization: Organization) -> None:
-    reservation = CreditReservation.objects.filter(key=check.billing_key).first()
-    if reservation is not None:
-        credit_release(reservation=reservation)
+    charge_release(key=check.billing_key)
     check.status, check.error, check.finished_at = Check.Status.FAILED, error[:255], timezone.now()
     check.save(update_fields=["status", "error", "finished_at", "runs"])
     _quota_give_back(check.pk)
@@ -612,11 +603,10 @@ def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, p
     check.credits = price.per_unit
     check.finished_at = timezone.now()
     check.status = Check.Status.SUCCEEDED if result.outcome == LOOKUP_FOUND else Check.Status.NOT_FOUND
-    reservation = CreditReservation.objects.get(key=check.billing_key)
-    credit_settle(reservation=reservation, actual=min(price.per_unit, reservation.amount))
     user = check.requested_by if check.requested_by_id else None
-    usage_record(organization=organization, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=check.billing_key,
-                 credits=price.per_unit, price=price, user=user, api_key_id=check.api_key_id, units=1)
+    charge_settle(organization=organization, key=check.billing_key, actual=price.per_unit, beyond_hold=False,
+                  usage=Metered.at(price, kind=UsageEvent.Kind.CHECK, key=price.key, request_id=check.billing_key,
+                                   credits=price.per_unit, user=user, api_key_id=check.api_key_id, units=1))
     check.save(update_fields=["cache_hit", "provider", "credits", "finished_at", "status"])
     target = check.target
     target.status, target.last_checked_at = check.status, check.finished_at
@@ -731,9 +721,7 @@ def check_cancel(check: Check) -> bool:
         if not Check.objects.filter(pk=check.pk, status=Check.Status.PENDING).update(
                 status=Check.Status.FAILED, error=_("Cancelled"), finished_at=timezone.now()):
             return False
-        reservation = CreditReservation.objects.filter(key=check.billing_key).first()
-        if reservation is not None:
-            credit_release(reservation=reservation)
+        charge_release(key=check.billing_key)
         _quota_give_back(check.pk)
     return True
 

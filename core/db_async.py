@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import weakref
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
@@ -58,3 +59,19 @@ def insert_values(instance) -> tuple[list[str], list]:
     fields = [field for field in instance._meta.concrete_fields if not (field.primary_key and instance.pk is None)]
     return [field.column for field in fields], [field.get_db_prep_save(field.pre_save(instance, True), connection)
                                                 for field in fields]
+
+
+async def orm_call(function, *args, **kwargs):
+    """`function` on Django's ORM, in a thread, for the event loop's rare slow paths (a snapshot to build, a
+    key not cached yet, a refused hold to explain). Outside Django's request cycle nobody would close
+    that thread's connection, so the call closes it when done. Each call stands alone, so they run on the
+    loop's thread pool side by side (not thread-sensitive: a fresh process's first sends for 100 organizations
+    built their 100 snapshots one after another)."""
+
+    def call():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return await sync_to_async(call, thread_sensitive=False)()
