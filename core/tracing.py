@@ -17,6 +17,7 @@ from typing import Any
 
 # The active tracer when tracing is on in this process, else None.
 tracer: Any = None
+_provider: Any = None
 _pid: int | None = None
 _instrumentors: list[Any] = []
 
@@ -36,7 +37,7 @@ def tracing_init(*, service: str, exporter: Any = None, django: bool = True) -> 
     """Install the tracer provider and instrument the libraries, once per process; True when tracing is on.
     `service` is the default of OTEL_SERVICE_NAME (prumo-web, prumo-worker). `exporter` (tests, the benchmark)
     replaces the OTLP exporter and exports each span as it ends."""
-    global tracer, _pid
+    global tracer, _provider, _pid
     if _pid == os.getpid():
         return tracer is not None
     if exporter is None and not tracing_wanted():
@@ -58,7 +59,7 @@ def tracing_init(*, service: str, exporter: Any = None, django: bool = True) -> 
     trace.set_tracer_provider(provider)
     _instrument(provider, django=django)
     tracer = trace.get_tracer("prumo", tracer_provider=provider)
-    _pid = os.getpid()
+    _provider, _pid = provider, os.getpid()
     return True
 
 
@@ -81,10 +82,10 @@ def _instrument(provider, *, django: bool) -> None:
 def tracing_stop() -> None:
     """Undo `tracing_init` in this process (tests): the libraries uninstrumented, `tracer` None. OpenTelemetry's
     global provider stays set (the API allows one per process), but nothing uses it any more."""
-    global tracer, _pid
+    global tracer, _provider, _pid
     while _instrumentors:
         _instrumentors.pop().uninstrument()
-    tracer, _pid = None, None
+    tracer, _provider, _pid = None, None, None
 
 
 def request_id_tag(request_id: str) -> None:
@@ -101,11 +102,9 @@ def asgi_traced(application):
     span per chunk of a stream is noise), else `application` itself."""
     if tracer is None:
         return application
-    from opentelemetry import trace
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(application, exclude_spans=["receive", "send"],
-                                   tracer_provider=trace.get_tracer_provider())
+    return OpenTelemetryMiddleware(application, exclude_spans=["receive", "send"], tracer_provider=_provider)
 
 
 class PsycopgInstrumentor:
