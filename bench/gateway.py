@@ -2,6 +2,7 @@
 """The /v1 gateway's overhead: the same fake upstream called directly and through Prumo.
 
     .venv/bin/python bench/gateway.py [--requests 500] [--concurrent-requests 2000] [--streams 200]
+                                      [--metrics-multiprocess] [--tracing [--trace-ratio 0.1]]
 
 Runs against the bench database `prumo_bench` (see bench/credits.py; created and migrated
 when missing) and Redis database 13 (flushed first). It starts, as subprocesses stopped on
@@ -15,6 +16,11 @@ concurrency 1 and 32, the difference ("added"), requests per second, and the mea
 server's own `x-prumo-overhead-ms`; for streams, time to the first content chunk, directly
 and through /v1, at concurrency 1. The goals (issue 5): added p50 <= 3 ms and p99 <= 10 ms
 at concurrency 1, added TTFT p50 <= 5 ms.
+
+What the instrumentation costs (issue 15): `--metrics-multiprocess` runs the server with PROMETHEUS_MULTIPROC_DIR
+(production's mode with several workers: every increment writes a memory-mapped file; without it, the default
+here, the counters are one process's memory); `--tracing` with OTEL_EXPORTER_OTLP_ENDPOINT set, the spans
+exported in batches to a local receiver that reads each export and answers 200 (no collector's work counted).
 """
 
 from __future__ import annotations
@@ -104,8 +110,22 @@ def organization_and_key() -> str:
     return api_key_create(organization=org, name="bench", scopes=["chat"], actor=Actor.system("bench")).raw
 
 
-def timed_calls(url: str, headers: dict, count: int, concurrency: int, *, stream: bool = False) -> dict:
-    """`count` calls over `concurrency` threads (each with its own keep-alive client)."""
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its children (gunicorn and its worker: every
+    thread, the tracing exporter's included). Unlike latency, barely moved by other work on the machine."""
+    pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    total = 0
+    for each in pids:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (the stat file's 14th and 15th fields)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed_calls(url: str, headers: dict, count: int, concurrency: int, *, stream: bool = False,
+                server: int | None = None) -> dict:
+    """`count` calls over `concurrency` threads (each with its own keep-alive client); with `server` (gunicorn's
+    pid), the server's CPU per call too."""
+    cpu_before = server_cpu(server) if server else None
     latencies: list[float] = []
     overheads: list[float] = []
     errors: list[int] = []
@@ -148,7 +168,8 @@ def timed_calls(url: str, headers: dict, count: int, concurrency: int, *, stream
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    return {"lat": latencies, "overhead": overheads, "errors": errors, "rps": len(latencies) / wall}
+    cpu = (server_cpu(server) - cpu_before) * 1000 / count if server else None
+    return {"lat": latencies, "overhead": overheads, "errors": errors, "rps": len(latencies) / wall, "cpu": cpu}
 
 
 def row(label: str, direct: dict, prumo: dict) -> None:
@@ -157,9 +178,43 @@ def row(label: str, direct: dict, prumo: dict) -> None:
         d, p = percentile(direct["lat"], pct), percentile(prumo["lat"], pct)
         cells.append(f"p{pct} {d:.2f} / {p:.2f} / +{p - d:.2f} ms")
     overhead = sum(prumo["overhead"]) / len(prumo["overhead"]) if prumo["overhead"] else float("nan")
-    print(f"{label}: " + "; ".join(cells) + f" | req/s {direct['rps']:.0f} / {prumo['rps']:.0f}"
+    cpu = f" | server CPU {prumo['cpu']:.2f} ms a call" if prumo.get("cpu") is not None else ""
+    print(f"{label}: " + "; ".join(cells) + f" | req/s {direct['rps']:.0f} / {prumo['rps']:.0f}{cpu}"
           f" | server overhead header mean {overhead:.2f} ms | errors {len(direct['errors'])} / "
           f"{len(prumo['errors'])} {sorted(set(prumo['errors']))}")
+
+
+OTLP_RECEIVER = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Receiver(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        size = len(self.rfile.read(int(self.headers.get("content-length") or 0)))
+        print("export", size, flush=True)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+server.serve_forever()
+"""
+
+
+def otlp_receiver(env: dict, logs: Path) -> str:
+    """A local OTLP/HTTP endpoint that takes every export and answers 200 (an empty ExportTraceServiceResponse)."""
+    spawn([sys.executable, "-c", OTLP_RECEIVER], env, logs / "otlp.log")
+    deadline = time.monotonic() + 20
+    while not (logs / "otlp.log").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return (logs / "otlp.log").read_text().split()[0]
 
 
 def main() -> None:
@@ -168,6 +223,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="calls at concurrency 1")
     parser.add_argument("--concurrent-requests", type=int, default=2000, help="calls at concurrency 32")
     parser.add_argument("--streams", type=int, default=200, help="streamed calls at concurrency 1")
+    parser.add_argument("--metrics-multiprocess", action="store_true",
+                        help="PROMETHEUS_MULTIPROC_DIR set (metrics in files, as with several workers)")
+    parser.add_argument("--tracing", action="store_true", help="tracing on, exported to a local OTLP receiver")
+    parser.add_argument("--trace-ratio", type=float, default=None,
+                        help="with --tracing: the share of traces sampled (parentbased_traceidratio)")
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(1)))
 
@@ -200,8 +260,14 @@ def main() -> None:
            "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0", "OPENAI_BASE_URL": fake_url,
            "OPENAI_API_KEY": "sk-bench", "WEB_CONCURRENCY": "1", "BIND": f"127.0.0.1:{web_port}",
            "API_UNAUTHENTICATED_PER_MINUTE": "100000", "LOG_LEVEL": "WARNING"}
-    spawn([sys.executable, "-m", "gunicorn", "config.asgi:application", "-c", "config/gunicorn.py",
-           "--max-requests", "0", "--access-logfile", "/dev/null"], env, logs / "web.log")
+    if options.metrics_multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(logs / "metrics")
+    if options.tracing:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_receiver(base_env, logs)
+        if options.trace_ratio is not None:
+            env.update(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=str(options.trace_ratio))
+    gunicorn = spawn([sys.executable, "-m", "gunicorn", "config.asgi:application", "-c", "config/gunicorn.py",
+                      "--max-requests", "0", "--access-logfile", "/dev/null"], env, logs / "web.log")
     web = f"http://127.0.0.1:{web_port}"
     try:
         wait_http(f"{web}/healthz")
@@ -212,14 +278,19 @@ def main() -> None:
         timed_calls(direct_url, upstream, 50, 4)
         section(f"non-streamed completions (direct / through /v1 / added), logs in {logs}")
         row(f"concurrency 1, {options.requests} calls", timed_calls(direct_url, upstream, options.requests, 1),
-            timed_calls(prumo_url, auth, options.requests, 1))
+            timed_calls(prumo_url, auth, options.requests, 1, server=gunicorn.pid))
         row(f"concurrency 32, {options.concurrent_requests} calls",
             timed_calls(direct_url, upstream, options.concurrent_requests, 32),
-            timed_calls(prumo_url, auth, options.concurrent_requests, 32))
+            timed_calls(prumo_url, auth, options.concurrent_requests, 32, server=gunicorn.pid))
         section("streams: time to the first content chunk (direct / through /v1 / added)")
         row(f"concurrency 1, {options.streams} streams",
             timed_calls(direct_url, upstream, options.streams, 1, stream=True),
-            timed_calls(prumo_url, auth, options.streams, 1, stream=True))
+            timed_calls(prumo_url, auth, options.streams, 1, stream=True, server=gunicorn.pid))
+        if options.tracing:
+            time.sleep(1)  # the last batch
+            exports = [int(line.split()[1]) for line in (logs / "otlp.log").read_text().splitlines()
+                       if line.startswith("export ")]
+            print(f"tracing: {len(exports)} OTLP exports received, {sum(exports) / 1e6:.1f} MB")
     finally:
         stop_all()
 

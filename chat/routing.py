@@ -14,10 +14,12 @@ from functools import lru_cache
 
 from django.conf import settings
 
+from core import tracing
 from core.redis_clients import redis_async_client
 
 from .catalog.selectors import ModelOption
 from .providers import ChatRequest, ProviderError, StreamError, adapter_shared
+from .providers.telemetry import provider_call_traced
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,11 @@ async def route_stream(candidates: list[ModelOption], request: ChatRequest, *, o
         started = False
         try:
             adapter = adapter_shared(provider, api_key=own_keys.get(provider))
-            async for event in adapter.stream(replace(request, model=option.model.provider_model)):
+            asked = replace(request, model=option.model.provider_model)
+            events = adapter.stream(asked)
+            if tracing.tracer is not None:
+                events = provider_call_traced(events, provider=provider, request=asked)
+            async for event in events:
                 if not started:
                     started = True
                     yield Served(option)

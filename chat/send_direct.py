@@ -56,6 +56,7 @@ from billing.charges import charge_hold_queue
 from billing.models import CreditReservation
 from billing.ratelimits import send_limit_give_back, send_limited_async
 from core.db_async import async_pool, insert_values
+from core.observability import request_context_set
 from core.overload import overloaded_asgi
 from core.redis_clients import redis_async_client
 from core.scope import scope_cookie, scope_header
@@ -235,6 +236,9 @@ def _asked(scope, body: bytes, *, slug: str, thread_id: int) -> Asked:
 async def _send(scope, send, body: bytes, *, slug: str, thread_id: int) -> None:
     asked = _asked(scope, body, slug=slug, thread_id=thread_id)
     grant = asked.grant
+    # Served here, not by Django's middleware: the send's log lines and its generation task carry these.
+    request_id = request_context_set(incoming=scope_header(scope, b"x-request-id"), organization=grant.slug,
+                                     user=str(grant.user_id))
     redis = redis_async_client()
     async with redis.pipeline(transaction=False) as pipe:
         pipe.get(send_key(grant.schema, grant.user_id, asked.token) if asked.token else "chat:sent:-")
@@ -263,7 +267,8 @@ async def _send(scope, send, body: bytes, *, slug: str, thread_id: int) -> None:
     await asyncio.to_thread(_publish, answer.pk, grant.schema)  # Celery's publish blocks: on a thread, in parallel
     page = _rendered(asked, question, answer)
     await send({"type": "http.response.start", "status": 200,
-                "headers": [*HEADERS, (b"content-length", str(len(page)).encode())]})
+                "headers": [*HEADERS, (b"content-length", str(len(page)).encode()),
+                            (b"x-request-id", request_id.encode())]})
     await send({"type": "http.response.body", "body": page})
 
 

@@ -31,8 +31,9 @@ from django.conf import settings
 from billing.ratelimits import ip_limited_async
 from core.db_async import async_pool
 from core.metrics import gateway_call_record
-from core.observability import VALID_REQUEST_ID, request_id_var
+from core.observability import VALID_REQUEST_ID, organization_var, request_id_var, user_var
 from core.redis_clients import redis_async_client
+from core.tracing import request_id_tag
 from tenants.api_keys import (
     LAST_USED_EVERY,
     KeyAuth,
@@ -136,6 +137,9 @@ async def application(scope, receive, send) -> None:
     incoming = call.headers.get("x-request-id", "")
     call.request_id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
     request_id_var.set(call.request_id)
+    request_id_tag(call.request_id)
+    organization_var.set("-")
+    user_var.set("-")
     try:
         await _route(call)
     except GatewayError as error:
@@ -229,6 +233,8 @@ async def _authenticate(call: Call) -> tuple[KeyAuth, OrgConfig]:
                                code="rate_limit_exceeded", headers={"retry-after": str(wait)})
         raise GatewayError(401, "Invalid or missing API key. Send 'Authorization: Bearer prm_…'.",
                            code="invalid_api_key")
+    organization_var.set(auth.slug)  # the log lines' context, as Django's middleware sets it
+    user_var.set(str(auth.user_id) if auth.user_id else "-")
     if not auth.allows("chat"):
         raise GatewayError(403, "This API key lacks the 'chat' scope.", type="permission_error",
                            code="insufficient_scope")

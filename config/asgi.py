@@ -28,7 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from asgiref.sync import ThreadSensitiveContext
 from django.core.asgi import get_asgi_application
 
+from core.tracing import asgi_traced, tracing_init  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+# Each gunicorn worker imports this module after the fork: the exporter's thread is its own. Before Django loads
+# its middleware, which tracing adds to.
+tracing_init(service="prumo-web")
 django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402
@@ -77,7 +82,11 @@ async def django_routed(scope, receive, send):
     return await django_application(scope, receive, send)
 
 
-async def application(scope, receive, send):
+async def routed(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith("/v1/"):
         return await v1.application(scope, receive, send)
     return await django_routed(scope, receive, send)
+
+
+# A server span for every request when tracing is on, /v1 and the direct chat paths included (core.tracing).
+application = asgi_traced(routed)

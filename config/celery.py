@@ -26,6 +26,23 @@ def _observability_connect() -> None:
     signals.before_task_publish.connect(observability.task_context_publish, weak=False)
     signals.task_prerun.connect(observability.task_context_restore, weak=False)
     signals.setup_logging.connect(_logging_from_django, weak=False)
+    signals.worker_init.connect(_tracing_worker_init, weak=False)
+    signals.worker_process_init.connect(_tracing_process_init, weak=False)
+
+
+def _tracing_worker_init(sender=None, **kwargs) -> None:
+    """Tracing (core.tracing) in a worker whose tasks run in its own process (threads, solo); a prefork pool's
+    children start theirs after the fork (worker_process_init), where the exporter's thread must live."""
+    from celery import concurrency
+
+    if not concurrency.get_implementation(sender.pool_cls).__module__.endswith(".prefork"):
+        _tracing_process_init()
+
+
+def _tracing_process_init(**kwargs) -> None:
+    from core.tracing import tracing_init
+
+    tracing_init(service="prumo-worker", django=False)
 
 
 def _logging_from_django(**kwargs) -> None:

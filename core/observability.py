@@ -9,6 +9,7 @@ import uuid
 from contextvars import ContextVar
 
 from core.metrics import http_request_duration, http_requests
+from core.tracing import request_id_tag
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 organization_var: ContextVar[str] = ContextVar("organization", default="-")
@@ -29,11 +30,24 @@ class RequestIDMiddleware:
         request.id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         # Set, not reset at the end: Django logs 4xx/5xx responses after the middleware returns.
         request_id_var.set(request.id)
+        request_id_tag(request.id)
         organization_var.set("-")
         user_var.set("-")
         response = self.get_response(request)
         response["X-Request-ID"] = request.id
         return response
+
+
+def request_context_set(*, incoming: str = "", organization: str = "-", user: str = "-") -> str:
+    """What RequestIDMiddleware and the tenant and user middleware set, for the ASGI paths that bypass Django
+    (chat.send_direct, chat.v1): the caller's `X-Request-ID` when it looks like one, else a new id (returned).
+    Log lines, and the tasks the request queues (task_context_publish), carry them."""
+    request_id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id_var.set(request_id)
+    request_id_tag(request_id)
+    organization_var.set(organization)
+    user_var.set(user)
+    return request_id
 
 
 class HealthzMiddleware:

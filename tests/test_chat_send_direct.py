@@ -116,7 +116,7 @@ def messages_of(org, thread: Thread) -> list[Message]:
 
 
 def served_by_django(response: httpx.Response) -> bool:
-    return "x-request-id" in response.headers  # core.observability.RequestIDMiddleware
+    return "cross-origin-opener-policy" in response.headers  # Django's SecurityMiddleware: the direct route sends none
 
 
 def test_the_composer_sends_in_two_round_trips_without_django_and_the_answer_completes(direct, org, tenant_world):
@@ -129,6 +129,7 @@ def test_the_composer_sends_in_two_round_trips_without_django_and_the_answer_com
     assert response.status_code == 200, response.text[:2000]
     assert not served_by_django(response)
     assert response.headers["hx-trigger"] == "chat-sent"
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])  # as Django would name it
     # One pipeline, synced twice: BEGIN, the checks, the history; then the hold, the question, the answer, the
     # thread touched, COMMIT. Nothing on Django's own connection.
     assert CountingConnection.log == ["pipeline"] + ["pipelined statement"] * 8, CountingConnection.log
