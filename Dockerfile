@@ -55,6 +55,12 @@ RUN mkdir -p /app/.data/media && chown -R prumo:prumo /app/.data
 
 USER prumo
 
+# Every process of a container (gunicorn's workers, a Celery worker's children) writes its metric samples here and
+# /metrics adds them up (core.metrics). Set only now, after the build steps that ran as root, so the directory is
+# made by the app user at start; compose mounts a tmpfs over it. Stale files (dead processes') are removed when
+# gunicorn or a Celery worker starts.
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+
 EXPOSE 8000
 
 # /healthz only says the process answers. python instead of curl (not in slim). X-Forwarded-Proto

@@ -13,16 +13,21 @@ app.autodiscover_tasks()
 
 
 def _observability_connect() -> None:
-    """Metrics (prumo_celery_tasks_total, prumo_celery_task_duration_seconds: config.metrics), the request context
-    carried into tasks (core.observability), and Django's LOGGING in the worker instead of Celery's own (so its
-    lines carry `req=`/`org=`/`user=`, JSON in production)."""
+    """Metrics (prumo_celery_tasks_total, prumo_celery_task_duration_seconds, the worker's own /metrics with
+    METRICS_WORKER_PORT: config.metrics), the request context carried into tasks (core.observability), and
+    Django's LOGGING in the worker instead of Celery's own (so its lines carry `req=`/`org=`/`user=`, JSON in
+    production)."""
     from celery import signals
 
     from core import metrics, observability
 
+    from .metrics import worker_metrics_serve
+
     signals.task_prerun.connect(metrics.task_prerun, weak=False)
     signals.task_postrun.connect(metrics.task_postrun, weak=False)
     signals.worker_process_shutdown.connect(metrics.worker_process_shutdown, weak=False)
+    signals.worker_init.connect(metrics.worker_init, weak=False)
+    signals.worker_ready.connect(worker_metrics_serve, weak=False)
     signals.before_task_publish.connect(observability.task_context_publish, weak=False)
     signals.task_prerun.connect(observability.task_context_restore, weak=False)
     signals.setup_logging.connect(_logging_from_django, weak=False)

@@ -3,14 +3,18 @@
 Who may scrape: with METRICS_TOKEN set, a request carrying `Authorization: Bearer <token>`; without it,
 only a request from this machine (loopback, not forwarded by a proxy). Anyone else gets 404.
 
-The families are defined in core.metrics. Here: the gauges read when scraped (open credit holds, Celery queue
-lengths, this process's connection pools) and the Celery signal handlers (config.celery connects them).
+The families are defined in core.metrics. Here: the gauges read when scraped (open credit holds and the oldest's
+age, Celery queue lengths, this process's connection pools), the Celery signal handlers (config.celery connects
+them) and a Celery worker's own /metrics (METRICS_WORKER_PORT: a worker whose processes write elsewhere than the
+web server's, e.g. in its own container).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import threading
+from http.server import BaseHTTPRequestHandler
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse
@@ -26,11 +30,15 @@ LOOPBACK = {"127.0.0.1", "::1"}
 
 
 def scrape_allowed(request: HttpRequest) -> bool:
+    return _allowed(authorization=request.headers.get("Authorization", ""), address=request.META.get("REMOTE_ADDR"),
+                    forwarded="X-Forwarded-For" in request.headers)
+
+
+def _allowed(*, authorization: str, address: str | None, forwarded: bool) -> bool:
     token = settings.METRICS_TOKEN
     if token:
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-    return request.META.get("REMOTE_ADDR") in LOOPBACK and "X-Forwarded-For" not in request.headers
+        return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+    return address in LOOPBACK and not forwarded
 
 
 @never_cache
@@ -43,6 +51,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 def scrape_registry() -> CollectorRegistry:
     """Every process's samples (multiprocess mode) or this one's, plus the gauges read now."""
     metrics.pools_record()
+    registry = processes_registry()
+    registry.register(ScrapeCollector())
+    return registry
+
+
+def processes_registry() -> CollectorRegistry:
+    """Every process's samples (multiprocess mode) or this one's."""
     registry = CollectorRegistry()
     if metrics.MULTIPROCESS_DIR:
         from prometheus_client import multiprocess
@@ -50,7 +65,6 @@ def scrape_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=metrics.MULTIPROCESS_DIR)
     else:
         registry.register(_ProcessRegistry())
-    registry.register(ScrapeCollector())
     return registry
 
 
@@ -65,9 +79,14 @@ class ScrapeCollector:
     """Gauges computed when scraped: one query and one Redis round trip per scrape, none per request."""
 
     def collect(self):
+        count, oldest = _holds_open()
         holds = GaugeMetricFamily("prumo_credit_holds_open", "Credit holds not yet settled or released.")
-        holds.add_metric([], _holds_open())
+        holds.add_metric([], count)
         yield holds
+        age = GaugeMetricFamily("prumo_credit_holds_oldest_seconds", "Seconds the oldest open credit hold has been "
+                                "open (0: none). Holds a dead process left go back after GATEWAY_HOLD_TIMEOUT_SECONDS.")
+        age.add_metric([], oldest)
+        yield age
         queues = GaugeMetricFamily("prumo_celery_queue_length", "Tasks waiting in a Celery queue (broker).",
                                    labels=["queue"])
         for queue, length in _queue_lengths().items():
@@ -81,14 +100,21 @@ class ScrapeCollector:
         yield breakers
 
 
-def _holds_open() -> float:
+def _holds_open() -> tuple[float, float]:
+    """How many credit holds are open and how long the oldest has been, in one query."""
+    from django.db.models import Count, Min
+    from django.utils import timezone
+
     from billing.models import CreditReservation
 
     try:
-        return CreditReservation.objects.filter(status=CreditReservation.Status.OPEN).count()
-    except Exception:  # a scrape answers even with the database down (the family then reads NaN)
+        found = CreditReservation.objects.filter(status=CreditReservation.Status.OPEN).aggregate(
+            count=Count("pk"), oldest=Min("created_at"))
+    except Exception:  # a scrape answers even with the database down (the families then read NaN)
         logger.warning("metrics: open credit holds unreadable", exc_info=True)
-        return float("nan")
+        return float("nan"), float("nan")
+    oldest = found["oldest"]
+    return float(found["count"]), max((timezone.now() - oldest).total_seconds(), 0.0) if oldest else 0.0
 
 
 def celery_queues() -> list[str]:
@@ -129,3 +155,42 @@ def _breakers_open() -> dict[str, float]:
     except Exception:
         logger.warning("metrics: circuit breakers unreadable", exc_info=True)
         return dict.fromkeys(keys, float("nan"))
+
+
+def worker_metrics_serve(**kwargs) -> None:
+    """The worker's processes' samples at http://<host>:METRICS_WORKER_PORT/metrics (worker_ready: its main
+    process, in a thread). Not the scrape-time gauges: the web server's /metrics has those, once."""
+    port = settings.METRICS_WORKER_PORT
+    if not port:
+        return
+    from http.server import ThreadingHTTPServer
+
+    try:
+        server = ThreadingHTTPServer(("0.0.0.0", port), _WorkerMetricsHandler)  # noqa: S104 (a container's port)
+    except OSError:
+        logger.error("metrics: the worker's /metrics cannot listen on port %s", port, exc_info=True)
+        return
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    logger.info("metrics: the worker's /metrics listens on port %s", port)
+
+
+class _WorkerMetricsHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        allowed = _allowed(authorization=self.headers.get("Authorization", ""), address=self.client_address[0],
+                           forwarded="X-Forwarded-For" in self.headers)
+        if self.path.partition("?")[0] != "/metrics" or not allowed:
+            self._answer(404, b"Not Found", "text/plain")
+            return
+        self._answer(200, generate_latest(processes_registry()), CONTENT_TYPE_LATEST)
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # scrapes every few seconds: not worth a log line each
+        pass

@@ -211,3 +211,8 @@ def task_postrun(task_id=None, task=None, state=None, **kwargs) -> None:
 
 def worker_process_shutdown(pid=None, **kwargs) -> None:
     process_dead(pid or os.getpid())
+
+
+def worker_init(**kwargs) -> None:
+    """A worker starting removes the sample files of processes that are gone (as gunicorn's on_starting does)."""
+    multiprocess_dir_clean()

@@ -128,14 +128,16 @@ def task_context_restore(task=None, **kwargs) -> None:
 
 def sentry_init(*, dsn: str, environment: str, release: str) -> None:
     """Errors to Sentry (or any server speaking its protocol): Django's, Celery's, and log records at ERROR.
-    No personal data (no user, no client address, no bodies); every event tagged with the request id the
-    person was shown (the 500 page) and that the log lines carry."""
+    No personal data (no user, no client address, no bodies): neither `send_default_pii` (deprecated in
+    sentry-sdk 2.76, a DeprecationWarning) nor `data_collection` is passed, which the SDK resolves to its no-PII
+    collection with the event scrubber on (passing `data_collection` would turn the scrubber off). Every event is
+    tagged with the request id the person was shown (the 500 page) and that the log lines carry."""
     import sentry_sdk
     from sentry_sdk.integrations.celery import CeleryIntegration
     from sentry_sdk.integrations.django import DjangoIntegration
     from sentry_sdk.integrations.logging import LoggingIntegration
 
-    sentry_sdk.init(dsn=dsn, environment=environment or None, release=release or None, send_default_pii=False,
+    sentry_sdk.init(dsn=dsn, environment=environment or None, release=release or None,
                     integrations=[DjangoIntegration(), CeleryIntegration(),
                                   LoggingIntegration(level=logging.INFO, event_level=logging.ERROR)],
                     traces_sample_rate=0.0, before_send=_sentry_tagged)

@@ -1,4 +1,4 @@
-"""Container packaging: Dockerfile, entrypoint, gunicorn config and docker-compose.
+"""Container packaging: Dockerfile, entrypoint, gunicorn config and docker-compose (its observability profile too).
 
 No Docker engine is needed: files are parsed, the gunicorn config is executed, and the
 entrypoint and healthcheck commands are run against stand-ins.
@@ -7,6 +7,7 @@ entrypoint and healthcheck commands are run against stand-ins.
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shlex
 import stat
@@ -442,3 +443,105 @@ def test_the_generator_drains_its_answers_before_compose_kills_it(settings):
     (chat.generation.answers_drain): compose's grace period before SIGKILL must be longer."""
     grace = compose()["services"]["generator"]["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > settings.GENERATION_DRAIN_SECONDS
+
+
+# ---------------------------------------------------------------- docker-compose: the observability profile
+
+
+def compose_services() -> dict:
+    return compose()["services"]
+
+
+def bind_mounts(service: dict) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        found[target] = source
+    return found
+
+
+def test_only_the_observability_profile_starts_prometheus_and_grafana():
+    services = compose_services()
+    profiled = {name for name, service in services.items() if service.get("profiles")}
+    assert profiled == {"prometheus", "grafana"}
+    for name in profiled:
+        assert services[name]["profiles"] == ["observability"]
+        _image, _, version = services[name]["image"].partition(":")
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", version), f"{name}: image not pinned to a version"
+        assert services[name]["healthcheck"]["test"]
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def test_prometheus_and_grafana_mount_the_documented_files():
+    services = compose_services()
+    prometheus, grafana = bind_mounts(services["prometheus"]), bind_mounts(services["grafana"])
+    assert prometheus["/etc/prometheus/prometheus.yml"] == "./docs/observability/prometheus.yml"
+    assert prometheus["/etc/prometheus/alerts.yml"] == "./docs/observability/alerts.yml"  # rule_files: alerts.yml
+    for source in [*prometheus.values(), *grafana.values()]:
+        assert not source.startswith("./") or (ROOT / source).is_file(), source
+    # Grafana: the data source at the prometheus service, the dashboard where the provider looks.
+    datasources = yaml.safe_load((ROOT / grafana["/etc/grafana/provisioning/datasources/prumo.yml"]).read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and source["isDefault"]
+    assert "9090:9090" in services["prometheus"]["ports"]
+    providers = yaml.safe_load((ROOT / grafana["/etc/grafana/provisioning/dashboards/prumo.yml"]).read_text())
+    (provider,) = providers["providers"]
+    folder = provider["options"]["path"]
+    dashboards = [source for target, source in grafana.items() if target.startswith(f"{folder}/")]
+    assert dashboards == ["./docs/observability/grafana-dashboard.json"]
+
+
+def run_prometheus_start(tmp_path: Path, token: str) -> subprocess.CompletedProcess:
+    """The prometheus service's start command as its shell runs it (compose's `$$` is `$`), with a stand-in for
+    /bin/prometheus that records its arguments, and the token file in tmp_path."""
+    command = compose_services()["prometheus"]["command"][0].replace("$$", "$")
+    stub = tmp_path / "prometheus"
+    stub.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\n')
+    stub.chmod(0o755)
+    command = command.replace("/tmp/metrics_token", str(tmp_path / "token")).replace("/bin/prometheus", str(stub))
+    return subprocess.run(["/bin/sh", "-c", command], env={"METRICS_TOKEN": token, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+
+
+def test_prometheus_starts_only_with_the_token_the_app_checks(tmp_path):
+    services = compose_services()
+    assert services["prometheus"]["entrypoint"] == ["/bin/sh", "-c"]
+    # One variable for both sides.
+    assert services["prometheus"]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
+    for name in ("web", "worker", "generator"):
+        assert services[name]["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
+
+    missing = run_prometheus_start(tmp_path, "")
+    assert missing.returncode == 1 and "set METRICS_TOKEN" in missing.stderr
+    assert not (tmp_path / "args").exists()
+
+    started = run_prometheus_start(tmp_path, "s3cret-token")
+    assert started.returncode == 0, started.stderr
+    assert (tmp_path / "token").read_text() == "s3cret-token"  # no newline: it is the whole credential
+    assert (tmp_path / "args").read_text().split() == ["--config.file=/etc/prometheus/prometheus.yml",
+                                                       "--storage.tsdb.path=/prometheus"]
+
+
+def test_every_app_container_writes_its_samples_to_a_tmpfs_of_its_own():
+    services = compose_services()
+    for name in ("web", "worker", "generator", "beat"):
+        directory = services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        assert [mount.split(":")[0] for mount in services[name]["tmpfs"]] == [directory], name
+    # Worker containers serve their own samples (they are not the web server's processes).
+    assert services["worker"]["environment"]["METRICS_WORKER_PORT"] == "9808"
+    assert services["generator"]["environment"]["METRICS_WORKER_PORT"] == "9808"
+    assert "METRICS_WORKER_PORT" not in services["web"]["environment"]
+
+
+def test_dockerfile_sets_the_multiprocess_directory_after_the_root_build_steps():
+    """Set before collectstatic (run as root) it would leave a root-owned directory the app user cannot write."""
+    final = dockerfile_stages()[-1]
+    order = [item["instruction"] for item in final]
+    (env,) = [index for index, item in enumerate(final)
+              if item["instruction"] == "ENV" and "PROMETHEUS_MULTIPROC_DIR=" in item["value"]]
+    assert env > max(index for index, name in enumerate(order) if name == "RUN")
+    assert env > order.index("USER")
+    directory = final[env]["value"].split("PROMETHEUS_MULTIPROC_DIR=")[1].split()[0]
+    assert directory == compose()["services"]["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]

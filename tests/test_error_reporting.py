@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -67,7 +68,12 @@ def sentry(settings):
 
     fake = FakeSentry()
     settings.SENTRY_DSN = fake.dsn
-    sentry_init(dsn=fake.dsn, environment="tests", release="")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sentry_init(dsn=fake.dsn, environment="tests", release="")
+    # The installed SDK's current options: no deprecated one (send_default_pii warns since data_collection came).
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
+    assert not sentry_sdk.get_client().options["data_collection"]["user_info"]  # still no personal data
     yield fake
     sentry_sdk.get_client().close(timeout=2)
     sentry_sdk.init()  # no DSN: reporting off again

@@ -24,8 +24,9 @@ from .fake_llm import Answer, FakeOpenAI
 from .fake_registries import PROVIDERS, FakeRegistries
 from .orgs import organization_drop
 from .security.inprocess_v1 import starter_organization
-from .servers import start_celery_worker, start_live_server
+from .servers import free_port, start_celery_worker, start_live_server
 from .test_chat_streaming import csrf_token, sign_in
+from .test_observability import assert_queries_match, exported_samples
 
 TOKEN = "metrics-token-for-tests"
 QUEUES = f"metrics-{uuid.uuid4().hex[:8]}"
@@ -36,7 +37,8 @@ FORBIDDEN_LABELS = re.compile(r"org|organi[sz]ation|tenant|schema|user|email|key
                               re.IGNORECASE)
 FAMILIES = {
     "prumo_http_requests", "prumo_http_request_duration_seconds", "prumo_chat_streams_open",
-    "prumo_chat_answers", "prumo_credits", "prumo_credit_holds_open", "prumo_ratelimit_rejections",
+    "prumo_chat_answers", "prumo_credits", "prumo_credit_holds_open", "prumo_credit_holds_oldest_seconds",
+    "prumo_ratelimit_rejections",
     "prumo_celery_tasks", "prumo_celery_task_duration_seconds", "prumo_celery_queue_length",
     "prumo_db_pool_connections", "prumo_gateway_requests", "prumo_gateway_ttft_seconds",
     "prumo_gateway_overhead_seconds", "prumo_llm_tokens", "prumo_circuit_open", "prumo_registry_requests",
@@ -70,10 +72,12 @@ def stack(upstream, registries, test_database_url, redis_url, tmp_path_factory):
            **registries.settings(), **{f"{provider.upper()}_RATE_LIMIT": "" for provider in PROVIDERS}}
     workdir = tmp_path_factory.mktemp("metrics")
     server = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=workdir, env_extra=env)
+    worker_port = free_port()  # the worker's own /metrics (as in compose, where it has a directory of its own)
     worker = start_celery_worker(database_url=test_database_url, redis_url=redis_url, workdir=workdir,
-                                 email_dir=server.email_dir, site_url=server.url, env_extra=env,
+                                 email_dir=server.email_dir, site_url=server.url,
+                                 env_extra={**env, "METRICS_WORKER_PORT": str(worker_port)},
                                  queues=f"{QUEUES}-generation,{QUEUES}-checks")
-    yield server, worker
+    yield server, worker, f"http://127.0.0.1:{worker_port}"
     worker.process.stop()
     server.process.stop()
 
@@ -165,7 +169,7 @@ def check_once(base: str, key: str) -> None:
 
 
 def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, two_orgs):
-    server, _worker = stack
+    server, _worker, worker_metrics = stack
     base = server.url
     assert scrape(base).status_code == 404  # a token is configured: without it, nothing is there
     assert scrape(base, Authorization="Bearer wrong").status_code == 404
@@ -209,6 +213,7 @@ def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, tw
     assert value(final, "prumo_ratelimit_rejections", layer="ip") > value(second, "prumo_ratelimit_rejections",
                                                                           layer="ip")
     assert value(second, "prumo_credit_holds_open") >= 0
+    assert value(second, "prumo_credit_holds_oldest_seconds") >= 0
     assert value(second, "prumo_celery_tasks", task="checks.tasks.check_run_task", state="succeeded") >= 1
     assert value(second, "prumo_celery_task_duration_seconds", "prumo_celery_task_duration_seconds_count",
                  task="chat.tasks.generation_run") >= 2
@@ -236,6 +241,19 @@ def test_metrics_follow_chat_v1_checks_and_tasks_without_tenant_labels(stack, tw
             assert not tenant_values & set(sample.labels.values()), (name, sample.labels)
     # The second organization's traffic, the same as the first's, adds no series.
     assert series(second) - series(first) == set()
+
+    # The Grafana dashboard and the alert rules (docs/observability) query only what the scrape exports, by labels
+    # it has.
+    assert_queries_match(exported_samples(final))
+
+    # The worker's own /metrics: the samples of the processes writing to its directory (here the web server's too),
+    # without the scrape-time gauges (the web server's /metrics has them, once); same rule for who may scrape.
+    assert scrape(worker_metrics).status_code == 404
+    assert scrape(worker_metrics, Authorization="Bearer wrong").status_code == 404
+    from_worker = families(worker_metrics)
+    assert value(from_worker, "prumo_celery_tasks", task="chat.tasks.generation_run", state="succeeded") >= 2
+    assert "prumo_celery_queue_length" not in from_worker and "prumo_credit_holds_open" not in from_worker
+    assert httpx.get(f"{worker_metrics}/other", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
 
 
 # ---------------------------------------------------------------- who may scrape (in-process)

@@ -550,6 +550,9 @@ LOGGING = {
 # /metrics (config.metrics): with METRICS_TOKEN, scrapers send `Authorization: Bearer <token>`; without it only
 # requests from this machine (loopback, not through a proxy) get an answer, everyone else 404.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# A Celery worker's own samples (its processes': PROMETHEUS_MULTIPROC_DIR) at http://<worker>:<port>/metrics, same
+# rule for who may scrape; empty: none (a worker sharing the web server's multiprocess directory needs none).
+METRICS_WORKER_PORT = int(os.environ.get("METRICS_WORKER_PORT") or 0)
 # /readyz also wants a Celery worker to have answered a ping within READYZ_WORKER_MAX_AGE seconds (off: a web-only
 # node stays ready without workers; the database, Redis and the broker are always checked).
 READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
