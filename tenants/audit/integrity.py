@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from django.db import connection
-from django.utils.translation import gettext_lazy as _
 from django_tenants.utils import schema_context
 
 from .models import AuditEvent
@@ -16,12 +15,13 @@ if TYPE_CHECKING:
     from tenants.models import Organization
 
 PURGED_ACTION = "audit.purged"
+# For operators (audit_verify), in English like the other management commands.
 REASONS = {
-    "hash": _("hash mismatch: the event's content does not match its hash (the row was altered)"),
-    "prev_hash": _("prev_hash mismatch: it does not follow the event before it (an event was deleted or "
-                   "altered before it)"),
-    "start": _("prev_hash mismatch at the start: the oldest event follows neither the start of the chain nor "
-               "the last retention purge (older events were deleted)"),
+    "hash": "hash mismatch: the event's content does not match its hash (the row was altered)",
+    "prev_hash": "prev_hash mismatch: it does not follow the event before it (an event was deleted or "
+                 "altered before it)",
+    "start": "prev_hash mismatch at the start: the oldest event follows neither the start of the chain nor "
+             "the last retention purge (older events were deleted)",
 }
 
 # The first event (in id order) whose hash or link is wrong; `audit_event_hash` recomputes the hash in the
