@@ -18,6 +18,23 @@ def organization_drop(org) -> None:
         cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def audit_events_remove(schema_name: str, **filters) -> int:
+    """Delete audit events a test committed (filtered like `AuditEvent.objects.filter`). The database refuses
+    it outside the retention purge (tenants/audit migration 0002): this sets the purge's transaction-local
+    setting, as `audit_purge` does. Remove only the newest events, or the schema's chain stops verifying."""
+    from django.db import transaction
+    from django_tenants.utils import schema_context
+
+    from tenants.audit.models import AuditEvent
+    from tenants.audit.services import PURGE_SETTING
+
+    with transaction.atomic(), schema_context(schema_name):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config(%s, 'on', true)", [PURGE_SETTING])
+        deleted, _per_model = AuditEvent.objects.filter(**filters).delete()
+    return deleted
+
+
 def checks_months(org) -> list[tuple]:
     """The organization's monthly checks counts (checks.models.ChecksMonth): a test that commits checks saves them
     first and puts them back with `checks_months_restore` (deleting its checks gives no place back)."""

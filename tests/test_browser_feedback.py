@@ -14,6 +14,7 @@ import re
 import pytest
 
 from . import test_browser as harness
+from .orgs import audit_events_remove
 from .servers import in_thread
 
 pytestmark = pytest.mark.browser
@@ -39,8 +40,7 @@ def audit_restored(tenant_world, django_db_blocker):
             return AuditEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
     def remove_after(saved):
-        with schema_context(tenant_world["a"]["org"].schema_name):
-            AuditEvent.objects.filter(id__gt=saved).delete()
+        audit_events_remove(tenant_world["a"]["org"].schema_name, id__gt=saved)
 
     with django_db_blocker.unblock():
         saved = in_thread(last_id)

@@ -16,6 +16,7 @@ import pytest
 import requests
 from django_tenants.utils import schema_context
 
+from .orgs import audit_events_remove
 from .servers import body_text
 
 PASSWORD = "correct-horse-battery"
@@ -66,7 +67,6 @@ def invitee(tenant_world, django_db_blocker):
     """A fresh address; whatever the server and the worker commit for it is removed afterwards.
     org-a (four members) is on Pro meanwhile: Free's three seats would refuse the invitation."""
     from billing.models import BillingAccount, Plan
-    from tenants.audit.models import AuditEvent
     from tenants.models import Invitation
 
     email = f"invitee-{uuid.uuid4().hex[:12]}@example.com"
@@ -78,8 +78,7 @@ def invitee(tenant_world, django_db_blocker):
     with django_db_blocker.unblock():
         accounts.update(plan=plan)
         for key in ("a", "b"):
-            with schema_context(tenant_world[key]["org"].schema_name):
-                AuditEvent.objects.filter(after__email=email).delete()
+            audit_events_remove(tenant_world[key]["org"].schema_name, after__email=email)
         Invitation.objects.filter(email=email).delete()
 
 

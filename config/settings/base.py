@@ -325,6 +325,8 @@ CELERY_BEAT_SCHEDULE: dict = {
     # Monitored CNPJ targets that are due get a fresh check; reports past retention are purged.
     "checks-monitoring": {"task": "checks.tasks.monitoring_fanout", "schedule": 3600.0},
     "checks-maintenance": {"task": "checks.tasks.checks_maintenance_fanout", "schedule": crontab(hour=3, minute=30)},
+    # Audit events older than the plan's audit_retention_days are deleted (tenants.audit.services.audit_purge).
+    "audit-retention": {"task": "tenants.audit.tasks.audit_purge_fanout", "schedule": crontab(hour=3, minute=45)},
 }
 # Registry lookups wait on rate limits: their own queue keeps them from delaying e-mails and the rest.
 CHECKS_QUEUE = os.environ.get("CHECKS_QUEUE", "checks")

@@ -2,13 +2,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection, transaction
+from django.utils import timezone
 from django_tenants.utils import schema_context
 
 from .models import AuditEvent
 
 logger = logging.getLogger(__name__)
+
+# The transaction-local setting under which the database lets audit rows be deleted (migration 0002).
+PURGE_SETTING = "prumo.audit_purge"
+PURGE_BATCH = 1000  # rows per DELETE
+PURGE_MAX_PER_RUN = 50_000  # rows per transaction; the task runs again for the rest
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -75,7 +83,10 @@ def audit_record(
     before: dict | None = None,
     after: dict | None = None,
 ) -> AuditEvent:
-    """Append an audit event to the organization's schema, inside the caller's transaction."""
+    """Append an audit event to the organization's schema, inside the caller's transaction.
+
+    One INSERT: the database chains it (prev_hash, hash) under a per-schema lock held until the
+    caller's transaction ends, so keep transactions that write audit events short."""
     if target is not None:
         target_type = target_type or target._meta.label_lower
         target_id = target_id or str(target.pk)
@@ -99,3 +110,52 @@ def audit_record(
     logger.info("audit %s %s:%s by %s", action, target_type, target_id, actor.type,
                 extra={"organization": organization.slug})
     return event
+
+
+@dataclass(frozen=True)
+class Purge:
+    deleted: int
+    cutoff: datetime
+    more: bool  # events past retention remain: this run stopped at its limit
+
+
+def audit_purge(*, organization: Organization, now: datetime | None = None, batch_size: int = PURGE_BATCH,
+                limit: int = PURGE_MAX_PER_RUN) -> Purge:
+    """Delete the organization's events older than its plan's `audit_retention_days`, oldest first, and
+    record how many went in an `audit.purged` event (counts, the cutoff and the chain's new anchor: no
+    personal data). Idempotent: a second run finds nothing to delete and records nothing.
+
+    Only a prefix of the chain (in id order) goes: everything before the oldest event inside retention.
+    The last deleted event's hash is the `anchor` that the oldest kept event's prev_hash must equal
+    (`integrity.audit_chain_verify`)."""
+    from billing.selectors import entitlements_for
+
+    days = entitlements_for(organization).audit_retention_days
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    deleted, anchor, more = 0, "", False
+    with transaction.atomic(), schema_context(organization.schema_name), connection.cursor() as cursor:
+        cursor.execute(f"SELECT coalesce((SELECT min(id) FROM {table} WHERE created_at >= %s), "
+                       f"(SELECT max(id) + 1 FROM {table}), 0)", [cutoff])
+        first_kept = cursor.fetchone()[0]
+        # Transaction-local, and undone with a rolled-back savepoint; switched off again once done.
+        cursor.execute("SELECT set_config(%s, 'on', true)", [PURGE_SETTING])
+        while deleted < limit:
+            cursor.execute(
+                f"WITH batch AS (SELECT id FROM {table} WHERE id < %s ORDER BY id LIMIT %s) "
+                f"DELETE FROM {table} AS event USING batch WHERE event.id = batch.id RETURNING event.id, event.hash",
+                [first_kept, min(batch_size, limit - deleted)],
+            )
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            deleted += len(rows)
+            anchor = max(rows)[1]
+        cursor.execute("SELECT set_config(%s, '', true)", [PURGE_SETTING])
+        if deleted:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id < %s)", [first_kept])
+            more = cursor.fetchone()[0]
+            audit_record(organization=organization, actor=Actor.system("retention"), action="audit.purged",
+                         after={"events": deleted, "cutoff": cutoff.isoformat(), "retention_days": days,
+                                "anchor": anchor})
+    return Purge(deleted=deleted, cutoff=cutoff, more=more)
