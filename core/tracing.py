@@ -116,22 +116,26 @@ class PsycopgInstrumentor:
     ATTRIBUTES = {"database": "info.dbname", "port": "info.port", "host": "info.host", "user": "info.user"}
     is_instrumented_by_opentelemetry = False
 
+    def __init__(self) -> None:
+        self._originals: dict[type, classmethod] = {}
+
     def instrument(self, *, tracer_provider=None) -> None:
         import psycopg
         from opentelemetry.instrumentation import dbapi
 
         for target, integration in ((psycopg.Connection, _sync_integration()),
                                     (psycopg.AsyncConnection, _async_integration())):
+            # The class's own `connect` (a classmethod): dbapi.unwrap_connect would put back a method bound to this
+            # class, and subclasses (tests count statements with one) would then make instances of this class.
+            self._originals[target] = target.__dict__["connect"]
             dbapi.wrap_connect(__name__, target, "connect", self.SYSTEM, self.ATTRIBUTES,
                                tracer_provider=tracer_provider, db_api_integration_factory=integration)
         self.is_instrumented_by_opentelemetry = True
 
     def uninstrument(self) -> None:
-        import psycopg
-        from opentelemetry.instrumentation import dbapi
-
-        dbapi.unwrap_connect(psycopg.Connection, "connect")
-        dbapi.unwrap_connect(psycopg.AsyncConnection, "connect")
+        while self._originals:
+            target, original = self._originals.popitem()
+            target.connect = original
         self.is_instrumented_by_opentelemetry = False
 
 
