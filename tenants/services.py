@@ -170,11 +170,15 @@ def _organization_locked(organization: Organization) -> None:
     Organization.objects.select_for_update().filter(pk=organization.pk).first()
 
 
+SEATS_FULL = "seats_full"  # the error code of every refusal for want of a seat
+SEAT_REFUSAL_NOTICE_SECONDS = 24 * 3600  # admins hear about one invitation's refused acceptance once a day
+
+
 def _seats_full_error(organization: Organization, seats: int) -> ValidationError:
     return ValidationError(
         _("%(name)s uses all %(seats)s seats of its plan (pending invitations count). An owner or admin can "
           "upgrade the plan on the Billing page.") % {"name": organization.name, "seats": seats},
-        code="seats_full")
+        code=SEATS_FULL)
 
 
 @transaction.atomic
@@ -224,8 +228,21 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> None:
                  target=invitation, before={"email": invitation.email})
 
 
-@transaction.atomic
 def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
+    """Join the organization of the invitation `token` was sent with, if it has a free seat.
+
+    Refused for want of a seat (the plan may have shrunk since the invitation was sent): the invitee is told
+    why, and the organization's owners and admins are told by e-mail and in the audit log."""
+    try:
+        return _invitation_accept(token=token, user=user, actor=actor)
+    except ValidationError as error:
+        if getattr(error, "code", None) == SEATS_FULL:
+            invitation_seat_refusal_record(token=token, actor=actor)
+        raise
+
+
+@transaction.atomic
+def _invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
     invitation = (
         Invitation.objects.select_for_update().select_related("organization")
         .filter(token_hash=invitation_token_hash(token)).first()
@@ -244,7 +261,7 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
         raise ValidationError(
             _("%(name)s has no free seat on its plan. Ask one of its owners or admins to upgrade the plan (on "
               "its Billing page) or to free a seat, then accept again.") % {"name": organization.name},
-            code="seats_full")
+            code=SEATS_FULL)
     membership, created = Membership.objects.get_or_create(
         user=user, organization=organization, defaults={"role": invitation.role}
     )
@@ -256,6 +273,24 @@ def invitation_accept(*, token: str, user: User, actor: Actor) -> Membership:
     if created:
         event_emit(organization=organization, type="member.added", data=_member_event(membership))
     return membership
+
+
+def invitation_seat_refusal_record(*, token: str, actor: Actor) -> None:
+    """Audit an acceptance refused for want of a seat and e-mail the owners and admins (once a day per invitation:
+    an invitee pressing "Accept" again sends no more)."""
+    from django.core.cache import cache
+
+    invitation = (Invitation.objects.select_related("organization")
+                  .filter(token_hash=invitation_token_hash(token), status=Invitation.Status.PENDING).first())
+    if invitation is None or not cache.add(f"seat-refusal:{invitation.token_hash}", 1, SEAT_REFUSAL_NOTICE_SECONDS):
+        return
+    organization = invitation.organization
+    usage = seat_usage(organization=organization, pending=False)
+    audit_record(organization=organization, actor=actor, action="invitation.refused_no_seat", target=invitation,
+                 after={"email": invitation.email, "members": usage.members, "seats": usage.limit})
+    from .tasks import seat_refusal_send
+
+    transaction.on_commit(lambda: seat_refusal_send.delay(invitation.pk))
 
 
 def _member_event(membership: Membership) -> dict:

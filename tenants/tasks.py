@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 
 from celery import shared_task
+from django.conf import settings
 from django.core.mail import send_mail
 from django.db import connection
 from django.template.loader import render_to_string
@@ -59,3 +60,27 @@ def invitation_send(self, invitation_id: int, token: str) -> str:
     audit_record(organization=organization, actor=Actor.system("celery"), action="invitation.sent",
                  target=invitation, after={"email": invitation.email})
     return connection.schema_name
+
+
+@shared_task(acks_late=True, max_retries=5, retry_backoff=True)
+def seat_refusal_send(invitation_id: int) -> int:
+    """E-mail each owner and admin, in their language, that an invitee could not join for want of a seat.
+    Returns how many were written to."""
+    from django.urls import reverse
+
+    from .models import Membership, Role
+
+    invitation = Invitation.objects.select_related("organization").get(pk=invitation_id)
+    organization = invitation.organization
+    admins = (Membership.objects.filter(organization=organization, role__in=[Role.OWNER, Role.ADMIN])
+              .select_related("user").order_by("pk"))
+    site = settings.SITE_URL.rstrip("/")
+    for membership in admins:
+        with translation.override(membership.user.language or "en"):
+            context = {"invitation": invitation, "organization_name": email_plain_name(organization.name),
+                       "billing_url": site + reverse("billing_home", args=[organization.slug]),
+                       "members_url": site + reverse("members", args=[organization.slug])}
+            subject = render_to_string("tenants/email/seat_refusal_subject.txt", context).strip()
+            body = render_to_string("tenants/email/seat_refusal_message.txt", context)
+        send_mail(subject, body, None, [membership.user.email])
+    return len(admins)

@@ -92,12 +92,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @org_member_required
-def coming_soon(request: HttpRequest, section: str) -> HttpResponse:
-    titles = {"chat": _("Chat"), "checks": _("Checks")}
-    return render(request, "tenants/coming_soon.html", {"section": section, "title": titles[section]})
-
-
-@org_member_required
 def org_settings(request: HttpRequest) -> HttpResponse:
     can_edit = request.membership.has_role(Role.ADMIN)
     organization = request.tenant
