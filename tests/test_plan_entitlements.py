@@ -34,12 +34,11 @@ from chat import generation
 from chat.catalog.models import Tier
 from chat.catalog.selectors import model_options
 from chat.models import Message, Thread
-from chat.redis import sync_client
 from chat.snapshot import org_config_bump, org_config_forget
 from checks import cnpj as cnpj_id
 from checks.models import Check, ChecksMonth
 from checks.services import check_run, month_of
-from config.redis_shared import redis_client
+from core.redis_clients import redis_client
 from tenants.api_keys import api_key_create
 from tenants.audit.services import Actor
 from tenants.models import Invitation, Role, invitation_token_hash
@@ -79,13 +78,13 @@ def plan_use(org, plan: Plan) -> None:
 
 
 def sends_forget() -> None:
-    keys = list(sync_client().scan_iter(match="rl:send:*", count=500))
+    keys = list(redis_client().scan_iter(match="rl:send:*", count=500))
     if keys:
-        sync_client().delete(*keys)
+        redis_client().delete(*keys)
 
 
 def rate_counters_reset(org) -> None:
-    sync_client().delete(*rate_limit_keys(org.pk, 0), "rl:ip:127.0.0.1")
+    redis_client().delete(*rate_limit_keys(org.pk, 0), "rl:ip:127.0.0.1")
 
 
 def fund(org, credits: str = "1000000") -> None:
@@ -184,7 +183,7 @@ def requests_per_minute_gate_check(request) -> None:
         if not plan.api_access:
             assert call().status_code == 403, plan.code  # no API, so no requests to count
             continue
-        sync_client().set(rate_limit_keys(org_a.pk, 0)[1], plan.requests_per_minute - 1, ex=60)
+        redis_client().set(rate_limit_keys(org_a.pk, 0)[1], plan.requests_per_minute - 1, ex=60)
         last = call()
         assert last.status_code == 200, plan.code
         assert last["x-ratelimit-limit-requests"] == str(plan.requests_per_minute)
@@ -219,11 +218,11 @@ def tokens_per_minute_gate_check(request) -> None:
                     assert refused.json()["error"]["code"] == "plan_without_api_access"
                     continue
                 tokens_key = rate_limit_keys(org.pk, 0)[3]
-                sync_client().set(tokens_key, plan.tokens_per_minute - 1000, ex=60)
+                redis_client().set(tokens_key, plan.tokens_per_minute - 1000, ex=60)
                 answered = post(key, body)
                 assert answered.status_code == 200, (plan.code, answered.text)
                 assert answered.headers["x-ratelimit-limit-tokens"] == str(plan.tokens_per_minute)
-                sync_client().set(tokens_key, plan.tokens_per_minute - 10, ex=60)
+                redis_client().set(tokens_key, plan.tokens_per_minute - 10, ex=60)
                 over = post(key, body)
                 assert over.status_code == 429, (plan.code, over.text)
                 assert over.json()["error"]["type"] == "tokens"
@@ -442,7 +441,24 @@ def metered_overage_gate_check(request) -> None:
 
 
 def audit_retention_gate_check(request) -> None:
-    pytest.skip("audit retention purge lands with the audchain branch")
+    """Audit history: the daily purge keeps exactly the plan's days (an event a day older goes, one a day younger
+    stays)."""
+    from tenants.audit.models import AuditEvent
+    from tenants.audit.services import audit_purge
+
+    from .test_audit_chain import aged, bare_org
+
+    request.getfixturevalue("db")
+    world = request.getfixturevalue("tenant_world")
+    for plan in plans():
+        org = bare_org(world, f"retain-{plan.code}", plan.code)
+        days = plan.audit_retention_days
+        for age in (days + 1, days - 1):
+            aged(org, age)
+        assert audit_purge(organization=org).deleted == 1, plan.code
+        with schema_context(org.schema_name):
+            kept = list(AuditEvent.objects.filter(action="thing.done").values_list("target_label", flat=True))
+        assert kept == [f"{days - 1} days old"], plan.code
 
 
 GATES = {
