@@ -50,6 +50,7 @@ from billing.usage import CREDIT_QUANTUM, USAGE_INSERT_SQL, credits_for, usage_p
 from config.db_async import async_pool
 from core.metrics import credits_count
 from tenants.api_keys import KeyAuth
+from tenants.audit.records import DAY_MARK_SECONDS, api_key_day_mark
 from tenants.models import ApiKey, Organization
 
 from .catalog.selectors import ModelOption
@@ -288,9 +289,10 @@ async def _hold(auth: KeyAuth, amount: Decimal, key: str, description: str) -> i
 
 
 async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list[ModelOption],
-                              tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
-    """Count the call against the plan's limits and read the circuit breakers of the credentials the
-    candidates would use (the organization's own key's, else the platform's): one round trip."""
+                              tokens: int) -> tuple[Limit, dict[str, BreakerState], bool]:
+    """Count the call against the plan's limits, read the circuit breakers of the credentials the
+    candidates would use (the organization's own key's, else the platform's) and mark the key's use
+    today (True: the first of the day): one round trip."""
     entitlements = config.entitlements
     providers = list(dict.fromkeys(option.model.provider for option in candidates))
     limits = {"requests_per_minute": entitlements.requests_per_minute,
@@ -303,8 +305,9 @@ async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list
                 breaker = CircuitBreaker(breaker_name(provider, config.own_keys.get(provider)))
                 pipe.exists(breaker.open_key)
                 pipe.get(breaker.failures_key)
+            pipe.set(api_key_day_mark(auth.key_id), 1, nx=True, ex=DAY_MARK_SECONDS)
             try:
-                result, *states = await pipe.execute()
+                result, *states, first_today = await pipe.execute()
                 break
             except NoScriptError:
                 if not first_try:
@@ -312,11 +315,15 @@ async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list
                 await rate_limit_scripts_load(redis)  # a restarted Redis forgot the script
     breakers = {provider: BreakerState(open=bool(states[2 * i]), failures=int(states[2 * i + 1] or 0))
                 for i, provider in enumerate(providers)}
-    return rate_limit_result(result, **limits), breakers
+    return rate_limit_result(result, **limits), breakers, bool(first_today)
 
 
-async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) -> Prepared:
-    """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError."""
+async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig,
+                  marks: dict | None = None) -> Prepared:
+    """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError.
+
+    `marks["first_use_today"]`: whether this is the key's first call of the UTC day, once the limits were
+    read (even when the call is then refused)."""
     api_access_check(config)
     model = config.names.get(params.model)
     if model is None:
@@ -335,7 +342,9 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) ->
         raise invalid(f"The prompt (about {prompt_tokens} tokens, tools included) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
     redis = async_client()
-    limit, breakers = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
+    limit, breakers, first_today = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
+    if marks is not None:
+        marks["first_use_today"] = first_today
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",

@@ -59,3 +59,11 @@ def invitation_send(self, invitation_id: int, token: str) -> str:
     audit_record(organization=organization, actor=Actor.system("celery"), action="invitation.sent",
                  target=invitation, after={"email": invitation.email})
     return connection.schema_name
+
+
+@shared_task(acks_late=True, max_retries=3, retry_backoff=True)
+def api_key_used_record(key_id: int, ip_address: str = "", user_agent: str = "", request_id: str = "") -> bool:
+    """Audit a key's first use of the UTC day (tenants.audit.records) in its organization's schema."""
+    from .audit.records import api_key_use_record
+
+    return api_key_use_record(key_id=key_id, ip_address=ip_address, user_agent=user_agent, request_id=request_id)
