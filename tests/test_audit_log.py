@@ -71,6 +71,8 @@ def test_owners_and_admins_see_the_page_members_and_viewers_get_403(client_for, 
         assert client_for("a", role).get(export(org_a)).status_code == 403, role
     tabs = client_for("a", "member").get(f"/o/{org_a.slug}/settings/").content.decode()
     assert f'href="{page(org_a)}"' not in tabs  # not offered to those who cannot open it
+    assert b'data-testid="audit-log-link"' in client_for("a", "admin").get(f"/o/{org_a.slug}/").content
+    assert b'data-testid="audit-log-link"' not in client_for("a", "member").get(f"/o/{org_a.slug}/").content
 
 
 def test_another_organization_gets_404_and_never_the_events(client_for, org_a, org_b):
