@@ -215,3 +215,15 @@ def test_staff_changes_in_the_admin_land_in_the_organization_log(org_a, org_b):
     [gone] = events(org_a, "staff.object_deleted")
     assert gone.target_id == str(membership.pk)
     assert events(org_b, "staff.object_changed") == [] and events(org_b, "staff.object_deleted") == []
+
+
+def test_an_endpoint_disabled_by_the_worker_is_recorded(org_a):
+    from webhooks.services import webhook_endpoint_disable
+
+    with schema_context(org_a.schema_name):
+        endpoint = WebhookEndpoint.objects.create(url="https://gone.example.com/in",
+                                                  secret_encrypted=secret_encrypt(secret_generate()))
+        webhook_endpoint_disable(endpoint=endpoint, reason=WebhookEndpoint.DisabledReason.GONE)
+    [event] = events(org_a, "webhook_endpoint.disabled")
+    assert (event.actor_type, event.actor_label) == ("system", "webhooks")
+    assert event.target_id == str(endpoint.pk) and event.after == {"reason": WebhookEndpoint.DisabledReason.GONE}
