@@ -150,6 +150,28 @@ def test_exports_are_recorded(client_for, org_a, org_b):
     assert events(org_b, "checks.targets_exported") == [] and events(org_b, "billing.usage_exported") == []
 
 
+def test_report_and_bulk_result_exports_are_recorded(client_for, tenant_world, org_a):
+    from checks.models import Batch
+    from checks.services import report_write
+
+    from .checks_reports import dbone_report
+
+    with schema_context(org_a.schema_name):
+        target = Target.objects.create(cnpj="05525406000101", label="Juice supplier")
+        report = report_write(target=target, check=None, record=dbone_report(), provider="cnpjws")
+        batch = Batch.objects.create(filename="suppliers.csv", status=Batch.Status.DONE, rows=1, total=0,
+                                     cnpjs=["05525406000101"], created_by=tenant_world["a"]["viewer"])
+    client = client_for("a", "viewer")
+    assert client.get(f"/o/{org_a.slug}/checks/reports/{report.pk}/csv/").status_code == 200
+    response = client.get(f"/o/{org_a.slug}/checks/bulk/{batch.pk}/results.csv")
+    assert response.status_code == 200 and b"".join(response.streaming_content)
+    [exported] = events(org_a, "checks.report_exported")
+    assert exported.after == {"format": "csv", "report_id": report.pk, "cnpj": "05525406000101"}
+    [batch_exported] = events(org_a, "checks.batch_exported")
+    assert batch_exported.after == {"format": "csv", "batch_id": batch.pk}
+    assert batch_exported.actor_label == "viewer-a@example.com"
+
+
 def test_deleting_a_conversation_is_recorded(client_for, tenant_world, org_a, org_b):
     with schema_context(org_a.schema_name):
         thread = Thread.objects.create(user=tenant_world["a"]["member"], title="Q3 pricing")

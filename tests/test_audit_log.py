@@ -302,9 +302,8 @@ def test_the_api_is_in_the_openapi_schema(client):
 def test_every_recorded_action_is_in_the_catalogue_and_the_filter():
     """Every `action="x.y"` a caller passes to audit_record (and the records module) is listed with a label."""
     recorded = set()
-    for path in ROOT.glob("*/**/*.py"):
-        if ".venv" in path.parts or "tests" in path.parts or "bench" in path.parts:
-            continue
+    apps = [ROOT / name for name in ("accounts", "billing", "chat", "checks", "config", "core", "tenants", "webhooks")]
+    for path in (path for app in apps for path in app.rglob("*.py")):
         text = path.read_text()
         if "audit_record" not in text and "user_event_record" not in text and "export_record" not in text:
             continue
