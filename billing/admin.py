@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from tenants.audit.services import Actor
+from tenants.audit.staff import OrganizationAuditAdmin
 
 from .ledger import InsufficientCredits, credit_adjust
 from .models import BillingAccount, CreditEntry, CreditReservation, DailyUsage, Plan, Price
@@ -39,7 +40,7 @@ class AdjustForm(forms.Form):
 
 
 @admin.register(BillingAccount)
-class BillingAccountAdmin(admin.ModelAdmin):
+class BillingAccountAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     list_display = ["organization", "plan", "status", "credits", "updated_at"]
     list_filter = ["plan", "status"]
     search_fields = ["organization__name", "organization__slug", "stripe_customer_id"]

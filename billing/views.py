@@ -6,6 +6,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from core.csv_cells import csv_value
+from tenants.audit.records import export_record
+from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 
 from .charts import bar_chart
@@ -41,6 +43,8 @@ def usage(request: HttpRequest) -> HttpResponse:
     start, end = form.range()
     report = usage_report(organization=request.tenant, start=start, end=end)
     if request.GET.get("format") == "csv":
+        export_record(organization=request.tenant, actor=Actor.from_request(request), action="billing.usage_exported",
+                      what={"format": "csv", "start": str(start), "end": str(end)})
         return usage_csv(report, filename=f"usage-{request.tenant.slug}-{start}-{end}.csv")
     context = {
         "form": form,

@@ -26,6 +26,7 @@ from rest_framework.response import Response
 
 from billing.ledger import InsufficientCredits
 from tenants.api_base import OrgAPIView
+from tenants.audit.services import Actor
 
 from . import selectors, services
 from .files import FileRefused
@@ -139,7 +140,7 @@ class ThreadDetailView(ChatAPIView):
     @extend_schema(operation_id="threads_destroy", responses={204: None},
                    summary="Delete a thread (stops a running answer)")
     def delete(self, request: Request, thread_id: int) -> Response:
-        services.thread_delete(thread=self.thread_or_404(thread_id))
+        services.thread_delete(thread=self.thread_or_404(thread_id), actor=Actor.from_request(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

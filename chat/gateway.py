@@ -42,6 +42,7 @@ from billing.usage import CREDIT_QUANTUM, credits_for
 from core.db_async import async_pool
 from core.redis_clients import redis_async_client
 from tenants.api_keys import KeyAuth
+from tenants.audit.records import DAY_MARK_SECONDS, api_key_day_mark
 from tenants.models import ApiKey
 
 from .catalog.selectors import ModelOption
@@ -263,9 +264,10 @@ class Prepared:
 
 
 async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list[ModelOption],
-                              tokens: int) -> tuple[Limit, dict[str, BreakerState]]:
-    """Count the call against the plan's limits and read the circuit breakers of the credentials the
-    candidates would use (the organization's own key's, else the platform's): one round trip."""
+                              tokens: int) -> tuple[Limit, dict[str, BreakerState], bool]:
+    """Count the call against the plan's limits, read the circuit breakers of the credentials the
+    candidates would use (the organization's own key's, else the platform's) and mark the key's use
+    today (True: the first of the day): one round trip."""
     entitlements = config.entitlements
     providers = list(dict.fromkeys(option.model.provider for option in candidates))
     limits = {"requests_per_minute": entitlements.requests_per_minute,
@@ -278,8 +280,9 @@ async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list
                 breaker = CircuitBreaker(breaker_name(provider, config.own_keys.get(provider)))
                 pipe.exists(breaker.open_key)
                 pipe.get(breaker.failures_key)
+            pipe.set(api_key_day_mark(auth.key_id), 1, nx=True, ex=DAY_MARK_SECONDS)
             try:
-                result, *states = await pipe.execute()
+                result, *states, first_today = await pipe.execute()
                 break
             except NoScriptError:
                 if not first_try:
@@ -287,11 +290,15 @@ async def _limit_and_breakers(auth: KeyAuth, config: OrgConfig, candidates: list
                 await rate_limit_scripts_load(redis)  # a restarted Redis forgot the script
     breakers = {provider: BreakerState(open=bool(states[2 * i]), failures=int(states[2 * i + 1] or 0))
                 for i, provider in enumerate(providers)}
-    return rate_limit_result(result, **limits), breakers
+    return rate_limit_result(result, **limits), breakers, bool(first_today)
 
 
-async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) -> Prepared:
-    """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError."""
+async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig,
+                  marks: dict | None = None) -> Prepared:
+    """Resolve the model, check the plan and the limits, hold the worst-case cost. Raises GatewayError.
+
+    `marks["first_use_today"]`: whether this is the key's first call of the UTC day, once the limits were
+    read (even when the call is then refused)."""
     api_access_check(config)
     model = config.names.get(params.model)
     if model is None:
@@ -310,7 +317,9 @@ async def prepare(auth: KeyAuth, params: CompletionParams, config: OrgConfig) ->
         raise invalid(f"The prompt (about {prompt_tokens} tokens, tools included) and max_tokens ({max_tokens}) exceed "
                       f"the model's context window ({model.context_window}).", "messages", "context_length_exceeded")
     redis = redis_async_client()
-    limit, breakers = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
+    limit, breakers, first_today = await _limit_and_breakers(auth, config, candidates, prompt_tokens + max_tokens)
+    if marks is not None:
+        marks["first_use_today"] = first_today
     if not limit.allowed:
         raise GatewayError(429, f"Rate limit reached for {limit.exceeded} per minute on your plan. "
                            f"Try again in {limit.retry_after} s.", type=limit.exceeded, code="rate_limit_exceeded",

@@ -25,6 +25,7 @@ from billing.ratelimits import send_limited
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost
 from core.metrics import chat_answers, llm_tokens_count
 from core.redis_clients import redis_client
+from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
 
 from .catalog.selectors import ModelOption
@@ -157,10 +158,14 @@ def thread_pin(*, thread: Thread, pinned: bool) -> Thread:
 
 
 @transaction.atomic
-def thread_delete(*, thread: Thread) -> None:
+def thread_delete(*, thread: Thread, actor: Actor | None = None) -> None:
+    """Delete a thread with its messages and files; audited (`thread.deleted`) in the current organization."""
     for message in thread.messages.filter(status__in=Message.ACTIVE):
         generation_stop(message=message)
     files = [attachment.file.name for attachment in thread.attachments.all()]
+    audit_record(organization=current_organization(), actor=actor or Actor.system("chat"), action="thread.deleted",
+                 target=thread, target_label=thread.title[:255],
+                 before={"title": thread.title, "user_id": thread.user_id, "messages": thread.messages.count()})
     thread.delete()
     storage = Attachment._meta.get_field("file").storage
     transaction.on_commit(lambda: [storage.delete(name) for name in files])

@@ -10,6 +10,7 @@ from django.dispatch import receiver
 from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan, Price
+from tenants.audit.services import Actor
 from tenants.models import Membership
 
 from .catalog.models import Model, ModelAlias, ProviderKey
@@ -24,7 +25,7 @@ def user_chat_delete(sender, instance, **kwargs) -> None:
     for schema in schemas:
         with schema_context(schema):
             for thread in Thread.objects.filter(user_id=instance.pk):
-                thread_delete(thread=thread)
+                thread_delete(thread=thread, actor=Actor.system("account deleted"))
             storage = Attachment._meta.get_field("file").storage
             for attachment in Attachment.objects.filter(uploaded_by_id=instance.pk):
                 storage.delete(attachment.file.name)

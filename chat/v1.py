@@ -44,6 +44,7 @@ from tenants.api_keys import (
     lookup_prefix,
     used_key,
 )
+from tenants.audit.records import DAY_MARK_SECONDS, api_key_day_mark, api_key_use_enqueue
 from tenants.audit.services import client_ip_from
 
 from . import gateway
@@ -79,6 +80,7 @@ class Call:
     extra_headers: dict[str, str] = field(default_factory=dict)
     key_id: int | None = None
     touch_key: bool = False  # this call is the key's first in its minute: write last_used_at
+    first_use_today: bool | None = None  # the key's first call of the UTC day (None: not known yet)
     upstream: float = 0.0  # seconds spent waiting for the provider (excluded from the overhead)
     responded: bool = False  # the status line went out: an error can no longer change it
     status: int = 0
@@ -154,6 +156,8 @@ async def application(scope, receive, send) -> None:
     finally:
         if call.touch_key:
             await _touch(call)
+        if call.key_id is not None:
+            await _use_audit(call)
         if call.scope["path"] == "/v1/chat/completions":
             _record(call)
 
@@ -252,6 +256,22 @@ async def _touch(call: Call) -> None:
         logger.exception("could not record an API key's last use")
 
 
+async def _use_audit(call: Call) -> None:
+    """After the answer: queue the audit event of the key's first use of the UTC day (tenants.audit.records).
+    Completions learnt it in the rate-limit round trip; other calls mark the day here."""
+    try:
+        first = call.first_use_today
+        if first is None:
+            first = bool(await redis_async_client().set(api_key_day_mark(call.key_id), 1, nx=True, ex=DAY_MARK_SECONDS))
+        if first:
+            client = call.scope.get("client") or ("", 0)
+            ip = client_ip_from(call.headers.get("x-forwarded-for", ""), client[0])
+            await asyncio.to_thread(api_key_use_enqueue, key_id=call.key_id, ip_address=ip,
+                                    user_agent=call.headers.get("user-agent", ""), request_id=call.request_id)
+    except Exception:
+        logger.exception("could not record an API key's first use of the day")
+
+
 @dataclass
 class Answer:
     """What the provider said, as it arrives."""
@@ -307,7 +327,11 @@ async def _settle(call: Call, prepared: Prepared, answer: Answer) -> None:
 
 async def _completions(call: Call, auth: KeyAuth, config: OrgConfig) -> None:
     params = gateway.params_parse(await call.body())
-    prepared = await gateway.prepare(auth, params, config)
+    marks: dict = {}
+    try:
+        prepared = await gateway.prepare(auth, params, config, marks=marks)
+    finally:
+        call.first_use_today = marks.get("first_use_today")
     call.extra_headers.update(prepared.limit.headers())
     answer = call.answer = Answer(served=prepared.candidates[0])
     try:

@@ -18,6 +18,7 @@ from django_tenants.utils import schema_context
 from billing.ledger import InsufficientCredits
 from billing.selectors import billing_account_get
 from core.pagination import page_number
+from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 
 from . import selectors, services
@@ -256,7 +257,7 @@ def thread_pin(request: HttpRequest, thread_id: int) -> HttpResponse:
 @require_POST
 def thread_delete(request: HttpRequest, thread_id: int) -> HttpResponse:
     thread = _thread_or_404(request, thread_id)
-    services.thread_delete(thread=thread)
+    services.thread_delete(thread=thread, actor=Actor.from_request(request))
     flash.success(request, _("Conversation deleted."))
     return redirect("chat_home", request.tenant.slug)
 

@@ -24,6 +24,7 @@ from rest_framework.response import Response
 
 from tenants.api_base import OrgAPIView, acting_user
 from tenants.api_keys import KeyAuth
+from tenants.audit.services import Actor
 
 from . import cnpj as cnpj_id
 from .diff import report_diff, risk_level_change
@@ -224,7 +225,7 @@ class TargetDetailView(ChecksAPIView):
                    summary="Delete a target with its checks, reports and alerts")
     def delete(self, request: Request, target_id: int) -> Response:
         try:
-            target_delete(target=self.target_or_404(target_id))
+            target_delete(target=self.target_or_404(target_id), actor=Actor.from_request(request))
         except CheckRefused as refused:
             return Response({"detail": refused.message, "code": refused.code}, status=refused.status)
         return Response(status=status.HTTP_204_NO_CONTENT)

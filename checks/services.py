@@ -55,6 +55,7 @@ from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
 from core.events import event_emit
 from core.prepared import PreparedStatement
+from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
 from webhooks.models import WebhookEndpoint
 
@@ -499,12 +500,17 @@ def checks_feed() -> int:
     return len(ids)
 
 
-def target_delete(*, target: Target) -> None:
-    """Delete a target with its checks and reports. Refused (409) while a check runs: its credit hold is
-    settled or released only by its run."""
+@transaction.atomic
+def target_delete(*, target: Target, actor: Actor | None = None) -> None:
+    """Delete a target with its checks and reports (audited: `checks.target_deleted`). Refused (409) while a
+    check runs: its credit hold is settled or released only by its run."""
     if target.checks.exclude(status__in=Check.FINAL).exists():
         raise CheckRefused("check_in_progress", _("A check of this target is still running: delete it once it "
                                                   "finishes."), status=409)
+    audit_record(organization=current_organization(), actor=actor or Actor.system("checks"),
+                 action="checks.target_deleted", target=target, target_label=target.cnpj,
+                 before={"cnpj": target.cnpj, "label": target.label, "company_name": target.company_name,
+                         "checks": target.checks.count()})
     target.delete()
 
 

@@ -20,6 +20,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST, require_safe
 
 from core.pagination import page_get
+from tenants.audit.records import export_record
 from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role
@@ -151,6 +152,8 @@ def targets_export(request: HttpRequest) -> HttpResponse:
     filters = TargetFilterForm(request.GET, tags=selectors.target_tags()).filters()
     targets = selectors.target_list(search=filters["q"], risk=filters["risk"], status=filters["status"],
                                     tag=filters["tag"])
+    export_record(organization=request.tenant, actor=Actor.from_request(request), action="checks.targets_exported",
+                  what={"format": "csv", "filters": {name: value for name, value in filters.items() if value}})
     response, writer = _csv_response(f"checks-{request.tenant.slug}-{timezone.localdate():%Y-%m-%d}.csv")
     writer.writerow(presentation.TARGET_CSV_HEADER)
     for target in targets.iterator(chunk_size=1000):
@@ -281,6 +284,8 @@ def report_print(request: HttpRequest, report_id: int) -> HttpResponse:
 def report_csv(request: HttpRequest, report_id: int) -> HttpResponse:
     """Three tables separated by a blank row: field,value rows; the partners (masked); the signals."""
     report = _report_or_404(report_id)
+    export_record(organization=request.tenant, actor=Actor.from_request(request), action="checks.report_exported",
+                  what={"format": "csv", "report_id": report.pk, "cnpj": report.target.cnpj})
     response, writer = _csv_response(f"report-{report.target.cnpj}-{report.created_at:%Y%m%d}-{report.pk}.csv")
     writer.writerows(presentation.report_csv_rows(report))
     return response

@@ -15,6 +15,8 @@ from django.shortcuts import redirect, render
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from tenants.audit.records import export_record
+from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role
 
@@ -104,6 +106,8 @@ async def _async_lines(lines, size: int = 200):
 @require_GET
 def batch_csv(request: HttpRequest, batch_id: int) -> StreamingHttpResponse:
     batch = _batch_or_404(batch_id)
+    export_record(organization=request.tenant, actor=Actor.from_request(request), action="checks.batch_exported",
+                  what={"format": "csv", "batch_id": batch.pk})
     lines = bulk.batch_results_csv(batch)
     content = _async_lines(lines) if isinstance(request, ASGIRequest) else lines
     response = StreamingHttpResponse(content, content_type="text/csv; charset=utf-8")

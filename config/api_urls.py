@@ -14,6 +14,7 @@ from billing import api as billing_api
 from chat import api as chat_api
 from checks import api as checks_api
 from tenants import api as tenants_api
+from tenants.audit import api as audit_api
 from webhooks import api as webhooks_api
 
 from .openapi import ApiDocsView
@@ -36,6 +37,7 @@ v1 = [
     path("members/", tenants_api.MemberListView.as_view(), name="api_members"),
     path("api-keys/", tenants_api.ApiKeyListView.as_view(), name="api_keys"),
     path("api-keys/<int:key_id>/revoke/", tenants_api.ApiKeyRevokeView.as_view(), name="api_v1_key_revoke"),
+    path("audit-events/", audit_api.AuditEventListView.as_view(), name="api_audit_events"),
     path("checks/", checks_api.CheckListView.as_view(), name="api_checks"),
     path("checks/<int:check_id>/", checks_api.CheckDetailView.as_view(), name="api_check"),
     path("targets/", checks_api.TargetListView.as_view(), name="api_targets"),

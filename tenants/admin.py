@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from .audit.staff import OrganizationAuditAdmin
 from .models import Domain, Invitation, Membership, Organization
 
 
@@ -15,12 +16,15 @@ class DomainInline(admin.TabularInline):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     list_display = ["name", "slug", "schema_name", "created_by", "created_at"]
     search_fields = ["name", "slug", "schema_name", "memberships__user__email"]
     list_filter = ["created_at"]
     readonly_fields = ["schema_name", "created_at"]
     inlines = [MembershipInline, DomainInline]
+
+    def audit_organization(self, obj):
+        return obj
 
     def has_add_permission(self, request):
         # Organizations are created through organization_create (schema provisioning, owner).
@@ -28,15 +32,18 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 @admin.register(Domain)
-class DomainAdmin(admin.ModelAdmin):
+class DomainAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     list_display = ["domain", "tenant", "is_primary"]
     search_fields = ["domain", "tenant__name", "tenant__slug"]
     list_filter = ["is_primary"]
     autocomplete_fields = ["tenant"]
 
+    def audit_organization(self, obj):
+        return obj.tenant
+
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     search_fields = ["user__email", "organization__name", "organization__slug"]
     list_filter = ["role"]
@@ -45,7 +52,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     list_display = ["email", "organization", "role", "status", "created_at", "expires_at"]
     search_fields = ["email", "organization__name", "organization__slug"]
     list_filter = ["status", "role"]

@@ -43,6 +43,7 @@ from core.db_async import async_pool
 from core.events import event_emit
 from core.redis_clients import redis_client
 
+from .audit.records import DAY_MARK_SECONDS, api_key_day_mark, api_key_use_enqueue
 from .audit.services import Actor, audit_record
 from .models import ApiKey, Membership, Organization, Role
 
@@ -285,20 +286,33 @@ def auth_from_entry(raw: str, entry: dict) -> KeyAuth | None:
                    user_id=entry["user_id"])
 
 
-def api_key_touch(prefix: str) -> bool:
-    """Whether this call should write `last_used_at` (the first call of the key's minute)."""
-    return bool(redis_client().set(used_key(prefix), 1, nx=True, ex=LAST_USED_EVERY))
+def api_key_touch(prefix: str, key_id: int) -> tuple[bool, bool]:
+    """Whether this call is the key's first of its minute (write `last_used_at`) and of its UTC day (audit
+    the use): one round trip."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.set(used_key(prefix), 1, nx=True, ex=LAST_USED_EVERY)
+    pipe.set(api_key_day_mark(key_id), 1, nx=True, ex=DAY_MARK_SECONDS)
+    minute, day = pipe.execute()
+    return bool(minute), bool(day)
 
 
-def api_key_authenticate(raw: str, *, address: str | None = None) -> KeyAuth | None:
+def api_key_authenticate(raw: str, *, address: str | None = None, user_agent: str = "",
+                         request_id: str = "") -> KeyAuth | None:
     """The grant of a valid, unexpired, unrevoked key; None otherwise (never says which). With `address`,
-    a cache miss from an address over its unauthenticated limit is refused without a database look-up."""
+    a cache miss from an address over its unauthenticated limit is refused without a database look-up.
+    The key's first call of the day is audited (`api_key.used`) by a task; `address`, `user_agent` and
+    `request_id` go into that event."""
     prefix = lookup_prefix(raw)
     if prefix is None:
         return None
     auth = auth_from_entry(raw, _load(prefix, address))
-    if auth is not None and api_key_touch(prefix):
-        ApiKey.objects.filter(pk=auth.key_id).update(last_used_at=timezone.now())
+    if auth is not None:
+        minute, day = api_key_touch(prefix, auth.key_id)
+        if minute:
+            ApiKey.objects.filter(pk=auth.key_id).update(last_used_at=timezone.now())
+        if day:
+            api_key_use_enqueue(key_id=auth.key_id, ip_address=address if address != "unknown" else None,
+                                user_agent=user_agent, request_id=request_id)
     return auth
 
 

@@ -28,7 +28,9 @@ def api_key_organization(request: HttpRequest) -> Organization | None:
     not cached yet is looked up only if the caller's address is under its unauthenticated limit.
     """
     token = bearer_token(request)
-    auth = api_key_authenticate(token, address=client_ip(request) or "unknown") if token else None
+    auth = api_key_authenticate(token, address=client_ip(request) or "unknown",
+                                user_agent=request.headers.get("User-Agent", ""),
+                                request_id=str(getattr(request, "id", "") or "")) if token else None
     request.api_key = auth
     if auth is None:
         return None

@@ -84,3 +84,11 @@ def seat_refusal_send(invitation_id: int) -> int:
             body = render_to_string("tenants/email/seat_refusal_message.txt", context)
         send_mail(subject, body, None, [membership.user.email])
     return len(admins)
+
+
+@shared_task(acks_late=True, max_retries=3, retry_backoff=True)
+def api_key_used_record(key_id: int, ip_address: str = "", user_agent: str = "", request_id: str = "") -> bool:
+    """Audit a key's first use of the UTC day (tenants.audit.records) in its organization's schema."""
+    from .audit.records import api_key_use_record
+
+    return api_key_use_record(key_id=key_id, ip_address=ip_address, user_agent=user_agent, request_id=request_id)

@@ -15,6 +15,7 @@ urlpatterns = [
     path("settings/api-keys/", views.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", views.api_key_revoke_view, name="api_key_revoke"),
     path("settings/webhooks/", include("webhooks.urls")),
+    path("settings/audit/", include("tenants.audit.urls")),
     path("settings/members/<int:membership_id>/role/", views.member_role, name="member_role"),
     path("settings/members/<int:membership_id>/remove/", views.member_remove, name="member_remove"),
     path("settings/members/leave/", views.member_leave, name="member_leave"),

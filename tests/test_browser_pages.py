@@ -158,7 +158,7 @@ def member_urls(made: dict) -> list[str]:
                                        "account_email", "mfa_index", "usersessions_list")]
     urls += [reverse(name, kwargs={"org_slug": slug}) for name in (
         "dashboard", "chat_home", "checks_home", "checks_bulk", "checks_alerts", "checks_settings", "billing_home",
-        "billing_usage", "org_settings", "members", "provider_keys", "api_keys")]
+        "billing_usage", "org_settings", "members", "provider_keys", "api_keys", "audit_log")]
     urls += [
         reverse("chat_thread", kwargs={"org_slug": slug, "thread_id": made["thread"]}),
         reverse("checks_target", kwargs={"org_slug": slug, **target}),

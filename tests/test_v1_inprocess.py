@@ -109,3 +109,62 @@ def test_calls_without_a_valid_key_are_limited_per_address(gateway_settings, dja
     assert [status for status, _code, _wait in statuses] == [401, 401, 401, 429, 429]
     assert statuses[0][1] == "invalid_api_key"
     assert statuses[-1][1] == "rate_limit_exceeded" and int(statuses[-1][2]) >= 1
+
+
+def test_a_key_first_use_of_the_day_is_audited_once_at_no_extra_round_trip(gateway_settings, api_org,
+                                                                             django_db_blocker):
+    """A completion learns it is the key's first call of the day in its rate-limit round trip (no new one, the
+    database round trips unchanged); the event is written by a task after the answer, once a day."""
+    from django_tenants.utils import schema_context
+
+    from tenants.audit.models import AuditEvent
+    from tenants.audit.records import api_key_day_mark
+
+    org, key = api_org
+    messages = [{"role": "user", "content": "Audit my first call"}]
+
+    def used() -> list:
+        with django_db_blocker.unblock(), schema_context(org.schema_name):
+            return list(AuditEvent.objects.filter(action="api_key.used", actor_id=str(key.key.pk)))
+
+    async def scenario():
+        client = sdk(key.raw)
+        await client.chat.completions.create(model=CHEAP, messages=messages)  # warms the cache and snapshot
+        redis_client().delete(api_key_day_mark(key.key.pk))
+        CountingConnection.log = []
+        await client.chat.completions.create(model=CHEAP, messages=messages)
+        log = list(CountingConnection.log)
+        await client.models.list()
+        await client.chat.completions.create(model=CHEAP, messages=messages)
+        return log
+
+    earlier = len(used())
+    with django_db_blocker.unblock():
+        log = run(scenario)
+    assert round_trips(log) == 2, log
+    events = used()
+    assert len(events) == earlier + 1
+    assert events[-1].actor_type == "api_key" and events[-1].ip_address == "127.0.0.1"
+
+
+def test_models_calls_mark_the_day_after_the_answer(gateway_settings, api_org, django_db_blocker):
+    from django_tenants.utils import schema_context
+
+    from tenants.audit.models import AuditEvent
+    from tenants.audit.records import api_key_day_mark
+
+    org, key = api_org
+    redis_client().delete(api_key_day_mark(key.key.pk))
+
+    async def scenario():
+        client = sdk(key.raw)
+        for _ in range(3):
+            await client.models.list()
+
+    with django_db_blocker.unblock():
+        with schema_context(org.schema_name):
+            before = AuditEvent.objects.filter(action="api_key.used").count()
+        run(scenario)
+        with schema_context(org.schema_name):
+            assert AuditEvent.objects.filter(action="api_key.used").count() == before + 1
+    assert redis_client().exists(api_key_day_mark(key.key.pk))

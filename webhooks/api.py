@@ -159,7 +159,8 @@ class WebhookTestView(WebhookAPIView):
                    responses={202: WebhookTestSerializer, 403: PLAN_REFUSED},
                    summary="Send a `webhook.test` event to this endpoint")
     def post(self, request: Request, endpoint_id: int) -> Response:
-        message = webhook_endpoint_test(organization=request.tenant, endpoint=self.endpoint(endpoint_id))
+        message = webhook_endpoint_test(organization=request.tenant, endpoint=self.endpoint(endpoint_id),
+                                        actor=Actor.from_request(request))
         return Response({"event_id": message.event_id}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -192,7 +193,8 @@ class WebhookDeliveryReplayView(WebhookAPIView):
         delivery = delivery_list(endpoint=endpoint).filter(pk=delivery_id).first()
         if delivery is None:
             raise exceptions.NotFound()
-        replayed = self.saved(lambda: webhook_delivery_replay(organization=request.tenant, delivery=delivery))
+        replayed = self.saved(lambda: webhook_delivery_replay(organization=request.tenant, delivery=delivery,
+                                                                    actor=Actor.from_request(request)))
         return Response(WebhookDeliverySerializer(delivery_list(endpoint=endpoint).get(pk=replayed.pk)).data,
                         status=status.HTTP_202_ACCEPTED)
 
@@ -208,7 +210,8 @@ class WebhookReplayFailedView(WebhookAPIView):
         endpoint = self.endpoint(endpoint_id)
         data = self.body(WebhookReplayFailedSerializer)
         count = self.saved(lambda: webhook_deliveries_replay_failed(organization=request.tenant, endpoint=endpoint,
-                                                                    since=data["since"]))
+                                                                    since=data["since"],
+                                                                    actor=Actor.from_request(request)))
         return Response({"replayed": count}, status=status.HTTP_202_ACCEPTED)
 
 

@@ -192,11 +192,14 @@ def webhook_endpoint_secret_rotate(*, organization: Organization, actor: Actor, 
     return secret
 
 
-def webhook_endpoint_test(*, organization: Organization, endpoint: WebhookEndpoint) -> WebhookMessage:
-    """Send a `webhook.test` event to this endpoint only (a disabled endpoint's is cancelled, not sent)."""
+def webhook_endpoint_test(*, organization: Organization, endpoint: WebhookEndpoint,
+                          actor: Actor | None = None) -> WebhookMessage:
+    """Send a `webhook.test` event to this endpoint only (a disabled endpoint's is cancelled, not sent). Audited."""
     message = webhook_event_emit(organization=organization, type="webhook.test",
                                  data={"endpoint_id": endpoint.pk}, endpoints=[endpoint])
     assert message is not None
+    audit_record(organization=organization, actor=actor or Actor.system("webhooks"),
+                 action="webhook_endpoint.tested", target=endpoint)
     return message
 
 
@@ -212,12 +215,22 @@ def webhook_endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> None:
                                                               updated_at=timezone.now())
         endpoint.enabled, endpoint.disabled_reason = False, reason
         _pending_cancel(endpoint)
+        audit_record(organization=current_organization(), actor=Actor.system("webhooks"),
+                     action="webhook_endpoint.disabled", target=endpoint, after={"reason": reason})
     logger.warning("webhook endpoint %s disabled (%s)", endpoint.pk, reason)
 
 
-def webhook_delivery_replay(*, organization: Organization, delivery: WebhookDelivery) -> WebhookDelivery:
+def webhook_delivery_replay(*, organization: Organization, delivery: WebhookDelivery,
+                            actor: Actor | None = None) -> WebhookDelivery:
     """Send a finished delivery's message again (same `webhook-id`): it is pending again and its next try is
-    queued now; past the schedule's last try, a replay is one try. The endpoint must be enabled."""
+    queued now; past the schedule's last try, a replay is one try. The endpoint must be enabled. Audited."""
+    delivery = _delivery_replay(organization=organization, delivery=delivery)
+    audit_record(organization=organization, actor=actor or Actor.system("webhooks"),
+                 action="webhook_endpoint.replayed", target=delivery.endpoint, after={"deliveries": [delivery.pk]})
+    return delivery
+
+
+def _delivery_replay(*, organization: Organization, delivery: WebhookDelivery) -> WebhookDelivery:
     if not delivery.endpoint.enabled:
         raise ValidationError(_("Enable the endpoint first: a disabled endpoint receives nothing."))
     schema = organization.schema_name
@@ -231,14 +244,20 @@ def webhook_delivery_replay(*, organization: Organization, delivery: WebhookDeli
     return delivery
 
 
-def webhook_deliveries_replay_failed(*, organization: Organization, endpoint: WebhookEndpoint, since) -> int:
-    """Replay every delivery to `endpoint` created since `since` that failed or was cancelled; how many."""
+def webhook_deliveries_replay_failed(*, organization: Organization, endpoint: WebhookEndpoint, since,
+                                     actor: Actor | None = None) -> int:
+    """Replay every delivery to `endpoint` created since `since` that failed or was cancelled; how many.
+    Audited as one event."""
     with schema_context(organization.schema_name):
         failed = list(WebhookDelivery.objects.select_related("endpoint").filter(
             endpoint=endpoint, created_at__gte=since,
             status__in=[WebhookDelivery.Status.FAILED, WebhookDelivery.Status.CANCELLED]))
     for delivery in failed:
-        webhook_delivery_replay(organization=organization, delivery=delivery)
+        _delivery_replay(organization=organization, delivery=delivery)
+    if failed:
+        audit_record(organization=organization, actor=actor or Actor.system("webhooks"),
+                     action="webhook_endpoint.replayed", target=endpoint,
+                     after={"deliveries": [delivery.pk for delivery in failed], "since": since.isoformat()})
     return len(failed)
 
 

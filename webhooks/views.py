@@ -94,7 +94,7 @@ def webhook_endpoint_action(request: HttpRequest, endpoint_id: int, action: str)
     endpoint = get_object_or_404(WebhookEndpoint, pk=endpoint_id)
     actor = Actor.from_request(request)
     if action == "test":
-        webhook_endpoint_test(organization=request.tenant, endpoint=endpoint)
+        webhook_endpoint_test(organization=request.tenant, endpoint=endpoint, actor=actor)
         messages.success(request, _("A test event is on its way."))
     elif action == "rotate":
         secret = webhook_endpoint_secret_rotate(organization=request.tenant, actor=actor, endpoint=endpoint)
@@ -108,7 +108,7 @@ def webhook_endpoint_action(request: HttpRequest, endpoint_id: int, action: str)
     elif action == "replay-failed":
         hours = REPLAY_HOURS.get(request.POST.get("hours", ""), 24)
         try:
-            count = webhook_deliveries_replay_failed(organization=request.tenant, endpoint=endpoint,
+            count = webhook_deliveries_replay_failed(organization=request.tenant, endpoint=endpoint, actor=actor,
                                                      since=timezone.now() - timedelta(hours=hours))
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
@@ -129,7 +129,8 @@ def webhook_delivery_replay_view(request: HttpRequest, endpoint_id: int, deliver
     delivery = get_object_or_404(WebhookDelivery.objects.select_related("endpoint"), pk=delivery_id,
                                  endpoint_id=endpoint_id)
     try:
-        webhook_delivery_replay(organization=request.tenant, delivery=delivery)
+        webhook_delivery_replay(organization=request.tenant, delivery=delivery,
+                                actor=Actor.from_request(request))
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
     else:

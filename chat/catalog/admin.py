@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from tenants.audit.staff import OrganizationAuditAdmin
+
 from .models import Model, ModelAlias, ProviderKey
 
 
@@ -18,7 +20,7 @@ class ModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderKey)
-class ProviderKeyAdmin(admin.ModelAdmin):
+class ProviderKeyAdmin(OrganizationAuditAdmin, admin.ModelAdmin):
     """Metadata only: the encrypted key is neither shown nor editable here."""
 
     list_display = ["organization", "provider", "last4", "created_by", "created_at"]
