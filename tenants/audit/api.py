@@ -7,7 +7,6 @@ newest first: `next` and `previous` are URLs to follow as they are.
 
 from __future__ import annotations
 
-from config.api import OrgAPIView
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -15,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
+from tenants.api_base import OrgAPIView
 from tenants.models import Role
 
 from .selectors import PAGE_SIZE, PAGE_SIZE_MAX, InvalidCursor, audit_event_list, audit_event_page
