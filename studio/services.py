@@ -108,7 +108,7 @@ def job_enqueue(job_id: int, *, schema: str, countdown: float | None = None) -> 
     from .tasks import job_run_task
 
     with schema_context(schema):
-        job_run_task.apply_async((job_id,), countdown=countdown)
+        job_run_task.apply_async((job_id,), countdown=countdown, queue=settings.STUDIO_QUEUE)
 
 
 # ---------------------------------------------------------------- running
