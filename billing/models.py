@@ -63,13 +63,15 @@ class Plan(models.Model):
 class Price(models.Model):
     """What one unit of usage costs in credits, from `effective_from` on.
 
-    Model prices are per million input and output tokens; check prices per check. Usage
+    Model prices are per million input and output tokens; check prices per check; Studio prices per unit
+    (an image of a size and quality: studio.catalog). Usage
     events copy the prices they were charged at, so a new row never rewrites history.
     """
 
     class Kind(models.TextChoices):
         MODEL = "model", _("Model")
         CHECK = "check", _("Check")
+        STUDIO = "studio", _("Studio")
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
     key = models.CharField(_("model id or check kind"), max_length=120)
@@ -189,6 +191,7 @@ class UsageEvent(models.Model):
     class Kind(models.TextChoices):
         MODEL = "model", _("AI model")
         CHECK = "check", _("CNPJ check")
+        STUDIO = "studio", _("Studio generation")
 
     organization = models.ForeignKey("tenants.Organization", on_delete=models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,

@@ -69,6 +69,7 @@ TENANT_APPS = [
     "chat",
     "checks",
     "webhooks",
+    "studio",
 ]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
 TENANT_MODEL = "tenants.Organization"
@@ -628,3 +629,18 @@ WEBHOOKS_QUEUE = os.environ.get("WEBHOOKS_QUEUE", "webhooks")
 CELERY_TASK_ROUTES["webhooks.tasks.*"] = {"queue": WEBHOOKS_QUEUE}
 # Deliveries whose next try is overdue (a lost task) are queued again; a try is never sent twice.
 CELERY_BEAT_SCHEDULE["webhooks-deliveries-due"] = {"task": "webhooks.tasks.deliveries_due_fanout", "schedule": 300.0}
+
+# Studio: generation jobs on their own queue. At most STUDIO_CONCURRENCY_<KIND> jobs of a kind run at once over
+# every worker (a Redis semaphore with leases), and STUDIO_CONCURRENCY_PER_ORGANIZATION of one organization.
+# Transient provider failures retry with exponential backoff and jitter (from STUDIO_RETRY_BASE_SECONDS) up to
+# STUDIO_MAX_ATTEMPTS; a running job whose worker stops renewing its lease is queued again after it.
+STUDIO_QUEUE = os.environ.get("STUDIO_QUEUE", "studio")
+CELERY_TASK_ROUTES["studio.tasks.job_run_task"] = {"queue": STUDIO_QUEUE}
+STUDIO_CONCURRENCY = {kind: int(os.environ.get(f"STUDIO_CONCURRENCY_{kind.upper()}", default)) for kind, default in
+                      (("image", 5), ("video", 2), ("speech", 5), ("transcription", 5))}
+STUDIO_CONCURRENCY_PER_ORGANIZATION = int(os.environ.get("STUDIO_CONCURRENCY_PER_ORGANIZATION", "3"))
+STUDIO_MAX_ATTEMPTS = int(os.environ.get("STUDIO_MAX_ATTEMPTS", "3"))
+STUDIO_RETRY_BASE_SECONDS = float(os.environ.get("STUDIO_RETRY_BASE_SECONDS", "5"))
+STUDIO_LEASE_SECONDS = int(os.environ.get("STUDIO_LEASE_SECONDS", "300"))
+STUDIO_BUSY_RETRY_SECONDS = float(os.environ.get("STUDIO_BUSY_RETRY_SECONDS", "5"))
+CELERY_BEAT_SCHEDULE["studio-jobs-reap"] = {"task": "studio.tasks.jobs_reap_fanout", "schedule": 300.0}
