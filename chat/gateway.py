@@ -36,6 +36,8 @@ from billing.ledger import (
     credit_release,
     credit_reserve,
     credits_closed_count,
+    credits_low_crossed,
+    credits_low_settled,
     reserve_params,
 )
 from billing.models import CreditReservation, UsageEvent
@@ -402,6 +404,11 @@ async def settle(prepared: Prepared, *, served: ModelOption, produced: bool, inp
         closed = await closing.fetchone() if closing is not None else None  # already here: the pipeline synced
     if closed is not None:
         credits_closed_count(held=prepared.held, actual=credits if credits > 0 else None)
+    # credits.low: the crossing is seen in the settlement's own answer (no extra round trip); the event, rare,
+    # is written after it, in a transaction of its own (the settlement's pipeline has committed by then).
+    if closed is not None and credits_low_crossed(before=closed[0] + closed[4], after=closed[0], threshold=closed[3]):
+        await orm_call(credits_low_settled, organization_id=auth.organization_id, before=closed[0] + closed[4],
+                       after=closed[0], threshold=closed[3])
     if closed is not None and closed[2] > 0:
         await orm_call(credit_overage_uncovered, organization_id=auth.organization_id,
                        reservation_id=prepared.reservation_id, key=prepared.billing_key,
