@@ -277,3 +277,22 @@ def test_include_message_text_over_the_api(client_for, org_a, receiver):
     patched = client.patch(f"{base}{created['id']}/", {"include_message_text": False},
                            content_type="application/json", **org)
     assert patched.status_code == 200 and patched.json()["include_message_text"] is False
+
+
+def test_a_check_answered_from_the_cache_that_crosses_the_threshold_sends_credits_low(
+        registries, funded, org_a, receiver, django_capture_on_commit_callbacks):
+    from checks.cache import cached_lookup
+    from checks.services import check_request, target_add
+
+    BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="pro"), credits=Decimal("100.5"),
+                                                      credits_low_threshold=Decimal("100"))
+    new = listen(org_a, receiver, "credits.low")
+    cached_lookup(FOUND)  # another organization's lookup filled the shared cache
+    with schema_context(org_a.schema_name):
+        target = target_add(cnpj=FOUND)
+        with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+            check = check_request(organization=org_a, target=target)  # one statement: debit, check, report…
+    assert check.cache_hit
+    balance = BillingAccount.objects.get(pk=org_a.pk).credits
+    [payload] = receiver.verify(new.secret)
+    assert payload["data"] == {"balance": str(balance), "threshold": "100.000000", "previous_balance": "100.500000"}
