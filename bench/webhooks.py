@@ -12,24 +12,29 @@ that is rolled back. Figures (printed; recorded in bench/RESULTS.md):
   2. deliveries per second made one after another by one thread (what one solo worker does per
      task, without the broker's round trip) to a local receiver: signing, SSRF vetting, the
      HTTP call, the attempt's rows
+  3. (`-k worker`) events per second delivered end to end through a REAL Celery worker (a subprocess on
+     the `webhooks` queue, threads pool, --concurrency=4, as tests/servers.py starts it): events committed
+     in batches of 100 (the on-commit queueing to Redis), the worker's tries, a local receiver, until every
+     delivery is recorded succeeded. BENCH_WEBHOOK_EVENTS (default 1000) events over BENCH_WEBHOOK_ENDPOINTS
+     (default 4) endpoints, so the per-endpoint concurrency cap (2) is not what limits it. This one commits
+     (the worker must see the rows) and removes what it wrote afterwards.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django_tenants.utils import schema_context
 
 from billing.models import BillingAccount, Plan
 from tenants.audit.services import Actor, audit_record
 from tests.webhook_receiver import Receiver
-from webhooks.models import WebhookDelivery
+from webhooks.models import WebhookAttempt, WebhookDelivery
 from webhooks.services import delivery_attempt, webhook_endpoint_create, webhook_event_emit
-
-pytestmark = pytest.mark.django_db
 
 CHANGES = 300
 DELIVERIES = 300
@@ -51,6 +56,7 @@ def _report(name: str, times: list[float]) -> None:
           f"p95={ordered[int(len(ordered) * 0.95) - 1]:.2f} ms mean={statistics.fmean(ordered):.2f} ms")
 
 
+@pytest.mark.django_db
 def test_outbox_cost_and_delivery_throughput(org_a, django_capture_on_commit_callbacks):
     BillingAccount.objects.filter(pk=org_a.pk).update(plan=Plan.objects.get(code="pro"))
 
@@ -79,3 +85,56 @@ def test_outbox_cost_and_delivery_throughput(org_a, django_capture_on_commit_cal
     assert outcomes.count("succeeded") == len(ids) == len(receiver.requests)
     print(f"2 deliveries, one thread: {len(ids)} in {elapsed:.2f} s = {len(ids) / elapsed:.0f} events/s "
           f"({elapsed / len(ids) * 1000:.2f} ms each)")
+
+
+def test_delivery_throughput_through_a_real_worker(tenant_world, django_db_blocker, tmp_path):
+    from celery import current_app
+
+    from tests.servers import database_url, start_celery_worker
+    from webhooks.models import WebhookEndpoint, WebhookMessage
+
+    events = int(os.environ.get("BENCH_WEBHOOK_EVENTS", "1000"))
+    endpoint_count = int(os.environ.get("BENCH_WEBHOOK_ENDPOINTS", "4"))
+    org = tenant_world["a"]["org"]
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    with django_db_blocker.unblock():
+        assert connection.settings_dict["NAME"].startswith("test_")
+        url = database_url(connection.settings_dict)
+    worker = start_celery_worker(database_url=url, redis_url=redis_url, workdir=tmp_path, email_dir=tmp_path,
+                                 queues="webhooks")
+    eager, current_app.conf.task_always_eager = current_app.conf.task_always_eager, False  # through Redis
+    with Receiver() as receiver, django_db_blocker.unblock():
+        accounts = BillingAccount.objects.filter(pk=org.pk)
+        plan = accounts.get().plan
+        accounts.update(plan=Plan.objects.get(code="pro"))
+        endpoints = [webhook_endpoint_create(organization=org, actor=ACTOR, url=receiver.url(path=f"/hook/{i}"),
+                                             event_types=["webhook.test"]).endpoint for i in range(endpoint_count)]
+        try:
+            started = time.perf_counter()
+            for first in range(0, events, 100):
+                with transaction.atomic():
+                    for index in range(first, min(first + 100, events)):
+                        webhook_event_emit(organization=org, type="webhook.test", data={"bench": index},
+                                           endpoints=[endpoints[index % endpoint_count]])
+            queued = time.perf_counter() - started
+            with schema_context(org.schema_name):
+                mine = WebhookDelivery.objects.filter(endpoint__in=endpoints)
+                deadline = time.monotonic() + 600
+                while mine.filter(status="succeeded").count() < events and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                elapsed = time.perf_counter() - started
+                done = mine.filter(status="succeeded").count()
+                tries = WebhookAttempt.objects.filter(delivery__endpoint__in=endpoints).count()
+            assert done == events, f"{done} of {events} delivered; worker log: {worker.process.log()[-3000:]}"
+            print(f"3 through a real worker (threads x4, {endpoint_count} endpoints): {events} events in "
+                  f"{elapsed:.2f} s = {events / elapsed:.0f} events/s end to end (queued in {queued:.2f} s; "
+                  f"{tries} tries, {len(receiver.requests)} requests received)")
+        finally:
+            current_app.conf.task_always_eager = eager
+            worker.process.stop()
+            with schema_context(org.schema_name):
+                messages = list(WebhookDelivery.objects.filter(endpoint__in=endpoints)
+                                .values_list("message_id", flat=True))
+                WebhookEndpoint.objects.filter(pk__in=[e.pk for e in endpoints]).delete()
+                WebhookMessage.objects.filter(pk__in=messages).delete()
+            accounts.update(plan=plan)

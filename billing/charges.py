@@ -40,6 +40,8 @@ from .ledger import (
     credit_reserve,
     credit_settle,
     credits_closed_count,
+    credits_low_crossed,
+    credits_low_settled,
     reserve_params,
 )
 from .models import ZERO, CreditEntry, CreditReservation, Price
@@ -224,6 +226,13 @@ class PendingSettlement:
         if closed is None:
             return  # nothing was held, or the hold was already closed (a retry)
         credits_closed_count(held=self.held, actual=self.actual if self.actual > ZERO else None)
+        # credits.low: the crossing is seen in the settlement's own answer (CLOSE_SQL returns the balance, the
+        # threshold and the cost); the rare event is written after it, in a transaction of its own, since the
+        # caller's pipeline has committed by then.
+        before, after, threshold = closed[0] + closed[4], closed[0], closed[3]
+        if credits_low_crossed(before=before, after=after, threshold=threshold):
+            await orm_call(credits_low_settled, organization_id=self.organization_id, before=before, after=after,
+                           threshold=threshold)
         if closed[2] > 0:
             await orm_call(credit_overage_uncovered, organization_id=self.organization_id,
                            reservation_id=self.reservation_id, key=self.key, overage=closed[1] + closed[2],

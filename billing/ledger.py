@@ -18,6 +18,7 @@ from decimal import Decimal
 from django.db import IntegrityError, connection, transaction
 
 from accounts.models import User
+from core.events import event_emit
 from core.metrics import credits_count
 from tenants.models import Organization
 
@@ -64,7 +65,8 @@ def _existing(key: str, *, organization: Organization, kind: str, amount: Decima
 # (checks.services.CACHE_HIT_SQL adds CTEs that hang off `entry`).
 MOVE_CTES = f"""
 WITH account AS (
-    SELECT credits FROM {BillingAccount._meta.db_table} WHERE organization_id = %(organization)s FOR UPDATE
+    SELECT credits, credits_low_threshold FROM {BillingAccount._meta.db_table}
+    WHERE organization_id = %(organization)s FOR UPDATE
 ), entry AS (
     INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
         reservation_id, description, created_by_id, metadata, created_at)
@@ -77,7 +79,8 @@ WITH account AS (
     UPDATE {BillingAccount._meta.db_table} SET credits = entry.balance_after, updated_at = now()
     FROM entry WHERE organization_id = %(organization)s
 )"""
-MOVE_SQL = MOVE_CTES + "\nSELECT id, balance_after, created_at FROM entry\n"
+MOVE_SQL = MOVE_CTES + "\nSELECT entry.id, entry.balance_after, entry.created_at, account.credits_low_threshold " \
+                       "FROM entry, account\n"
 
 
 def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, description: str = "",
@@ -94,6 +97,8 @@ def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, d
         if row is not None:
             if kind in _COUNTED_KINDS:
                 credits_count(_COUNTED_KINDS[kind], amount)
+            # In the caller's transaction; in autocommit, right after the movement committed (it cannot roll back).
+            credits_low_check(organization=organization, before=row[1] - amount, after=row[1], threshold=row[3])
             entry = CreditEntry(pk=row[0], organization=organization, kind=kind, amount=amount, balance_after=row[1],
                                 idempotency_key=key, reservation=reservation, description=description[:255],
                                 created_by=user, metadata=metadata or {}, created_at=row[2])
@@ -106,6 +111,32 @@ def _move(*, organization: Organization, kind: str, amount: Decimal, key: str, d
         # The account does not exist yet (the first movement of an organization): create it, retry once.
         billing_account_ensure(organization)
     raise AssertionError("unreachable")
+
+
+def credits_low_crossed(*, before: Decimal, after: Decimal, threshold: Decimal | None) -> bool:
+    """Whether a movement took the balance from at least `threshold` to below it (once per crossing: the next one
+    needs the balance back at or above the threshold first)."""
+    return threshold is not None and before >= threshold > after
+
+
+def credits_low_check(*, organization: Organization | int, before: Decimal, after: Decimal,
+                      threshold: Decimal | None) -> bool:
+    """Emit `credits.low` (in the caller's transaction) when this movement crossed the threshold; whether it did.
+    Costs nothing otherwise: the balance and threshold come back from the movement's own statement."""
+    if not credits_low_crossed(before=before, after=after, threshold=threshold):
+        return False
+    if not isinstance(organization, Organization) or not organization.schema_name:
+        organization = Organization.objects.get(pk=getattr(organization, "pk", organization))
+    event_emit(organization=organization, type="credits.low",
+               data={"balance": str(after), "threshold": str(threshold), "previous_balance": str(before)})
+    return True
+
+
+def credits_low_settled(*, organization_id: int, before: Decimal, after: Decimal, threshold: Decimal | None) -> bool:
+    """`credits_low_check` for a settlement that already committed (the /v1 gateway's, whose one round trip cannot
+    write the event): in a transaction of its own, only when it crossed."""
+    with transaction.atomic():
+        return credits_low_check(organization=organization_id, before=before, after=after, threshold=threshold)
 
 
 # Movements counted in prumo_credits_total by `_move` (holds and their closing are counted where they happen).
@@ -213,7 +244,8 @@ WITH reservation AS (
     UPDATE {BillingAccount._meta.db_table} AS a
     SET credits = a.credits + r.amount - r.charged - l.covered, updated_at = now()
     FROM reservation r, locked l WHERE a.organization_id = r.organization_id
-    RETURNING a.credits, l.covered, r.over - l.covered AS uncovered
+    RETURNING a.credits, l.covered, r.over - l.covered AS uncovered, a.credits_low_threshold,
+        r.charged + l.covered AS cost
 ), entries AS (
     INSERT INTO {CreditEntry._meta.db_table} (organization_id, kind, amount, balance_after, idempotency_key,
         reservation_id, description, metadata, created_at)
@@ -228,7 +260,7 @@ WITH reservation AS (
     WHERE v.position = 1 OR (v.position = 2 AND r.charged > 0) OR (v.position = 3 AND r.over > 0)
     ORDER BY v.position
 )
-SELECT credits, covered, uncovered FROM account
+SELECT credits, covered, uncovered, credits_low_threshold, cost FROM account
 """
 
 
@@ -272,9 +304,14 @@ def credit_reserve(*, organization: Organization, amount: Decimal, key: str, des
 
 
 def _close(reservation: CreditReservation, *, actual: Decimal | None) -> CreditReservation:
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(CLOSE_SQL, {"reservation": reservation.pk, "actual": actual})
-        row = cursor.fetchone()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(CLOSE_SQL, {"reservation": reservation.pk, "actual": actual})
+            row = cursor.fetchone()
+        if row is not None:
+            # The crossing is judged on what the work cost (the hold was never the balance's to keep).
+            credits_low_check(organization=reservation.organization_id, before=row[0] + row[4], after=row[0],
+                              threshold=row[3])
     if row is not None:
         credits_closed_count(held=reservation.amount, actual=actual)
     if row is not None and row[2] > 0:

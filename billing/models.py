@@ -114,6 +114,9 @@ class BillingAccount(models.Model):
     # Why the plan is what it is when no subscription decides it ("Development demo", a contract): set by
     # `plan_assign`, cleared when a Stripe subscription changes the plan.
     plan_note = models.CharField(_("plan note"), max_length=100, blank=True)
+    # A `credits.low` event is sent when a movement takes the balance from at least this to below it; empty: never.
+    # Read by the ledger's statements with the balance (billing.ledger), so it costs no round trip.
+    credits_low_threshold = models.DecimalField(_("low credits threshold"), **CREDIT_FIELD, null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -142,3 +142,23 @@ def credits_grant_monthly(organization: Organization, *, period: str | None = No
                  target=movement.entry, after={"plan": plan.code, "period": period, "credits": str(missing),
                                                "granted_before": str(granted)})
     return movement
+
+
+def credits_low_threshold_set(*, organization: Organization, threshold: Decimal | None, actor) -> BillingAccount:
+    """Set (None: clear) the balance under which a `credits.low` event is sent; audited."""
+    from tenants.audit.services import audit_record
+
+    if threshold is not None and threshold < 0:
+        raise ValueError("the threshold cannot be negative")
+    billing_account_ensure(organization)
+    with transaction.atomic():
+        account = BillingAccount.objects.select_for_update().get(pk=organization.pk)
+        before = account.credits_low_threshold
+        if before == threshold:
+            return account
+        account.credits_low_threshold = threshold
+        account.save(update_fields=["credits_low_threshold", "updated_at"])
+        audit_record(organization=organization, actor=actor, action="billing.credits_low_threshold_set",
+                     target=account, before={"threshold": None if before is None else str(before)},
+                     after={"threshold": None if threshold is None else str(threshold)})
+    return account

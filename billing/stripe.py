@@ -27,6 +27,7 @@ from djstripe.settings import djstripe_settings
 from djstripe.utils import get_id_from_stripe_data
 
 from accounts.models import User
+from core.events import event_emit
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
 
@@ -263,6 +264,8 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
                   else "billing.plan_changed" if before["plan"] != after["plan"] else "billing.status_changed")
         audit_record(organization=organization, actor=actor or Actor.system("stripe"), action=action,
                      target=account, before=before, after=after)
+        subscription_event_emit(organization=organization, before=before, after=after, source="stripe",
+                                grace_until=target.grace_until)
         if before["plan"] != after["plan"]:
             credits_grant_monthly(organization)  # an upgrade gets the difference now; a downgrade nothing
         if downgraded:
@@ -270,6 +273,16 @@ def billing_account_sync(*, organization: Organization, now: datetime | None = N
             transaction.on_commit(lambda: billing_downgrade_notify.delay(organization_id, previous_plan))
     logger.info("billing %s: %s -> %s", organization.slug, before, after)
     return account
+
+
+def subscription_event_emit(*, organization: Organization, before: dict, after: dict, source: str,
+                            grace_until: datetime | None = None) -> None:
+    """`subscription.updated` for integrators, in the change's transaction: the plan and status, before and after."""
+    event_emit(organization=organization, type="subscription.updated", data={
+        "plan": after["plan"], "status": after["status"], "previous_plan": before["plan"],
+        "previous_status": before["status"], "source": source,
+        "grace_until": grace_until.isoformat() if grace_until else None,
+    })
 
 
 # The note of a plan set by hand unless one is given; seeded notes are in the translation catalog.
@@ -299,6 +312,8 @@ def plan_assign(*, organization: Organization, plan: Plan, actor: Actor, note: s
         account.save(update_fields=["plan", "status", "plan_note", "updated_at"])
         audit_record(organization=organization, actor=actor, action="billing.plan_assigned", target=account,
                      before=before, after=after)
+        if (before["plan"], before["status"]) != (after["plan"], after["status"]):
+            subscription_event_emit(organization=organization, before=before, after=after, source="operator")
         if before["plan"] != after["plan"]:
             credits_grant_monthly(organization)
     logger.info("billing %s: %s -> %s by %s", organization.slug, before, after, actor.label or actor.type)
@@ -357,6 +372,9 @@ def checkout_topup_fulfil(*, session: Session) -> Movement | None:
                          target_type="djstripe.session", target_id=session.id, target_label=session.id,
                          after={"credits": str(credits), "amount_total": session.amount_total,
                                 "currency": session.currency})
+            event_emit(organization=organization, type="credits.purchased", data={
+                "credits": str(credits), "balance": str(movement.entry.balance_after),
+                "amount_total": session.amount_total, "currency": session.currency, "entry_id": movement.entry.pk})
     return movement
 
 

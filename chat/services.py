@@ -23,6 +23,7 @@ from billing.charges import Metered, charge_hold, charge_settle
 from billing.models import Price, UsageEvent
 from billing.ratelimits import send_limited
 from billing.usage import CREDIT_QUANTUM, UnknownPrice, credits_for, usage_cost
+from core.events import event_emit
 from core.metrics import chat_answers, llm_tokens_count
 from core.redis_clients import redis_client
 from tenants.audit.services import Actor, audit_record
@@ -512,6 +513,8 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
     answer.save(update_fields=["status", "content", "served_model_id", "input_tokens", "output_tokens",
                                "usage_estimated", "credits", "finish_reason", "error", "completed_at"])
     Thread.objects.filter(pk=answer.thread_id).update(updated_at=answer.completed_at)
+    if status == Message.Status.COMPLETE:
+        answer_event_emit(organization=organization, answer=answer)
     transaction.on_commit(ANSWERS_CLOSED[status].inc)
     if not estimated:
         provider = served.partition("/")[0]
@@ -520,6 +523,17 @@ def answer_finish(*, answer_id: int, status: str, text: str, served_model_id: st
         schema = connection.schema_name
         transaction.on_commit(lambda: _title_enqueue(answer.thread_id, schema))
     return answer
+
+
+def answer_event_emit(*, organization: Organization, answer: Message) -> None:
+    """`chat.answer.completed` for the endpoints that chose it; the text only to those that include message text."""
+    event_emit(organization=organization, type="chat.answer.completed", data={
+        "answer_id": answer.pk, "thread_id": answer.thread_id, "user_id": answer.thread.user_id,
+        "model": answer.served_model_id or answer.model_id, "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens, "usage_estimated": answer.usage_estimated,
+        "credits": str(answer.credits), "finish_reason": answer.finish_reason,
+        "completed_at": answer.completed_at.isoformat(),
+    }, private={"text": answer.content})
 
 
 def _title_enqueue(thread_id: int, schema: str) -> None:

@@ -46,6 +46,7 @@ from django_tenants.utils import schema_context
 
 from accounts.models import User
 from core.csv_cells import csv_value
+from core.events import event_emit
 from tenants.models import Organization
 
 from . import cnpj as cnpj_id
@@ -313,6 +314,8 @@ def batch_create(*, organization: Organization, uploaded_file, user: User | None
              for entry in parsed.entries], ignore_conflicts=True, batch_size=1000)
         if count:
             transaction.on_commit(lambda: batch_start_task.delay(batch.pk))
+        else:  # only invalid rows: done at once
+            batch_event_emit(organization=organization, batch=batch, counts={}, invalid=len(parsed.invalid))
     logger.info("batch %s created: %s rows, %s CNPJs, %s duplicates, %s invalid", batch.pk, parsed.rows, count,
                 parsed.duplicates, len(parsed.invalid))
     return batch
@@ -348,9 +351,13 @@ def batch_start(*, batch_id: int, limit: int | None = None) -> bool:
                     error=str(refused.message)[:255], total=Check.objects.filter(batch=batch).count())
                 logger.info("batch %s stopped: %s", batch.pk, refused.code)
                 checks_feed()
+                batch_finish(batch_id=batch.pk)  # what it requested may all be answered (cache hits)
                 return False
         checks_feed()
-        return len(todo) > len(chunk)
+        more = len(todo) > len(chunk)
+        if not more:
+            batch_finish(batch_id=batch.pk)
+        return more
 
 
 @contextmanager
@@ -366,6 +373,48 @@ def _batch_lock(batch_id: int) -> Iterator[bool]:
         if locked:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+
+BATCH_COUNTS = {
+    "created": Count("pk"),
+    "open": Count("pk", filter=Q(status__in=[Check.Status.PENDING, Check.Status.RUNNING])),
+    "found": Count("pk", filter=Q(status=Check.Status.SUCCEEDED)),
+    "not_found": Count("pk", filter=Q(status=Check.Status.NOT_FOUND)),
+    "failed": Count("pk", filter=Q(status=Check.Status.FAILED)),
+    "cached": Count("pk", filter=Q(status__in=Check.FINAL, cache_hit=True)),
+}
+
+
+def batch_finish(*, batch_id: int, now: datetime | None = None) -> bool:
+    """Mark a running batch done once every check it requested has an answer, and send `batch.completed` with it
+    (in this transaction); whether it finished now. The batch's row is locked first, so of two checks finishing
+    last at once, the second sees the first's answer: the batch finishes once, its event is sent once."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        batch = (Batch.objects.select_for_update().defer("cnpjs", "invalid_rows")
+                 .annotate(invalid_count=_json_length("invalid_rows"))
+                 .filter(pk=batch_id, status=Batch.Status.RUNNING).first())
+        if batch is None:
+            return False
+        counts = Check.objects.filter(batch_id=batch_id).aggregate(**BATCH_COUNTS)
+        if counts["open"] or counts["created"] < batch.total:
+            return False
+        batch.status, batch.finished_at = Batch.Status.DONE, now
+        batch.save(update_fields=["status", "finished_at"])
+        batch_event_emit(organization=current_organization(), batch=batch, counts=counts,
+                         invalid=batch.invalid_count)
+    return True
+
+
+def batch_event_emit(*, organization: Organization, batch: Batch, counts: dict, invalid: int) -> None:
+    event_emit(organization=organization, type="batch.completed", data={
+        "batch_id": batch.pk, "filename": batch.filename, "status": batch.status, "rows": batch.rows,
+        "checks": counts.get("created", 0), "found": counts.get("found", 0),
+        "not_found": counts.get("not_found", 0), "failed": counts.get("failed", 0),
+        "cached": counts.get("cached", 0), "invalid_rows": invalid, "duplicates": batch.duplicates,
+        "stopped": batch.error,
+        "finished_at": batch.finished_at.isoformat() if batch.finished_at else None,
+    })
 
 
 def _json_length(name: str) -> Func:
@@ -463,10 +512,8 @@ def batch_progress(batch: Batch, *, now: datetime | None = None) -> Progress:
     pending, running = by_status[Check.Status.PENDING], by_status[Check.Status.RUNNING]
     not_yet = max(batch.total - created, 0)
     finished = batch.status != Batch.Status.RUNNING or (not_yet == 0 and pending == 0 and running == 0)
-    if finished and batch.status == Batch.Status.RUNNING:
-        if Batch.objects.filter(pk=batch.pk, status=Batch.Status.RUNNING).update(status=Batch.Status.DONE,
-                                                                                 finished_at=now):
-            batch.status, batch.finished_at = Batch.Status.DONE, now
+    if finished and batch.status == Batch.Status.RUNNING and batch_finish(batch_id=batch.pk, now=now):
+        batch.status, batch.finished_at = Batch.Status.DONE, now
     done = by_status[Check.Status.SUCCEEDED] + by_status[Check.Status.NOT_FOUND] + by_status[Check.Status.FAILED]
     eta_seconds, eta_source = None, ""
     remaining = batch.total - done

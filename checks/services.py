@@ -49,7 +49,7 @@ from django_tenants.utils import schema_context
 
 from accounts.models import User
 from billing.charges import CHARGE_NOW_CTES, Metered, charge_hold, charge_now_params, charge_release, charge_settle
-from billing.ledger import InsufficientCredits
+from billing.ledger import InsufficientCredits, credits_low_check
 from billing.models import BillingAccount, Plan, Price, UsageEvent
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
@@ -291,7 +291,7 @@ checked AS (
         company_name = CASE WHEN %(found)s::boolean THEN %(company_name)s::text ELSE company_name END
     FROM entry WHERE {Target._meta.db_table}.id = %(target)s::bigint
 )
-SELECT account.credits, entry.id, checked.id, reported.id, alerted.id
+SELECT account.credits, entry.id, checked.id, reported.id, alerted.id, account.credits_low_threshold
 FROM account LEFT JOIN entry ON true LEFT JOIN checked ON true LEFT JOIN reported ON true LEFT JOIN alerted ON true
 """
 
@@ -436,9 +436,12 @@ def _check_from_cache(*, organization: Organization, target: Target, lookup: Cac
         if not _quota_violated(error):
             raise
         raise _over_quota(quota, quota, 1) from None
-    balance, entry_id, check_id, _report_id, alert_id = row or (None, None, None, None, None)
+    balance, entry_id, check_id, _report_id, alert_id, low_threshold = row or (None,) * 6
     if entry_id is None:
         raise _insufficient(InsufficientCredits(balance=balance or Decimal(0), required=price.per_unit))
+    # `account.credits` is the balance the movement started from (billing.ledger.MOVE_CTES).
+    credits_low_check(organization=organization, before=balance, after=balance - price.per_unit,
+                      threshold=low_threshold)
     if alert_id is not None and (settings_row.alert_emails if settings_row else facts.alert_emails):
         from .tasks import alert_email_task
 
@@ -598,6 +601,7 @@ def _fail(check: Check, error: str, *, organization: Organization) -> None:
     Target.objects.filter(pk=check.target_id).update(status=check.status, last_checked_at=check.finished_at)
     check.target.status, check.target.last_checked_at = check.status, check.finished_at
     check_event_emit(organization=organization, check=check, target=check.target)
+    _batch_finish(check)
 
 
 def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, price: Price) -> None:
@@ -624,6 +628,15 @@ def _finish(check: Check, lookup: CachedLookup, *, organization: Organization, p
         fields += ["risk_level", "company_name"]
     target.save(update_fields=fields)
     check_event_emit(organization=organization, check=check, target=target)
+    _batch_finish(check)
+
+
+def _batch_finish(check: Check) -> None:
+    """The last check of a bulk batch to finish finishes the batch (checks.bulk.batch_finish)."""
+    if check.batch_id is not None:
+        from .bulk import batch_finish
+
+        batch_finish(batch_id=check.batch_id)
 
 
 def signals_stored(signals) -> list[dict]:

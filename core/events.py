@@ -15,12 +15,13 @@ _sinks: list[EventSink] = []
 
 
 def event_sink_register(sink: EventSink) -> None:
-    """`sink(organization=…, type=…, data=…)` receives every event (registered once per process)."""
+    """`sink(organization=…, type=…, data=…, private=…)` receives every event (registered once per process)."""
     if sink not in _sinks:
         _sinks.append(sink)
 
 
-def event_emit(*, organization: Any, type: str, data: dict) -> None:
-    """Report that `type` happened in `organization` (call it inside the change's transaction)."""
+def event_emit(*, organization: Any, type: str, data: dict, private: dict | None = None) -> None:
+    """Report that `type` happened in `organization` (call it inside the change's transaction). `private` holds
+    people's words (a message's text): sinks pass it on only where it was asked for."""
     for sink in _sinks:
-        sink(organization=organization, type=type, data=data)
+        sink(organization=organization, type=type, data=data, private=private)

@@ -168,6 +168,20 @@ def checks_cache_count(*, hit: bool) -> None:
     _checks_cache["hit" if hit else "miss"].inc()
 
 
+# ---------------------------------------------------------------- outbound webhooks
+
+webhook_deliveries = Counter("prumo_webhook_deliveries_total", "Webhook delivery tries, by outcome (success: a 2xx; "
+                             "failure: another HTTP status; gone: a 410; timeout; connection: no answer; refused: "
+                             "the address is not allowed; interrupted: the worker died while sending).", ["outcome"])
+WEBHOOK_OUTCOMES = ("success", "failure", "gone", "timeout", "connection", "refused", "interrupted")
+_webhook_deliveries = {outcome: webhook_deliveries.labels(outcome) for outcome in WEBHOOK_OUTCOMES}
+
+
+def webhook_delivery_count(outcome: str) -> None:
+    """One delivery try ended with `outcome` (one of WEBHOOK_OUTCOMES)."""
+    _webhook_deliveries[outcome].inc()
+
+
 _pools_recorded_at = 0.0
 
 

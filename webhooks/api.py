@@ -99,7 +99,8 @@ class WebhookEndpointListView(WebhookAPIView):
         data = self.body(WebhookEndpointWriteSerializer)
         new = self.saved(lambda: webhook_endpoint_create(
             organization=request.tenant, actor=Actor.from_request(request), url=data["url"],
-            description=data["description"], event_types=data["event_types"], enabled=data["enabled"]))
+            description=data["description"], event_types=data["event_types"], enabled=data["enabled"],
+            include_message_text=data["include_message_text"]))
         response = Response(WebhookEndpointCreatedSerializer(new.endpoint, context={"secret": new.secret}).data,
                             status=status.HTTP_201_CREATED)
         response["Cache-Control"] = "no-store"  # the body holds a secret
@@ -124,7 +125,8 @@ class WebhookEndpointDetailView(WebhookAPIView):
         updated = self.saved(lambda: webhook_endpoint_update(
             organization=request.tenant, actor=Actor.from_request(request), endpoint=endpoint,
             url=data.get("url", endpoint.url), description=data.get("description", endpoint.description),
-            event_types=data.get("event_types", endpoint.event_types), enabled=data.get("enabled", endpoint.enabled)))
+            event_types=data.get("event_types", endpoint.event_types), enabled=data.get("enabled", endpoint.enabled),
+            include_message_text=data.get("include_message_text")))
         return Response(WebhookEndpointSerializer(updated).data)
 
     @extend_schema(operation_id="webhooks_destroy", responses={204: None, 403: PLAN_REFUSED},

@@ -12,5 +12,14 @@ EVENT_TYPES = {
     "member.removed": _("A member left or was removed from the organization."),
     "api_key.created": _("An API key was created."),
     "api_key.revoked": _("An API key was revoked."),
+    "batch.completed": _("A bulk check (a CSV of CNPJs) finished: every check it requested has an answer."),
+    "credits.low": _("The credit balance fell below the threshold set in Settings → Webhooks (once per crossing)."),
+    "credits.purchased": _("A credit top-up was paid and its credits added."),
+    "subscription.updated": _("The plan or the subscription's status changed (in Stripe, or by an operator)."),
+    "chat.answer.completed": _("A chat answer finished. Only to endpoints that choose it (never with “all "
+                               "events”); the answer's text only to those that include message text."),
     "webhook.test": _("A test event, sent on request to one endpoint."),
 }
+
+# Sent only to endpoints that chose them by name: "all events" (an empty choice) does not include them.
+OPT_IN = frozenset({"chat.answer.completed"})

@@ -29,8 +29,10 @@ class WebhookEndpoint(models.Model):
 
     url = models.CharField(_("URL"), max_length=2000)
     description = models.CharField(_("description"), max_length=200, blank=True)
-    # Empty: every event type; otherwise only these.
+    # Empty: every event type but the opt-in ones (events.OPT_IN); otherwise only these.
     event_types = models.JSONField(_("event types"), default=list, blank=True)
+    # Whether events that carry people's messages (chat.answer.completed) include their text.
+    include_message_text = models.BooleanField(_("include message text"), default=False)
     enabled = models.BooleanField(_("enabled"), default=True)
     disabled_reason = models.CharField(max_length=20, choices=DisabledReason.choices, blank=True)
     # Signing secrets (`whsec_…`), Fernet-encrypted (webhooks.crypto); the previous one signs too until it expires.
@@ -47,6 +49,10 @@ class WebhookEndpoint(models.Model):
         return self.description or self.url
 
     def subscribes_to(self, event_type: str) -> bool:
+        from .events import OPT_IN
+
+        if event_type in OPT_IN:
+            return event_type in self.event_types
         return not self.event_types or event_type in self.event_types
 
 

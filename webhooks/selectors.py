@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from .events import EVENT_TYPES
+from .events import EVENT_TYPES, OPT_IN
 from .models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
@@ -22,4 +22,5 @@ def delivery_list(*, endpoint: WebhookEndpoint, status: str = "") -> QuerySet[We
 
 
 def event_type_list() -> list[dict]:
-    return [{"type": name, "description": str(description)} for name, description in EVENT_TYPES.items()]
+    return [{"type": name, "description": str(description), "opt_in": name in OPT_IN}
+            for name, description in EVENT_TYPES.items()]

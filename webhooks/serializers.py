@@ -22,7 +22,7 @@ class WebhookEndpointSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = WebhookEndpoint
-        fields = ["id", "url", "description", "event_types", "enabled", "disabled_reason",
+        fields = ["id", "url", "description", "event_types", "include_message_text", "enabled", "disabled_reason",
                   "previous_secret_valid_until", "created_at", "updated_at"]
         read_only_fields = fields
 
@@ -43,7 +43,11 @@ class WebhookEndpointWriteSerializer(serializers.Serializer):
     url = serializers.CharField(max_length=2000, help_text=_("Where events are POSTed: https://…"))
     description = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
     event_types = serializers.ListField(child=serializers.ChoiceField(choices=EVENT_TYPE_CHOICES), required=False,
-                                        default=list, help_text=_("Empty or absent: every event type."))
+                                        default=list, help_text=_("Empty or absent: every event type except "
+                                                                  "chat.answer.completed, which must be chosen."))
+    include_message_text = serializers.BooleanField(
+        required=False, default=False,
+        help_text=_("Send the text of chat answers in chat.answer.completed (default: only their numbers)."))
     enabled = serializers.BooleanField(required=False, default=True)
 
 
@@ -51,6 +55,7 @@ class WebhookEndpointPatchSerializer(WebhookEndpointWriteSerializer):
     url = serializers.CharField(max_length=2000, required=False)
     description = serializers.CharField(max_length=200, required=False, allow_blank=True)
     event_types = serializers.ListField(child=serializers.ChoiceField(choices=EVENT_TYPE_CHOICES), required=False)
+    include_message_text = serializers.BooleanField(required=False)
     enabled = serializers.BooleanField(required=False)
 
 
@@ -108,3 +113,4 @@ class WebhookReplayedSerializer(serializers.Serializer):
 class EventTypeSerializer(serializers.Serializer):
     type = serializers.CharField()
     description = serializers.CharField()
+    opt_in = serializers.BooleanField(help_text=_("Sent only to endpoints that choose this type by name."))

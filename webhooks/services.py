@@ -25,16 +25,21 @@ from email.utils import parsedate_to_datetime
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.mail import EmailMessage
 from django.db import connection, transaction
-from django.utils import timezone
+from django.db.models import Max, Min
+from django.urls import reverse
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 from django_tenants.utils import schema_context
 
+from accounts.models import User
 from billing.ratelimits import slot_acquire, slot_release
 from billing.selectors import entitlements_for
 from core.egress import (
     TIMEOUT_SECONDS,
     EgressError,
+    EgressFailed,
     EgressRefused,
     EgressResponse,
     Resolver,
@@ -44,8 +49,10 @@ from core.egress import (
     system_resolve,
     url_check,
 )
+from core.metrics import webhook_delivery_count
 from tenants.audit.services import Actor, audit_record
-from tenants.models import Organization
+from tenants.models import Organization, Role
+from tenants.tasks import email_plain_name
 
 from .crypto import secret_decrypt, secret_encrypt
 from .events import EVENT_TYPES
@@ -62,6 +69,7 @@ STALE_SECONDS = TIMEOUT_SECONDS + 45  # a try still "sending" this long after it
 SLOT_KIND = "webhooks"
 SLOT_RETRY_SECONDS = 2.0  # a try over its endpoint's concurrency cap is queued again this soon (plus up to 1 s)
 PREVIOUS_SECRET_HOURS = 24
+FAILING_DAYS = 5  # an endpoint whose every try failed for this long (none succeeded since) is disabled
 USER_AGENT = "Prumo-Webhooks/1.0"
 
 
@@ -133,17 +141,19 @@ def endpoint_secrets(endpoint: WebhookEndpoint, *, now=None) -> list[str]:
 
 def _audit_view(endpoint: WebhookEndpoint) -> dict:
     return {"url": endpoint.url, "description": endpoint.description, "event_types": endpoint.event_types,
-            "enabled": endpoint.enabled}
+            "enabled": endpoint.enabled, "include_message_text": endpoint.include_message_text}
 
 
 @transaction.atomic
 def webhook_endpoint_create(*, organization: Organization, actor: Actor, url: str, description: str = "",
-                            event_types: Iterable[str] = (), enabled: bool = True) -> NewEndpoint:
+                            event_types: Iterable[str] = (), enabled: bool = True,
+                            include_message_text: bool = False) -> NewEndpoint:
     secret = secret_generate()
     with schema_context(organization.schema_name):
         endpoint = WebhookEndpoint.objects.create(
             url=endpoint_url_clean(url), description=description.strip()[:200],
             event_types=event_types_clean(event_types), secret_encrypted=secret_encrypt(secret), enabled=enabled,
+            include_message_text=include_message_text,
             disabled_reason="" if enabled else WebhookEndpoint.DisabledReason.MANUAL)
     audit_record(organization=organization, actor=actor, action="webhook_endpoint.created", target=endpoint,
                  after=_audit_view(endpoint))
@@ -152,17 +162,20 @@ def webhook_endpoint_create(*, organization: Organization, actor: Actor, url: st
 
 @transaction.atomic
 def webhook_endpoint_update(*, organization: Organization, actor: Actor, endpoint: WebhookEndpoint, url: str,
-                            description: str, event_types: Iterable[str], enabled: bool) -> WebhookEndpoint:
+                            description: str, event_types: Iterable[str], enabled: bool,
+                            include_message_text: bool | None = None) -> WebhookEndpoint:
     before = _audit_view(endpoint)
     endpoint.url = endpoint_url_clean(url)
     endpoint.description = description.strip()[:200]
     endpoint.event_types = event_types_clean(event_types)
+    if include_message_text is not None:
+        endpoint.include_message_text = include_message_text
     if enabled != endpoint.enabled:
         endpoint.enabled = enabled
         endpoint.disabled_reason = "" if enabled else WebhookEndpoint.DisabledReason.MANUAL
     with schema_context(organization.schema_name):
         endpoint.save(update_fields=["url", "description", "event_types", "enabled", "disabled_reason",
-                                     "updated_at"])
+                                     "include_message_text", "updated_at"])
         if not endpoint.enabled:
             _pending_cancel(endpoint)
     audit_record(organization=organization, actor=actor, action="webhook_endpoint.updated", target=endpoint,
@@ -208,16 +221,70 @@ def _pending_cancel(endpoint: WebhookEndpoint) -> int:
         status=WebhookDelivery.Status.CANCELLED, finished_at=timezone.now(), next_attempt_at=None)
 
 
-def webhook_endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> None:
-    """Disable the endpoint (in the current schema) and cancel its pending deliveries."""
+def webhook_endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> bool:
+    """Disable the endpoint (in the current schema) and cancel its pending deliveries; whether it was enabled."""
     with transaction.atomic():
-        WebhookEndpoint.objects.filter(pk=endpoint.pk).update(enabled=False, disabled_reason=reason,
-                                                              updated_at=timezone.now())
+        changed = WebhookEndpoint.objects.filter(pk=endpoint.pk, enabled=True).update(
+            enabled=False, disabled_reason=reason, updated_at=timezone.now())
         endpoint.enabled, endpoint.disabled_reason = False, reason
         _pending_cancel(endpoint)
         audit_record(organization=current_organization(), actor=Actor.system("webhooks"),
                      action="webhook_endpoint.disabled", target=endpoint, after={"reason": reason})
     logger.warning("webhook endpoint %s disabled (%s)", endpoint.pk, reason)
+    return bool(changed)
+
+
+def endpoint_failing_since(endpoint: WebhookEndpoint):
+    """When the endpoint's current run of failed tries began (None: its last try succeeded, or none failed)."""
+    tries = WebhookAttempt.objects.filter(delivery__endpoint=endpoint)
+    last_success = tries.filter(status=WebhookAttempt.Status.SUCCEEDED).aggregate(at=Max("started_at"))["at"]
+    failed = tries.filter(status=WebhookAttempt.Status.FAILED)
+    if last_success is not None:
+        failed = failed.filter(started_at__gt=last_success)
+    return failed.aggregate(at=Min("started_at"))["at"]
+
+
+def _failing_check(endpoint: WebhookEndpoint, *, now) -> bool:
+    """Disable an endpoint failing for FAILING_DAYS and tell its organization's owners and admins; whether it was."""
+    since = endpoint_failing_since(endpoint)
+    if since is None or since > now - timedelta(days=FAILING_DAYS):
+        return False
+    if not webhook_endpoint_disable(endpoint=endpoint, reason=WebhookEndpoint.DisabledReason.FAILING):
+        return False
+    from .tasks import endpoint_failing_notify_task
+
+    organization_id, endpoint_id = current_organization().pk, endpoint.pk
+    transaction.on_commit(lambda: endpoint_failing_notify_task.delay(organization_id, endpoint_id, since.isoformat()))
+    return True
+
+
+def endpoint_failing_notify(*, organization: Organization, endpoint_id: int, since) -> int:
+    """E-mail the organization's owners and admins, each in their language, that an endpoint was disabled for
+    failing since `since`; how many were sent."""
+    with schema_context(organization.schema_name):
+        endpoint = WebhookEndpoint.objects.filter(pk=endpoint_id).first()
+    if endpoint is None:
+        return 0
+    recipients = User.objects.filter(memberships__organization=organization, is_active=True,
+                                     memberships__role__in=[Role.OWNER, Role.ADMIN]).distinct()
+    path = reverse("webhook_endpoint", args=[organization.slug, endpoint_id])
+    url = settings.SITE_URL.rstrip("/") + path
+    sent = 0
+    for user in recipients:
+        with translation.override(user.language):
+            context = {"organization": email_plain_name(organization.name), "endpoint": endpoint.url,
+                       "days": FAILING_DAYS, "since": since.date().isoformat(), "url": url}
+            subject = _("A webhook endpoint of %(organization)s was disabled") % context
+            body = _(
+                "Every delivery to the webhook endpoint %(endpoint)s of %(organization)s has failed since "
+                "%(since)s (%(days)s days without a success), so it has been disabled and receives no more "
+                "events.\n\n"
+                "Once the receiver works again, enable the endpoint and send the failed events again from its "
+                "page:\n%(url)s\n"
+            ) % context
+        EmailMessage(subject, body, None, [user.email], headers={"Content-Language": user.language}).send()
+        sent += 1
+    return sent
 
 
 def webhook_delivery_replay(*, organization: Organization, delivery: WebhookDelivery,
@@ -265,11 +332,14 @@ def _timestamp(moment) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def webhook_event_emit(*, organization: Organization, type: str, data: dict,
+def webhook_event_emit(*, organization: Organization, type: str, data: dict, private: dict | None = None,
                        endpoints: Iterable[WebhookEndpoint] | None = None) -> WebhookMessage | None:
     """Write an event to the outbox, in the caller's transaction, with a delivery to each enabled endpoint that
     subscribes to `type` (or to `endpoints`); its first tries are queued when the transaction commits. None when
-    no endpoint wants it (nothing is written)."""
+    no endpoint wants it (nothing is written).
+
+    `private` (people's words: a chat answer's text) is added to `data` only for the endpoints that include message
+    text: they get a message of their own (another `webhook-id`), the others one without it."""
     schema = organization.schema_name
     with schema_context(schema), transaction.atomic():
         if endpoints is None:
@@ -277,14 +347,23 @@ def webhook_event_emit(*, organization: Organization, type: str, data: dict,
         endpoints = list(endpoints)
         if not endpoints:
             return None
+        groups = [(data, endpoints)]
+        if private:
+            groups = [(data, [e for e in endpoints if not e.include_message_text]),
+                      ({**data, **private}, [e for e in endpoints if e.include_message_text])]
         now = timezone.now()
-        message = WebhookMessage.objects.create(type=type, timestamp=now,
-                                                payload={"type": type, "timestamp": _timestamp(now), "data": data})
-        deliveries = WebhookDelivery.objects.bulk_create(
-            [WebhookDelivery(message=message, endpoint=endpoint, next_attempt_at=now) for endpoint in endpoints])
-        ids = [delivery.pk for delivery in deliveries]
+        messages, ids = [], []
+        for payload_data, group in groups:
+            if not group:
+                continue
+            message = WebhookMessage.objects.create(
+                type=type, timestamp=now, payload={"type": type, "timestamp": _timestamp(now), "data": payload_data})
+            deliveries = WebhookDelivery.objects.bulk_create(
+                [WebhookDelivery(message=message, endpoint=endpoint, next_attempt_at=now) for endpoint in group])
+            messages.append(message)
+            ids += [delivery.pk for delivery in deliveries]
         transaction.on_commit(lambda: deliveries_enqueue(ids, schema=schema))
-    return message
+    return messages[0]
 
 
 def deliveries_enqueue(delivery_ids: Iterable[int], *, schema: str, number: int | None = None,
@@ -345,8 +424,8 @@ def delivery_attempt(*, delivery_id: int, number: int, resolve: Resolver = syste
         attempt = _claim(delivery, number)
         if attempt is None:
             return AttemptOutcome(WebhookDelivery.objects.get(pk=delivery_id).status)
-        response, error, latency_ms = _send(delivery, resolve)
-        return _record(delivery, attempt, response=response, error=error, latency_ms=latency_ms)
+        response, error, latency_ms, outcome = _send(delivery, resolve)
+        return _record(delivery, attempt, response=response, error=error, latency_ms=latency_ms, outcome=outcome)
     finally:
         slot_release(slot)
 
@@ -359,7 +438,7 @@ def _claimed_before(delivery: WebhookDelivery, number: int) -> AttemptOutcome:
             or delivery.attempts != number:
         return AttemptOutcome(delivery.status)
     return _record(delivery, attempt, response=None, error=_("interrupted: the worker stopped while sending"),
-                   latency_ms=None)
+                   latency_ms=None, outcome="interrupted")
 
 
 def _claim(delivery: WebhookDelivery, number: int) -> WebhookAttempt | None:
@@ -374,7 +453,7 @@ def _claim(delivery: WebhookDelivery, number: int) -> WebhookAttempt | None:
         return WebhookAttempt.objects.create(delivery=locked, number=number)
 
 
-def _send(delivery: WebhookDelivery, resolve: Resolver) -> tuple[EgressResponse | None, str, int]:
+def _send(delivery: WebhookDelivery, resolve: Resolver) -> tuple[EgressResponse | None, str, int, str]:
     message, endpoint = delivery.message, delivery.endpoint
     body = message_body(message)
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
@@ -384,16 +463,21 @@ def _send(delivery: WebhookDelivery, resolve: Resolver) -> tuple[EgressResponse 
     try:
         response = egress_post(endpoint.url, content=body, headers=headers, allow_http=settings.WEBHOOKS_ALLOW_HTTP,
                                allowed=allowed_networks(), resolve=resolve)
-        error = ""
+        error, outcome = "", ""
     except EgressError as failure:
         response, error = None, str(failure)
-    return response, error[:255], int((time.monotonic() - started) * 1000)
+        outcome = ("timeout" if isinstance(failure, EgressFailed) and failure.reason == "timeout"
+                   else "connection" if isinstance(failure, EgressFailed) else "refused")
+    return response, error[:255], int((time.monotonic() - started) * 1000), outcome
 
 
 def _record(delivery: WebhookDelivery, attempt: WebhookAttempt, *, response: EgressResponse | None, error: str,
-            latency_ms: int | None) -> AttemptOutcome:
+            latency_ms: int | None, outcome: str) -> AttemptOutcome:
     now = timezone.now()
     succeeded = response is not None and 200 <= response.status < 300
+    if response is not None:
+        outcome = "success" if succeeded else "gone" if response.status == 410 else "failure"
+    transaction.on_commit(lambda: webhook_delivery_count(outcome))
     if response is not None and not succeeded and not error:
         error = _("HTTP %(status)s") % {"status": response.status}
     attempt.status = WebhookAttempt.Status.SUCCEEDED if succeeded else WebhookAttempt.Status.FAILED
@@ -412,10 +496,27 @@ def _record(delivery: WebhookDelivery, attempt: WebhookAttempt, *, response: Egr
             pending.update(status=WebhookDelivery.Status.FAILED, finished_at=now, next_attempt_at=None)
             if gone:
                 webhook_endpoint_disable(endpoint=delivery.endpoint, reason=WebhookEndpoint.DisabledReason.GONE)
+            else:
+                _failing_check(delivery.endpoint, now=now)
             return AttemptOutcome(WebhookDelivery.Status.FAILED)
+        if _failing_check(delivery.endpoint, now=now):  # its pending deliveries, this one included, are cancelled
+            return AttemptOutcome(WebhookDelivery.Status.CANCELLED)
         wait = retry_wait(number + 1, response)
         pending.update(next_attempt_at=now + timedelta(seconds=wait))
     return AttemptOutcome(WebhookDelivery.Status.PENDING, next_number=number + 1, retry_in=wait)
+
+
+def dead_letters_purge(*, now=None) -> int:
+    """Delete the deliveries that failed for good (dead letters) over WEBHOOKS_DEAD_LETTER_DAYS ago, their tries, and
+    the messages left without a delivery; how many deliveries went."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.WEBHOOKS_DEAD_LETTER_DAYS)
+    with transaction.atomic():
+        dead = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.FAILED, finished_at__lt=cutoff)
+        messages = set(dead.values_list("message_id", flat=True))
+        _total, deleted = dead.delete()
+        WebhookMessage.objects.filter(pk__in=messages, deliveries__isnull=True).delete()
+    return deleted.get(WebhookDelivery._meta.label, 0)
 
 
 def deliveries_due(*, now=None, grace: timedelta = timedelta(minutes=5)) -> int:

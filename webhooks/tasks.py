@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import smtplib
+from datetime import datetime
+
 from celery import shared_task
 from django.db import OperationalError, connection
 
+from tenants.models import Organization
 from tenants.tasks import task_per_organization
 
-from .services import deliveries_due, deliveries_enqueue, delivery_attempt
+from .services import (
+    dead_letters_purge,
+    deliveries_due,
+    deliveries_enqueue,
+    delivery_attempt,
+    endpoint_failing_notify,
+)
 
 
 @shared_task(bind=True, acks_late=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5,
@@ -32,3 +42,23 @@ def deliveries_due_fanout() -> int:
 @shared_task(acks_late=True, ignore_result=True)
 def deliveries_due_task() -> int:
     return deliveries_due()
+
+
+@shared_task(ignore_result=True)
+def dead_letters_purge_fanout() -> int:
+    """Beat, daily: each organization deletes its dead letters past their retention (WEBHOOKS_DEAD_LETTER_DAYS)."""
+    return task_per_organization(dead_letters_purge_task)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def dead_letters_purge_task() -> int:
+    return dead_letters_purge()
+
+
+@shared_task(acks_late=True, autoretry_for=(OSError, smtplib.SMTPException), retry_backoff=True, max_retries=5,
+             ignore_result=True)
+def endpoint_failing_notify_task(organization_id: int, endpoint_id: int, since: str) -> int:
+    """E-mail the owners and admins that an endpoint was disabled for failing (see services._failing_check)."""
+    organization = Organization.objects.get(pk=organization_id)
+    return endpoint_failing_notify(organization=organization, endpoint_id=endpoint_id,
+                                   since=datetime.fromisoformat(since))

@@ -17,13 +17,15 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
+from billing.models import BillingAccount
 from billing.selectors import entitlements_for
+from billing.services import credits_low_threshold_set
 from tenants.audit.services import Actor
 from tenants.guards import org_member_required
 from tenants.models import Role
 
 from .events import EVENT_TYPES
-from .forms import WebhookEndpointForm
+from .forms import CreditsLowForm, WebhookEndpointForm
 from .models import WebhookDelivery, WebhookEndpoint
 from .selectors import delivery_list, endpoint_list
 from .services import (
@@ -63,15 +65,38 @@ def webhooks_settings(request: HttpRequest) -> HttpResponse:
                 new = webhook_endpoint_create(organization=request.tenant, actor=Actor.from_request(request),
                                               url=form.cleaned_data["url"],
                                               description=form.cleaned_data["description"],
-                                              event_types=form.cleaned_data["event_types"])
+                                              event_types=form.cleaned_data["event_types"],
+                                              include_message_text=form.cleaned_data["include_message_text"])
             except ValidationError as error:
                 form.add_error("url", error)
             else:
                 new_secret = new.secret
                 form = WebhookEndpointForm()
     context = {"allowed": allowed, "form": form, "endpoints": endpoint_list(), "new_secret": new_secret,
-               "event_types": EVENT_TYPES}
+               "event_types": EVENT_TYPES, "credits_low_form": _credits_low_form(request)}
     return _no_store(render(request, "webhooks/settings.html", context))
+
+
+def _credits_low_form(request: HttpRequest, data=None) -> CreditsLowForm:
+    threshold = BillingAccount.objects.filter(pk=request.tenant.pk).values_list("credits_low_threshold",
+                                                                                 flat=True).first()
+    return CreditsLowForm(data, initial={"threshold": threshold})
+
+
+@org_member_required(role=Role.ADMIN)
+@require_POST
+def webhooks_credits_low(request: HttpRequest) -> HttpResponse:
+    """Set the balance under which `credits.low` is sent (stored on the billing account)."""
+    _plan_check(request)
+    form = _credits_low_form(request, request.POST)
+    if not form.is_valid():
+        context = {"allowed": True, "form": WebhookEndpointForm(), "endpoints": endpoint_list(),
+                   "event_types": EVENT_TYPES, "credits_low_form": form}
+        return _no_store(render(request, "webhooks/settings.html", context, status=400))
+    credits_low_threshold_set(organization=request.tenant, threshold=form.cleaned_data["threshold"],
+                              actor=Actor.from_request(request))
+    messages.success(request, _("Saved."))
+    return redirect("webhooks_settings", request.tenant.slug)
 
 
 @org_member_required(role=Role.ADMIN)

@@ -629,6 +629,10 @@ WEBHOOKS_QUEUE = os.environ.get("WEBHOOKS_QUEUE", "webhooks")
 CELERY_TASK_ROUTES["webhooks.tasks.*"] = {"queue": WEBHOOKS_QUEUE}
 # Deliveries whose next try is overdue (a lost task) are queued again; a try is never sent twice.
 CELERY_BEAT_SCHEDULE["webhooks-deliveries-due"] = {"task": "webhooks.tasks.deliveries_due_fanout", "schedule": 300.0}
+# Deliveries that failed for good (dead letters) are kept this many days, then purged (daily).
+WEBHOOKS_DEAD_LETTER_DAYS = int(os.environ.get("WEBHOOKS_DEAD_LETTER_DAYS", "30"))
+CELERY_BEAT_SCHEDULE["webhooks-dead-letters-purge"] = {"task": "webhooks.tasks.dead_letters_purge_fanout",
+                                                       "schedule": crontab(hour=4, minute=10)}
 
 # Studio: generation jobs on their own queue. At most STUDIO_CONCURRENCY_<KIND> jobs of a kind run at once over
 # every worker (a Redis semaphore with leases), and STUDIO_CONCURRENCY_PER_ORGANIZATION of one organization.
