@@ -32,7 +32,7 @@ def main() -> int:
         "web": [PYTHON, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", PORT,
                 "--reload", "--lifespan", "off", "--no-access-log"],
         "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2", "-n", "worker@%h",
-                   "-Q", "default,checks,webhooks,billing"],
+                   "-Q", "default,checks,webhooks,billing,studio"],
         # Answers spend their time waiting on providers: threads, many at once.
         "generator": [*celery, "worker", "--loglevel", "INFO", "--pool", "threads", "--concurrency", "32",
                       "-n", "generator@%h", "-Q", "generation"],

@@ -22,7 +22,7 @@ case "$role" in
     ;;
   worker)
     shift
-    exec celery -A config worker -Q "default,${CHECKS_QUEUE:-checks},webhooks,billing" --loglevel INFO "$@"
+    exec celery -A config worker -Q "default,${CHECKS_QUEUE:-checks},webhooks,billing,${STUDIO_QUEUE:-studio}" --loglevel INFO "$@"
     ;;
   generator)
     shift
