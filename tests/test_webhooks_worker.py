@@ -9,6 +9,7 @@ Both processes commit to the test database, so this test removes what it and the
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from django_tenants.utils import schema_context
@@ -71,3 +72,66 @@ def test_a_revocation_on_the_server_is_delivered_by_the_worker_and_verifies(
     assert wait_for(lambda: delivered.search(celery_worker_process.process.log()), timeout=5), (
         celery_worker_process.process.log()[-5000:])
     assert not delivered.search(live_server_process.process.log()), "the web process sent it itself (eager)"
+
+
+@pytest.fixture
+def committed_org_with_endpoint(tenant_world, django_db_blocker):
+    """A committed organization of owner-a on Pro (100 credits), an endpoint for `check.completed` and
+    `webhook.test` at a fresh receiver, and a CNPJ whose answer is in the shared checks cache (as the running
+    server reads it); all removed afterwards."""
+    from billing.models import BillingAccount, Plan
+    from checks.cache import _key, _store
+    from checks.registries.brasilapi import normalize_minhareceita
+    from checks.registries.lookup import LOOKUP_FOUND, LookupResult
+    from core.redis_clients import redis_client
+    from tenants.audit.services import Actor
+    from tenants.services import organization_create
+    from webhooks.services import webhook_endpoint_create
+
+    from .fake_registries import default_companies
+    from .orgs import organization_drop
+
+    cnpj, payload = next(iter(default_companies()["brasilapi"].items()))
+    record = normalize_minhareceita(payload, cnpj=cnpj, fetched_at="2026-12-01T00:00:00+00:00",
+                                    provider="brasilapi", source_updated_at=None)
+    with Receiver() as receiver, django_db_blocker.unblock():
+        org = organization_create(user=tenant_world["a"]["owner"], name=f"Hooks {uuid.uuid4().hex[:6]}",
+                                  actor=Actor.system("tests"))
+        BillingAccount.objects.filter(pk=org.pk).update(plan=Plan.objects.get(code="pro"))
+        endpoint = webhook_endpoint_create(organization=org, actor=Actor.system("tests"), url=receiver.url(),
+                                           event_types=["check.completed", "webhook.test"])
+        _store(LookupResult(cnpj=cnpj, outcome=LOOKUP_FOUND, record=record, provider="brasilapi"))
+        try:
+            yield org, cnpj, endpoint, receiver
+        finally:
+            redis_client(decode=False).delete(_key(cnpj))
+            organization_drop(org)
+
+
+def test_a_check_and_a_test_event_from_the_running_server_reach_an_integrators_receiver(
+        live_server_process, celery_worker_process, committed_org_with_endpoint):
+    """Issue 14's "done when": signed check.completed and test events, from the running server through the
+    worker, verified by the official `standardwebhooks` package at a receiver on 127.0.0.1."""
+    org, cnpj, endpoint, receiver = committed_org_with_endpoint
+    base = live_server_process.url
+    session = sign_in(base, "owner-a@example.com", PASSWORD)
+    new_target = f"{base}/o/{org.slug}/checks/targets/new/"
+    token = csrf_token(session, new_target)
+    response = session.post(new_target, data={"csrfmiddlewaretoken": token, "cnpj": cnpj, "label": "", "tags": "",
+                                              "schedule": "none"},
+                            headers={"Referer": new_target}, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text[:2000]
+    hooks = f"{base}/o/{org.slug}/settings/webhooks/{endpoint.endpoint.pk}/"
+    response = session.post(f"{hooks}test/", data={"csrfmiddlewaretoken": csrf_token(session, hooks)},
+                            headers={"Referer": hooks}, allow_redirects=False, timeout=10)
+    assert response.status_code == 302, response.text[:2000]
+
+    assert wait_for(lambda: len(receiver.requests) >= 2, timeout=POLL_SECONDS), (
+        "deliveries missing; worker log:\n" + celery_worker_process.process.log()[-5000:])
+    payloads = {payload["type"]: payload for payload in receiver.verify(endpoint.secret)}
+    assert set(payloads) == {"check.completed", "webhook.test"}
+    check = payloads["check.completed"]["data"]
+    assert (check["cnpj"], check["status"], check["cache_hit"]) == (cnpj, "succeeded", True)
+    assert payloads["webhook.test"]["data"]
+    delivered = re.compile(r"delivery_attempt_task\[[-0-9a-f]+\] succeeded in [0-9.]+s: 'succeeded'")
+    assert not delivered.search(live_server_process.process.log()), "the web process sent them itself (eager)"

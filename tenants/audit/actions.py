@@ -21,6 +21,7 @@ ACTIONS: dict[str, object] = {
     "invitation.sent": _("Invitation sent"),
     "invitation.revoked": _("Invitation revoked"),
     "invitation.accepted": _("Invitation accepted"),
+    "invitation.refused_no_seat": _("Invitation refused: no seat free"),
     # Sign-ins and account security (recorded in every organization the person belongs to)
     "user.login": _("Signed in"),
     "user.login_failed": _("Failed sign-in"),
@@ -54,9 +55,11 @@ ACTIONS: dict[str, object] = {
     "checks.batch_exported": _("Bulk check results exported"),
     "billing.usage_exported": _("Usage exported"),
     "audit.exported": _("Audit log exported"),
+    "audit.purged": _("Audit events past retention purged"),
     # Billing
     "billing.plan_changed": _("Plan changed"),
     "billing.plan_assigned": _("Plan assigned"),
+    "billing.credits_low_threshold_set": _("Low-credits threshold set"),
     "billing.status_changed": _("Billing status changed"),
     "billing.downgraded": _("Downgraded for non-payment"),
     "credits.purchased": _("Credits purchased"),
