@@ -46,8 +46,9 @@ class Job(models.Model):
     credits_held = models.DecimalField(**CREDIT_FIELD, default=ZERO)
     credits_charged = models.DecimalField(**CREDIT_FIELD, default=ZERO)
     billing_key = models.CharField(max_length=100, unique=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    # No database constraint into `public` (as chat's and checks' rows): deleting a person never touches schemas.
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.DO_NOTHING,
+                                   db_constraint=False, related_name="+")
     api_key_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     run_after = models.DateTimeField(default=timezone.now)  # a retry waits for its backoff

@@ -187,6 +187,9 @@ def test_streams_the_answer_then_usage_then_finish(provider, fake):
     assert error is None
     assert texts(events) == ANSWER.pieces
     assert events[-2:] == [Usage(input_tokens=31, output_tokens=9), Finish("stop")]
+    # The model the provider says answered, as its wire format says it (Gemini's `modelVersion`, the others'
+    # `model`), for the trace's gen_ai.response.model.
+    assert events[-2].model == ("fake" if provider == "gemini" else "test-model")
     assert sum(isinstance(event, Usage) for event in events) == 1
     assert sum(isinstance(event, Finish) for event in events) == 1
     assert fake.count == 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from django.conf import settings
 from dockerfile_parse import DockerfileParser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 GUNICORN_CONF = ROOT / "config" / "gunicorn.py"
 COMPOSE = ROOT / "docker-compose.yml"
-QUEUES = {"default", "checks", "webhooks", "billing", "generation"}
+# Every queue a task is routed to in the settings, Celery's default one, and billing's (named on its tasks).
+QUEUES = {"default", "billing"} | {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
 
 
 # ---------------------------------------------------------------- helpers

@@ -116,7 +116,7 @@ def test_a_check_and_a_test_event_from_the_running_server_reach_an_integrators_r
     base = live_server_process.url
     session = sign_in(base, "owner-a@example.com", PASSWORD)
     new_target = f"{base}/o/{org.slug}/checks/targets/new/"
-    token = csrf_token(session, new_target)
+    token = csrf_token(session, f"{base}/o/{org.slug}/checks/")
     response = session.post(new_target, data={"csrfmiddlewaretoken": token, "cnpj": cnpj, "label": "", "tags": "",
                                               "schedule": "none"},
                             headers={"Referer": new_target}, allow_redirects=False, timeout=10)

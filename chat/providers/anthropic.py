@@ -178,6 +178,7 @@ class AnthropicAdapter(ProviderAdapter):
         self.key_check()
         started = stopped = False
         input_tokens = output_tokens = 0
+        model = ""
         finish = "other"
         # Content block index -> tool call index: text blocks count in Anthropic's indexes, not in OpenAI's.
         tool_blocks: dict[int, int] = {}
@@ -189,6 +190,7 @@ class AnthropicAdapter(ProviderAdapter):
                 async for event in events:
                     kind = getattr(event, "type", None)
                     if kind == "message_start":
+                        model = str(getattr(event.message, "model", "") or "")
                         input_tokens = _input_tokens(event.message.usage) or input_tokens
                         output_tokens = event.message.usage.output_tokens or output_tokens
                     elif kind == "content_block_start" and getattr(event.content_block, "type", None) == "tool_use":
@@ -238,7 +240,7 @@ class AnthropicAdapter(ProviderAdapter):
             raise self.error(ProviderError.PROTOCOL, str(error)) from error
         if not stopped:
             raise self.error(ProviderError.INTERRUPTED, "The stream ended without message_stop.")
-        yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+        yield Usage(input_tokens=input_tokens, output_tokens=output_tokens, model=model)
         yield Finish(finish)
 
     def status_error(self, error: anthropic.APIStatusError) -> ProviderError:

@@ -101,6 +101,7 @@ class ToolCallDelta:
 class Usage:
     input_tokens: int
     output_tokens: int
+    model: str = field(default="", compare=False)  # the model the provider says answered ("": it did not say)
 
 
 @dataclass(frozen=True)

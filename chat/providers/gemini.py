@@ -228,6 +228,7 @@ class GeminiAdapter(HttpxAdapter):
         started = False
         finish: str | None = None
         usage: dict = {}
+        model = ""
         calls = 0
         try:
             async with self.client().stream(
@@ -246,6 +247,7 @@ class GeminiAdapter(HttpxAdapter):
                     if "error" in chunk:
                         raise self.error_from_body(chunk, status=None)
                     usage = chunk.get("usageMetadata") or usage
+                    model = chunk.get("modelVersion") or model
                     blocked = (chunk.get("promptFeedback") or {}).get("blockReason")
                     if blocked:
                         finish = "content_filter"
@@ -268,7 +270,8 @@ class GeminiAdapter(HttpxAdapter):
         if calls and finish == "stop":
             finish = "tool_calls"  # Gemini says STOP: the answer is its calls
         yield Usage(input_tokens=usage.get("promptTokenCount") or 0,
-                    output_tokens=(usage.get("candidatesTokenCount") or 0) + (usage.get("thoughtsTokenCount") or 0))
+                    output_tokens=(usage.get("candidatesTokenCount") or 0) + (usage.get("thoughtsTokenCount") or 0),
+                    model=str(model or ""))
         yield Finish(finish)
 
     def status_error(self, response: httpx.Response, content: bytes) -> ProviderError:

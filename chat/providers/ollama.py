@@ -130,7 +130,8 @@ class OllamaAdapter(HttpxAdapter):
         finish = DONE_REASONS.get(done.get("done_reason") or "stop", "other")
         if calls and finish == "stop":
             finish = "tool_calls"  # Ollama says stop: the answer is its calls
-        yield Usage(input_tokens=done.get("prompt_eval_count") or 0, output_tokens=done.get("eval_count") or 0)
+        yield Usage(input_tokens=done.get("prompt_eval_count") or 0, output_tokens=done.get("eval_count") or 0,
+                    model=str(done.get("model") or ""))
         yield Finish(finish)
 
     def status_error(self, response: httpx.Response, content: bytes) -> ProviderError:

@@ -109,7 +109,8 @@ class OpenAIAdapter(HttpxAdapter):
                                          f"Error in the stream: {error_message(chunk['error'])}")
                     if chunk.get("usage"):
                         usage = Usage(input_tokens=chunk["usage"].get("prompt_tokens") or 0,
-                                      output_tokens=chunk["usage"].get("completion_tokens") or 0)
+                                      output_tokens=chunk["usage"].get("completion_tokens") or 0,
+                                      model=str(chunk.get("model") or ""))
                     for choice in chunk.get("choices") or ():
                         if choice.get("index", 0):
                             continue

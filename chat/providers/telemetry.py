@@ -48,6 +48,7 @@ async def provider_call_traced(events: AsyncIterator, *, provider: str, request:
     current = trace.set_span_in_context(span)
     parts: list[str] = []
     finish = None
+    served = request.model
     try:
         while True:
             token = context.attach(current)
@@ -60,6 +61,7 @@ async def provider_call_traced(events: AsyncIterator, *, provider: str, request:
             if isinstance(event, Usage):
                 span.set_attribute("gen_ai.usage.input_tokens", event.input_tokens)
                 span.set_attribute("gen_ai.usage.output_tokens", event.output_tokens)
+                served = event.model or served
             elif isinstance(event, Finish):
                 finish = event.reason
             elif isinstance(event, TextDelta):
@@ -67,8 +69,8 @@ async def provider_call_traced(events: AsyncIterator, *, provider: str, request:
             elif isinstance(event, ToolCallDelta) and finish is None:
                 finish = "tool_calls"
             yield event
-        # The adapters do not read back the model that answered: the one asked for is what was served.
-        span.set_attribute("gen_ai.response.model", request.model)
+        # The model the provider says answered (a dated snapshot of the one asked for), else the one asked for.
+        span.set_attribute("gen_ai.response.model", served)
         span.set_attribute("gen_ai.response.finish_reasons", [finish or "stop"])
         if tracing.content_captured():
             span.set_attribute("gen_ai.output.messages", json.dumps(
