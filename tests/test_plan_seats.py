@@ -138,8 +138,8 @@ def test_a_refused_acceptance_tells_the_invitee_and_the_owners_and_admins_once(d
     with schema_context(org.schema_name):
         assert AuditEvent.objects.filter(action="invitation.refused_no_seat").count() == 1
 
-    # The members page tells the admins why: every seat is a member's.
-    page = signed_in(admin).get(f"/o/{org.slug}/settings/members/").content.decode()
+    # The members page tells the admins why (the owner reads it in English): every seat is a member's.
+    page = signed_in(owner).get(f"/o/{org.slug}/settings/members/").content.decode()
     assert "pending invitations cannot be accepted until a seat is free" in page
 
 
