@@ -28,6 +28,7 @@ from core.metrics import chat_answers, llm_tokens_count
 from core.redis_clients import redis_client
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
+from tenants.selectors import current_organization
 
 from .catalog.selectors import ModelOption
 from .context import context_build
@@ -36,14 +37,6 @@ from .models import Attachment, Message, Thread, answer_stream_key
 from .snapshot import org_config_now
 
 TITLE_MAX = 200
-
-
-def current_organization() -> Organization:
-    """The organization whose schema is active (tasks and schema_context only carry the schema name)."""
-    tenant = connection.tenant
-    if isinstance(tenant, Organization):
-        return tenant
-    return Organization.objects.get(schema_name=connection.schema_name)
 
 
 _organization_ids: dict[str, int] = {}

@@ -57,6 +57,7 @@ from core.events import event_emit
 from core.prepared import PreparedStatement
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization
+from tenants.selectors import current_organization
 from webhooks.models import WebhookEndpoint
 
 from . import cnpj as cnpj_id
@@ -84,14 +85,6 @@ class CheckRefused(Exception):
     def __init__(self, code: str, message: str, *, status: int = 400):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-
-
-def current_organization() -> Organization:
-    """The organization whose schema this runs in (tasks and `schema_context` only know the schema)."""
-    tenant = getattr(connection, "tenant", None)
-    if isinstance(tenant, Organization):
-        return tenant
-    return Organization.objects.get(schema_name=connection.schema_name)
 
 
 def checks_settings() -> ChecksSettings:

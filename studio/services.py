@@ -35,6 +35,7 @@ from billing.models import Price, UsageEvent
 from billing.ratelimits import Slot, slot_acquire, slot_release
 from billing.selectors import entitlements_for, price_for
 from tenants.models import Organization
+from tenants.selectors import current_organization
 
 from .catalog import InvalidOptions, StudioModel, studio_model
 from .models import Job, Output
@@ -49,14 +50,6 @@ class JobRefused(Exception):
     def __init__(self, code: str, message: str, *, status: int = 400):
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
-
-
-def current_organization() -> Organization:
-    """The organization whose schema this runs in (tasks and `schema_context` only know the schema)."""
-    tenant = getattr(connection, "tenant", None)
-    if isinstance(tenant, Organization):
-        return tenant
-    return Organization.objects.get(schema_name=connection.schema_name)
 
 
 def _price(model: StudioModel, options: dict) -> Price:

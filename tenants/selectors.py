@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -77,3 +78,11 @@ def seat_usage(*, organization: Organization, pending: bool = True, excluding_em
                        .exclude(email=excluding_email).count())
     return SeatUsage(limit=entitlements.seats,
                      members=Membership.objects.filter(organization=organization).count(), pending=invitations)
+
+
+def current_organization() -> Organization:
+    """The organization whose schema is active (tasks and `schema_context` only carry the schema's name)."""
+    tenant = getattr(connection, "tenant", None)
+    if isinstance(tenant, Organization):
+        return tenant
+    return Organization.objects.get(schema_name=connection.schema_name)

@@ -52,6 +52,7 @@ from core.egress import (
 from core.metrics import webhook_delivery_count
 from tenants.audit.services import Actor, audit_record
 from tenants.models import Organization, Role
+from tenants.selectors import current_organization
 from tenants.tasks import email_plain_name
 
 from .crypto import secret_decrypt, secret_encrypt
@@ -84,14 +85,6 @@ class AttemptOutcome:
     status: str  # the delivery's
     next_number: int | None = None  # the try to queue next, in `retry_in` seconds
     retry_in: float | None = None
-
-
-def current_organization() -> Organization:
-    """The organization whose schema this runs in (tasks and `schema_context` only know the schema)."""
-    tenant = getattr(connection, "tenant", None)
-    if isinstance(tenant, Organization):
-        return tenant
-    return Organization.objects.get(schema_name=connection.schema_name)
 
 
 def allowed_networks():
