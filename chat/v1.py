@@ -23,7 +23,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -31,9 +30,8 @@ from django.conf import settings
 from billing.ratelimits import ip_limited_async
 from core.db_async import async_pool
 from core.metrics import gateway_call_record
-from core.observability import VALID_REQUEST_ID, organization_var, request_id_var, user_var
+from core.observability import organization_var, request_context_set, user_var
 from core.redis_clients import redis_async_client
-from core.tracing import request_id_tag
 from tenants.api_keys import (
     LAST_USED_EVERY,
     KeyAuth,
@@ -136,12 +134,7 @@ class Call:
 async def application(scope, receive, send) -> None:
     call = Call(scope=scope, receive=receive, send=send)
     call.headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
-    incoming = call.headers.get("x-request-id", "")
-    call.request_id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-    request_id_var.set(call.request_id)
-    request_id_tag(call.request_id)
-    organization_var.set("-")
-    user_var.set("-")
+    call.request_id = request_context_set(incoming=call.headers.get("x-request-id", ""))
     try:
         await _route(call)
     except GatewayError as error:

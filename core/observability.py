@@ -26,13 +26,8 @@ class RequestIDMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        incoming = request.headers.get("X-Request-ID", "")
-        request.id = incoming if VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         # Set, not reset at the end: Django logs 4xx/5xx responses after the middleware returns.
-        request_id_var.set(request.id)
-        request_id_tag(request.id)
-        organization_var.set("-")
-        user_var.set("-")
+        request.id = request_context_set(incoming=request.headers.get("X-Request-ID", ""))
         response = self.get_response(request)
         response["X-Request-ID"] = request.id
         return response
