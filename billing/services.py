@@ -56,15 +56,20 @@ PLAN_FAIR_LIMITS: dict[str, dict] = {
 CHECK_PRICES = {"cnpj": Decimal("5"), "cnpj_cached": Decimal("1")}
 
 
-def check_prices_seed(*, price_class=Price) -> int:
-    """Add a price for each check kind that has none. Returns how many were added."""
+def prices_seed(*, kind: str, prices: dict[str, Decimal], price_class=Price) -> int:
+    """Add a per-unit price of `kind` for each key of `prices` that has none. Returns how many were added."""
     added = 0
-    for kind, per_unit in CHECK_PRICES.items():
-        if not price_class.objects.filter(kind="check", key=kind).exists():
-            price_class.objects.create(kind="check", key=kind, per_unit=per_unit,
+    for key, per_unit in prices.items():
+        if not price_class.objects.filter(kind=kind, key=key).exists():
+            price_class.objects.create(kind=kind, key=key, per_unit=per_unit,
                                        effective_from=datetime(2026, 1, 1, tzinfo=UTC))
             added += 1
     return added
+
+
+def check_prices_seed(*, price_class=Price) -> int:
+    """Add a price for each check kind that has none. Returns how many were added."""
+    return prices_seed(kind="check", prices=CHECK_PRICES, price_class=price_class)
 
 
 @transaction.atomic

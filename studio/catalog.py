@@ -8,7 +8,6 @@ prices change in the price table like every other, and usage events copy the pri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.utils.translation import gettext as _
@@ -91,14 +90,3 @@ PRICES = {
 
 def studio_model(model_id: str) -> StudioModel | None:
     return MODELS.get(model_id)
-
-
-def studio_prices_seed(*, price_class) -> int:
-    """Add a price for each variant in PRICES that has none (billing's migration 0008). Returns how many."""
-    added = 0
-    for key, per_unit in PRICES.items():
-        if not price_class.objects.filter(kind="studio", key=key).exists():
-            price_class.objects.create(kind="studio", key=key, per_unit=per_unit,
-                                       effective_from=datetime(2026, 1, 1, tzinfo=UTC))
-            added += 1
-    return added

@@ -4,9 +4,10 @@ from django.db import migrations, models
 
 
 def seed(apps, schema_editor):
-    from studio.catalog import studio_prices_seed
+    from billing.services import prices_seed
+    from studio.catalog import PRICES
 
-    studio_prices_seed(price_class=apps.get_model("billing", "Price"))
+    prices_seed(kind="studio", prices=PRICES, price_class=apps.get_model("billing", "Price"))
 
 
 class Migration(migrations.Migration):
