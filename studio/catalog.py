@@ -75,7 +75,8 @@ MODELS = {model.id: model for model in (
                 options={"size": ("1024x1024", "1792x1024", "1024x1792"), "quality": ("standard", "hd")}),
 )}
 
-# Credits per unit (1 credit = 1 US cent, billing.BILLING_CREDITS_PER_USD), about the providers' list prices.
+# Credits per unit (1 credit = 1 US cent, BILLING_CREDITS_PER_USD), about the providers' list prices; seeded by
+# billing's migration 0008 (a later change is a new Price row, not an edit here).
 PRICES = {
     "openai/gpt-image-1:low:1024x1024": Decimal("1.1"), "openai/gpt-image-1:low:1536x1024": Decimal("1.6"),
     "openai/gpt-image-1:low:1024x1536": Decimal("1.6"), "openai/gpt-image-1:medium:1024x1024": Decimal("4.2"),
