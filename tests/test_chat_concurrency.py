@@ -215,6 +215,7 @@ def test_an_answer_costs_its_worker_the_same_queries_however_long_the_thread(cli
 # The search_path; the answer and its thread, the claim, the history with its files (chat.context.HISTORY_SQL);
 # then in one transaction
 # (a savepoint here) the answer locked with its thread and owner, the hold, its settlement in one statement (in a
-# savepoint of its own) and the hold read back, the usage event, the answer and the thread's date. The plan, the
-# provider keys and the price come from the snapshot, the organization's id from the schema's (once a process).
-ANSWER_QUERIES = 15
+# savepoint of its own) and the hold read back, the usage event, the answer and the thread's date, and the webhook
+# endpoints that want `chat.answer.completed` (none here: nothing written). The plan, the provider keys and the price
+# come from the snapshot, the organization's id from the schema's (once a process).
+ANSWER_QUERIES = 16
