@@ -46,6 +46,8 @@ class Plan(models.Model):
         _("CNPJ checks run at once"), default=4, help_text=_("More wait their turn in the queue."))
     messages_per_minute = models.PositiveSmallIntegerField(
         _("chat messages per minute per member"), default=20)
+    concurrent_jobs = models.PositiveSmallIntegerField(
+        _("Studio jobs run at once"), default=2, help_text=_("More wait their turn in the queue."))
 
     class Meta:
         ordering = ["sort_order", "pk"]

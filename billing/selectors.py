@@ -33,6 +33,7 @@ class Entitlements:
     concurrent_answers: int = 4  # answers generated at once; more wait their turn
     concurrent_checks: int = 4  # checks run at once (a bulk batch feeds this many at a time)
     messages_per_minute: int = 20  # chat sends per member and minute in the web UI
+    concurrent_jobs: int = 2  # Studio jobs run at once; more wait their turn
 
     @classmethod
     def from_plan(cls, plan: Plan) -> Entitlements:
@@ -43,7 +44,7 @@ class Entitlements:
             max_upload_mb=plan.max_upload_mb, api_access=plan.api_access, webhooks=plan.webhooks,
             audit_retention_days=plan.audit_retention_days, metered_overage=plan.metered_overage,
             concurrent_answers=plan.concurrent_answers, concurrent_checks=plan.concurrent_checks,
-            messages_per_minute=plan.messages_per_minute,
+            messages_per_minute=plan.messages_per_minute, concurrent_jobs=plan.concurrent_jobs,
         )
 
     def allows_model_tier(self, tier: str) -> bool:

@@ -52,6 +52,13 @@ PLAN_FAIR_LIMITS: dict[str, dict] = {
     "enterprise": {"concurrent_answers": 32, "concurrent_checks": 32, "messages_per_minute": 120},
 }
 
+# Studio jobs (images, speech, transcriptions, video) an organization runs at once, per seeded plan (kept apart
+# from PLAN_FAIR_LIMITS for the same reason: migration 0006 seeds those with the Plan of its time).
+PLAN_STUDIO_LIMITS: dict[str, dict] = {
+    "free": {"concurrent_jobs": 1}, "starter": {"concurrent_jobs": 2}, "pro": {"concurrent_jobs": 3},
+    "business": {"concurrent_jobs": 5}, "enterprise": {"concurrent_jobs": 10},
+}
+
 # Checks are priced per check, by kind: a registry lookup, or an answer from the shared cache.
 CHECK_PRICES = {"cnpj": Decimal("5"), "cnpj_cached": Decimal("1")}
 
@@ -78,7 +85,8 @@ def plans_seed() -> int:
     created = 0
     for seed in PLAN_SEEDS:
         _plan, was_created = Plan.objects.get_or_create(
-            code=seed["code"], defaults={**seed, **PLAN_FAIR_LIMITS.get(seed["code"], {})})
+            code=seed["code"], defaults={**seed, **PLAN_FAIR_LIMITS.get(seed["code"], {}),
+                      **PLAN_STUDIO_LIMITS.get(seed["code"], {})})
         created += was_created
     return created
 

@@ -4,8 +4,9 @@ caps that hold across workers, retried with backoff on transient failures, dead 
 - `job_submit` validates the model (plan tier), prompt and options, holds `price × units` (billing.charges) and
   queues the job, all or nothing.
 - `job_run` (one worker, one job): takes a slot of its kind (STUDIO_CONCURRENCY, over every worker: a Redis
-  semaphore with leases, billing.ratelimits slots) and one of its organization's, claims the job with a lease,
-  calls the provider, stores the outputs and settles the hold at the units the provider made. A transient failure
+  semaphore with leases, billing.ratelimits slots) and one of its organization's (its plan's `concurrent_jobs`),
+  claims the job with a lease, calls the provider, stores the outputs and settles the hold at the units the
+  provider made. A transient failure
   queues the job again after `backoff(attempt)` (at least the provider's Retry-After); after STUDIO_MAX_ATTEMPTS
   it is `dead`, its hold released. A permanent one fails it at once, with the provider's reason.
 - `jobs_reap` queues again (or declares dead) running jobs whose lease ran out: their worker died.
@@ -42,6 +43,10 @@ from .models import Job, Output
 from .providers import StudioError, StudioRequest, StudioResult, provider_for
 
 logger = logging.getLogger(__name__)
+
+
+# billing.ratelimits slots: the organization's jobs at once (its plan's `concurrent_jobs`), and per kind over all.
+SLOT_KIND = "studio"
 
 
 class JobRefused(Exception):
@@ -127,8 +132,8 @@ def _slots(job: Job, organization: Organization) -> tuple[Slot, Slot] | None:
                              limit=settings.STUDIO_CONCURRENCY[job.kind])
     if kind_slot is None:
         return None
-    org_slot = slot_acquire(kind="studio", organization_id=organization.pk, lease_seconds=lease,
-                            limit=settings.STUDIO_CONCURRENCY_PER_ORGANIZATION)
+    org_slot = slot_acquire(kind=SLOT_KIND, organization_id=organization.pk, lease_seconds=lease,
+                            limit=entitlements_for(organization).concurrent_jobs)
     if org_slot is None:
         slot_release(kind_slot)
         return None

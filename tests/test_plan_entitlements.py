@@ -418,6 +418,42 @@ def concurrent_checks_gate_check(request) -> None:
             redis_client().delete(slot_key("checks", org_a.pk))
 
 
+def concurrent_jobs_gate_check(request) -> None:
+    """Studio jobs: with the plan's jobs at once all running, a queued job waits (busy, no attempt counted); with one
+    free, it runs. (Submitted on Pro, whose tier has the model; the cap is read when the job runs.)"""
+    from studio.models import Job
+    from studio.services import SLOT_KIND, job_run, job_submit
+
+    from .fake_studio import FakeOpenAIImages
+
+    request.getfixturevalue("db")
+    settings = request.getfixturevalue("settings")
+    org_a = request.getfixturevalue("org_a")
+    fund(org_a)
+    with FakeOpenAIImages() as images:
+        settings.LLM_PROVIDERS = {**settings.LLM_PROVIDERS, "openai": {"base_url": images.url, "api_key": images.key}}
+        for plan in plans():
+            plan_use(org_a, Plan.objects.get(code="pro"))
+            with schema_context(org_a.schema_name):
+                job = job_submit(organization=org_a, user=None, model_id="openai/gpt-image-1", prompt=plan.code,
+                                 options={"quality": "low"})
+            plan_use(org_a, plan)
+            cap = plan.concurrent_jobs
+            held = [slot_acquire(kind=SLOT_KIND, organization_id=org_a.pk, limit=cap, lease_seconds=60)
+                    for _ in range(cap)]
+            try:
+                assert all(held), plan.code
+                with schema_context(org_a.schema_name):
+                    assert job_run(job.pk).status == "busy", plan.code
+                    assert Job.objects.get(pk=job.pk).attempts == 0
+                    slot_release(held.pop())
+                    assert job_run(job.pk).status == Job.Status.SUCCEEDED, plan.code
+            finally:
+                for slot in held:
+                    slot_release(slot)
+                redis_client().delete(slot_key(SLOT_KIND, org_a.pk))
+
+
 def metered_overage_gate_check(request) -> None:
     """Usage past the grant is reported to Stripe's meter (the fake Stripe) only on plans with metered overage."""
     request.getfixturevalue("db")
@@ -474,6 +510,7 @@ GATES = {
     "messages_per_minute": messages_per_minute_gate_check,
     "concurrent_answers": concurrent_answers_gate_check,
     "concurrent_checks": concurrent_checks_gate_check,
+    "concurrent_jobs": concurrent_jobs_gate_check,
     "metered_overage": metered_overage_gate_check,
     "audit_retention_days": audit_retention_gate_check,
 }

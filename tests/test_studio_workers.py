@@ -45,7 +45,7 @@ def test_two_workers_never_run_more_image_jobs_at_once_than_the_cap(committed_or
     monkeypatch.setitem(app.conf, "task_always_eager", False)  # the workers run them, not this process
     with FakeOpenAIImages(delay=0.4) as images:
         env = {"OPENAI_BASE_URL": images.url, "OPENAI_API_KEY": images.key, "STUDIO_QUEUE": queue,
-               "STUDIO_CONCURRENCY_IMAGE": str(CAP), "STUDIO_CONCURRENCY_PER_ORGANIZATION": str(JOBS),
+               "STUDIO_CONCURRENCY_IMAGE": str(CAP),  # Pro runs 3 of an organization's jobs at once: CAP binds
                "STUDIO_BUSY_RETRY_SECONDS": "0.2"}
         workers = [start_celery_worker(database_url=test_database_url, redis_url=redis_url, workdir=tmp_path / name,
                                        email_dir=tmp_path, queues=queue, env_extra=env) for name in ("w1", "w2")]

@@ -635,14 +635,13 @@ CELERY_BEAT_SCHEDULE["webhooks-dead-letters-purge"] = {"task": "webhooks.tasks.d
                                                        "schedule": crontab(hour=4, minute=10)}
 
 # Studio: generation jobs on their own queue. At most STUDIO_CONCURRENCY_<KIND> jobs of a kind run at once over
-# every worker (a Redis semaphore with leases), and STUDIO_CONCURRENCY_PER_ORGANIZATION of one organization.
+# every worker (a Redis semaphore with leases), and the plan's `concurrent_jobs` of one organization.
 # Transient provider failures retry with exponential backoff and jitter (from STUDIO_RETRY_BASE_SECONDS) up to
 # STUDIO_MAX_ATTEMPTS; a running job whose worker stops renewing its lease is queued again after it.
 STUDIO_QUEUE = os.environ.get("STUDIO_QUEUE", "studio")
 CELERY_TASK_ROUTES["studio.tasks.job_run_task"] = {"queue": STUDIO_QUEUE}
 STUDIO_CONCURRENCY = {kind: int(os.environ.get(f"STUDIO_CONCURRENCY_{kind.upper()}", default)) for kind, default in
                       (("image", 5), ("video", 2), ("speech", 5), ("transcription", 5))}
-STUDIO_CONCURRENCY_PER_ORGANIZATION = int(os.environ.get("STUDIO_CONCURRENCY_PER_ORGANIZATION", "3"))
 STUDIO_MAX_ATTEMPTS = int(os.environ.get("STUDIO_MAX_ATTEMPTS", "3"))
 STUDIO_RETRY_BASE_SECONDS = float(os.environ.get("STUDIO_RETRY_BASE_SECONDS", "5"))
 STUDIO_LEASE_SECONDS = int(os.environ.get("STUDIO_LEASE_SECONDS", "300"))
