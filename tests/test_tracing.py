@@ -176,13 +176,15 @@ def collector():
 
 @pytest.fixture(scope="module")
 def traced_processes(collector, test_database_url, redis_url, tmp_path_factory):
-    """A web server and a worker of their own, exporting to `collector` (every 100 ms)."""
+    """A web server and a worker of their own, exporting to `collector` (every 100 ms). Their generation queue is
+    theirs too: the session's worker (tests/conftest.py), when it runs, must not take the traced answers."""
+    queue = f"generation-traced-{uuid.uuid4().hex[:8]}"
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
-           "CHAT_DEMO_DELAY": "0"}
+           "CHAT_DEMO_DELAY": "0", "GENERATION_QUEUE": queue}
     workdir = tmp_path_factory.mktemp("traced")
     web = start_live_server(database_url=test_database_url, redis_url=redis_url, workdir=workdir, env_extra=env)
     worker = start_celery_worker(database_url=test_database_url, redis_url=redis_url, workdir=workdir,
-                                 email_dir=web.email_dir, site_url=web.url, env_extra=env)
+                                 email_dir=web.email_dir, site_url=web.url, env_extra=env, queues=queue)
     yield web, worker
     worker.process.stop()
     web.process.stop()
