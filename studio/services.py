@@ -150,13 +150,11 @@ def _claim(job_id: int, now) -> Job | None:
 
 
 def _api_key(organization: Organization, provider: str) -> str:
-    from chat.catalog.crypto import key_decrypt
-    from chat.catalog.models import ProviderKey
+    """The organization's own key for `provider` (chat's, an unreadable one skipped), else the platform's."""
+    from chat.catalog.selectors import provider_keys_for
 
-    own = ProviderKey.objects.filter(organization=organization, provider=provider).first()
-    if own is not None:
-        return key_decrypt(own.encrypted_key)
-    return settings.LLM_PROVIDERS.get(provider, {}).get("api_key", "")
+    return (provider_keys_for(organization).get(provider)
+            or settings.LLM_PROVIDERS.get(provider, {}).get("api_key", ""))
 
 
 def job_run(job_id: int, *, now=None) -> RunOutcome:
